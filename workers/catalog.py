@@ -1,0 +1,147 @@
+"""What can be named in a spec, and the defaults each name brings. Torch-free.
+
+This is the one table that the CLI, the service's validation and the training code share, so a
+job submitted over the API and the same job run with ``rampctl train`` get identical defaults.
+The torch registries (``workers.datasets``, ``workers.models``, ``workers.methods``) must register
+exactly these names; a test checks that they agree.
+
+Sources of the numbers: ``ramp-spec.md`` (reference settings of the RAMP / E-AT / MSD code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.norms import Norm
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    shape: tuple[int, int, int]  # C, H, W after the dataset's transforms
+    num_classes: int | None  # None: read from the data (imagefolder)
+    epsilons: dict[Norm, float]
+    default_model: str
+    batch_size: int
+    epochs: int
+    lr: float
+    schedule: str
+    weight_decay: float
+    attack_steps: dict[Norm, int]
+    ramp_lambda: float
+    finetune_lambda: float
+    finetune_epochs: int
+    finetune_lr: float
+    finetune_weight_decay: float
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    # MNIST-style radii of the multi-norm literature (0.3, 2.0, 10).
+    "mnist-5k": DatasetInfo(
+        shape=(1, 28, 28), num_classes=10, epsilons={"linf": 0.3, "l2": 2.0, "l1": 10.0},
+        default_model="small-cnn", batch_size=128, epochs=10, lr=0.05, schedule="piecewise",
+        weight_decay=5e-4, attack_steps={"linf": 10, "l2": 10, "l1": 10},
+        ramp_lambda=5.0, finetune_lambda=1.5, finetune_epochs=3, finetune_lr=0.05,
+        finetune_weight_decay=5e-4,
+    ),
+    "fashion-mnist": DatasetInfo(
+        shape=(1, 28, 28), num_classes=10, epsilons={"linf": 0.3, "l2": 2.0, "l1": 10.0},
+        default_model="small-cnn", batch_size=128, epochs=10, lr=0.05, schedule="piecewise",
+        weight_decay=5e-4, attack_steps={"linf": 10, "l2": 10, "l1": 10},
+        ramp_lambda=5.0, finetune_lambda=1.5, finetune_epochs=3, finetune_lr=0.05,
+        finetune_weight_decay=5e-4,
+    ),
+    # CIFAR-10: PreAct ResNet-18, 80 epochs, LR 0.05 /10 after 70, lambda 5 (scratch), 1.5 (fine-tune).
+    "cifar10": DatasetInfo(
+        shape=(3, 32, 32), num_classes=10, epsilons={"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
+        default_model="preact-resnet18", batch_size=128, epochs=80, lr=0.05, schedule="piecewise",
+        weight_decay=5e-4, attack_steps={"linf": 10, "l2": 10, "l1": 10},
+        ramp_lambda=5.0, finetune_lambda=1.5, finetune_epochs=3, finetune_lr=0.05,
+        finetune_weight_decay=5e-4,
+    ),
+    # ImageNet-style folders: radii (4/255, 2, 255); 5 l_inf / 15 l_1 steps; 1-epoch fine-tune, lambda 3.
+    "imagefolder": DatasetInfo(
+        shape=(3, 224, 224), num_classes=None, epsilons={"linf": 4 / 255, "l2": 2.0, "l1": 255.0},
+        default_model="resnet18", batch_size=64, epochs=1, lr=0.005, schedule="multistep",
+        weight_decay=1e-4, attack_steps={"linf": 5, "l2": 10, "l1": 15},
+        ramp_lambda=3.0, finetune_lambda=3.0, finetune_epochs=1, finetune_lr=0.005,
+        finetune_weight_decay=1e-4,
+    ),
+}
+
+MODELS: tuple[str, ...] = ("small-cnn", "preact-resnet18", "resnet18", "wrn")
+
+METHODS: tuple[str, ...] = (
+    "nt", "at-linf", "at-l2", "at-l1", "sat", "avg", "max", "msd", "eat", "ramp", "trades",
+)
+# Methods that compute adversarial examples during training (gradient projection applies to them).
+ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt"}
+
+SCHEDULES: tuple[str, ...] = ("constant", "piecewise", "multistep", "cyclic")
+SUITES: tuple[str, ...] = ("fast", "autoattack")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One overridable ``params`` key: its type, default and the methods it applies to."""
+
+    type: type
+    default: Any
+    methods: frozenset[str] = field(default_factory=lambda: frozenset(METHODS))
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    help: str = ""
+
+
+_AT = ADVERSARIAL_METHODS
+_RAMP = frozenset({"ramp"})
+_NORM_CHOICES = ("linf", "l2", "l1")
+
+# Defaults that depend on the dataset or on fine-tuning are None here and filled by `param_defaults`.
+PARAMS: dict[str, Param] = {
+    "ramp.lambda": Param(float, None, _RAMP, minimum=0.0, help="weight of the logit-pairing loss"),
+    "ramp.q": Param(str, "linf", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: source norm"),
+    "ramp.r": Param(str, "l1", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: target norm"),
+    "ramp.pairing": Param(str, "kl", _RAMP, choices=("kl", "mse", "cos"), help="pairing loss"),
+    "ramp.trades_beta": Param(float, 0.0, _RAMP, minimum=0.0,
+                              help="TRADES outer loss weight on KL(p_clean || p_max); 0 = off"),
+    "gp.enabled": Param(bool, None, _AT, help="gradient projection (default: on for RAMP from scratch)"),
+    "gp.beta": Param(float, 0.5, _AT, minimum=0.0, maximum=1.0, help="GP mixing weight"),
+    "gp.formula": Param(str, "reference", _AT, choices=("reference", "projection"),
+                        help="reference-code cosine rule, or the paper appendix's true projection"),
+    "attack.steps_linf": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_inf"),
+    "attack.steps_l2": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_2"),
+    "attack.steps_l1": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_1"),
+    "attack.l1_sparsity": Param(float, 0.05, _AT, minimum=1e-4, maximum=1.0,
+                                help="initial top-k fraction of l1-APGD in training"),
+    "trades.beta": Param(float, 6.0, frozenset({"trades"}), minimum=0.0, help="TRADES KL weight"),
+    "trades.steps": Param(int, 10, frozenset({"trades"}), minimum=1, maximum=1000),
+    "trades.norm": Param(str, "linf", frozenset({"trades"}), choices=_NORM_CHOICES),
+    "msd.steps": Param(int, 50, frozenset({"msd"}), minimum=1, maximum=1000,
+                       help="MSD inner iterations (reference: 50)"),
+    "eat.norms": Param(str, "linf,l1", frozenset({"eat"}), help="comma-separated norms E-AT samples from"),
+}
+
+
+def param_defaults(method: str, dataset: str, finetune: bool) -> dict[str, Any]:
+    """The full ``params`` dict a method gets when the spec gives none."""
+    info = DATASETS[dataset]
+    out: dict[str, Any] = {}
+    for key, p in PARAMS.items():
+        if method not in p.methods:
+            continue
+        out[key] = p.default
+    if method == "ramp":
+        out["ramp.lambda"] = info.finetune_lambda if finetune else info.ramp_lambda
+    if "gp.enabled" in out:
+        # GP is a from-scratch technique (the reference never fine-tunes with it).
+        out["gp.enabled"] = method == "ramp" and not finetune
+    for norm in ("linf", "l2", "l1"):
+        key = f"attack.steps_{norm}"
+        if key in out:
+            out[key] = info.attack_steps[norm]
+    return out
+
+# Attacks a custom evaluation suite may list: ours ("apgd", "pgd") and AutoAttack's components.
+EVAL_ATTACKS: tuple[str, ...] = ("apgd", "pgd", "apgd-ce", "apgd-t", "fab-t", "square")

@@ -1,0 +1,202 @@
+"""Training and evaluation specs: validated, then resolved against the catalog's defaults.
+
+Torch-free. ``TrainSpec`` is what a user writes (most fields optional); ``TrainSpec.resolve()``
+returns a ``TrainSpec`` with every default filled in, which is what gets stored with a job and in a
+checkpoint's metadata, so a run is reproducible from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from workers import catalog
+from workers.norms import NORMS
+
+ParamValue = float | int | str | bool
+
+
+def _check_epsilons(value: dict[str, float]) -> dict[str, float]:
+    for norm, eps in value.items():
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+        if not eps > 0:
+            raise ValueError(f"epsilon for {norm} must be positive, got {eps}")
+    return value
+
+
+def coerce_param(key: str, value: Any) -> ParamValue:
+    """Validate one ``params`` entry against the catalog; strings from the CLI are converted."""
+    if key not in catalog.PARAMS:
+        raise ValueError(f"unknown param {key!r}; known: {', '.join(sorted(catalog.PARAMS))}")
+    p = catalog.PARAMS[key]
+    if p.type is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"param {key!r} expects a boolean, got {value!r}")
+            value = value.lower() in ("1", "true", "yes", "on")
+        elif not isinstance(value, bool):
+            raise ValueError(f"param {key!r} expects a boolean, got {value!r}")
+    elif p.type in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"param {key!r} expects a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"param {key!r} expects a number, got {value!r}") from None
+        if p.type is int:
+            if number != int(number):
+                raise ValueError(f"param {key!r} expects an integer, got {value!r}")
+            value = int(number)
+        else:
+            value = number
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"param {key!r} must be finite")
+        if p.minimum is not None and number < p.minimum:
+            raise ValueError(f"param {key!r} must be >= {p.minimum}, got {value}")
+        if p.maximum is not None and number > p.maximum:
+            raise ValueError(f"param {key!r} must be <= {p.maximum}, got {value}")
+    else:
+        value = str(value)
+    if p.choices is not None and value not in p.choices:
+        raise ValueError(f"param {key!r} must be one of {', '.join(map(str, p.choices))}, got {value!r}")
+    return value
+
+
+class TrainSpec(BaseModel):
+    """A training (or fine-tuning, with ``init_from``) run. None means: take the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "ramp"
+    dataset: str = "mnist-5k"
+    model: str | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    schedule: str | None = None
+    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    epsilons: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    init_from: str | None = None  # a checkpoint directory: fine-tuning
+    train_n: int | None = Field(default=None, ge=1, description="use only the first N training points")
+    monitor_n: int = Field(default=200, ge=0, le=100_000, description="held-out points evaluated per epoch")
+    monitor_steps: int = Field(default=20, ge=1, le=1000, description="APGD steps of the per-epoch check")
+    eval_n: int = Field(default=1000, ge=0, le=1_000_000, description="points in the final evaluation")
+    data_root: str | None = None
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in catalog.METHODS:
+            raise ValueError(f"unknown method {v!r}; available: {', '.join(catalog.METHODS)}")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in catalog.DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(catalog.DATASETS)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and v not in catalog.MODELS:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(catalog.MODELS)}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None and v not in catalog.SCHEDULES:
+            raise ValueError(f"unknown schedule {v!r}; available: {', '.join(catalog.SCHEDULES)}")
+        return v
+
+    @field_validator("epsilons")
+    @classmethod
+    def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_epsilons(v)
+
+    @model_validator(mode="after")
+    def _params(self) -> TrainSpec:
+        checked = {}
+        for key, value in self.params.items():
+            checked[key] = coerce_param(key, value)
+            if self.method not in catalog.PARAMS[key].methods:
+                raise ValueError(f"param {key!r} does not apply to method {self.method!r}")
+        self.params = checked
+        for key in ("ramp.q", "ramp.r"):
+            if key in checked and checked.get("ramp.q") == checked.get("ramp.r"):
+                raise ValueError("ramp.q and ramp.r must be different norms")
+        return self
+
+    @property
+    def finetune(self) -> bool:
+        return self.init_from is not None
+
+    def resolve(self) -> TrainSpec:
+        """Fill every None with the dataset's / method's default (idempotent)."""
+        info = catalog.DATASETS[self.dataset]
+        ft = self.finetune
+        params = catalog.param_defaults(self.method, self.dataset, ft) | self.params
+        return self.model_copy(
+            update={
+                "model": self.model or info.default_model,
+                "epochs": self.epochs or (info.finetune_epochs if ft else info.epochs),
+                "batch_size": self.batch_size or info.batch_size,
+                "lr": self.lr or (info.finetune_lr if ft else info.lr),
+                # Fine-tuning uses the reference's per-third step decay (0.05 -> 0.005 -> 0.0005).
+                "schedule": self.schedule or ("multistep" if ft else info.schedule),
+                "weight_decay": (
+                    self.weight_decay
+                    if self.weight_decay is not None
+                    else (info.finetune_weight_decay if ft else info.weight_decay)
+                ),
+                "epsilons": dict(info.epsilons) | self.epsilons,
+                "params": params,
+            }
+        )
+
+
+class EvalSpec(BaseModel):
+    """Evaluate a checkpoint on the dataset's test split (or on the points of ``data_file``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    suite: str | list[str] = "fast"
+    n: int = Field(default=1000, ge=1, le=1_000_000)
+    epsilons: dict[str, float] = Field(default_factory=dict)
+    data_file: str | None = None
+    batch_size: int = Field(default=256, ge=1, le=4096)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    corruptions: bool = False
+
+    @field_validator("epsilons")
+    @classmethod
+    def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_epsilons(v)
+
+    @field_validator("suite")
+    @classmethod
+    def _suite(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str) and v not in catalog.SUITES:
+            raise ValueError(
+                f"unknown suite {v!r}; use one of {', '.join(catalog.SUITES)} or a list of attack names"
+            )
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("a custom suite needs at least one attack")
+            unknown = [a for a in v if a not in catalog.EVAL_ATTACKS]
+            if unknown:
+                raise ValueError(
+                    f"unknown attack(s) {', '.join(unknown)}; available: {', '.join(catalog.EVAL_ATTACKS)}"
+                )
+        return v
