@@ -100,11 +100,12 @@ _NORM_CHOICES = ("linf", "l2", "l1")
 
 # Defaults that depend on the dataset or on fine-tuning are None here and filled by `param_defaults`.
 PARAMS: dict[str, Param] = {
-    "ramp.lambda": Param(float, None, _RAMP, minimum=0.0, help="weight of the logit-pairing loss"),
+    "ramp.lambda": Param(float, None, _RAMP, minimum=0.0, maximum=1e4,
+                         help="weight of the logit-pairing loss"),
     "ramp.q": Param(str, "linf", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: source norm"),
     "ramp.r": Param(str, "l1", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: target norm"),
     "ramp.pairing": Param(str, "kl", _RAMP, choices=("kl", "mse", "cos"), help="pairing loss"),
-    "ramp.trades_beta": Param(float, 0.0, _RAMP, minimum=0.0,
+    "ramp.trades_beta": Param(float, 0.0, _RAMP, minimum=0.0, maximum=1e4,
                               help="TRADES outer loss weight on KL(p_clean || p_max); 0 = off"),
     "gp.enabled": Param(bool, None, _AT, help="gradient projection (default: on for RAMP from scratch)"),
     "gp.beta": Param(float, 0.5, _AT, minimum=0.0, maximum=1.0, help="GP mixing weight"),
@@ -115,7 +116,8 @@ PARAMS: dict[str, Param] = {
     "attack.steps_l1": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_1"),
     "attack.l1_sparsity": Param(float, 0.05, _AT, minimum=1e-4, maximum=1.0,
                                 help="initial top-k fraction of l1-APGD in training"),
-    "trades.beta": Param(float, 6.0, frozenset({"trades"}), minimum=0.0, help="TRADES KL weight"),
+    "trades.beta": Param(float, 6.0, frozenset({"trades"}), minimum=0.0, maximum=1e4,
+                         help="TRADES KL weight"),
     "trades.steps": Param(int, 10, frozenset({"trades"}), minimum=1, maximum=1000),
     "trades.norm": Param(str, "linf", frozenset({"trades"}), choices=_NORM_CHOICES),
     "msd.steps": Param(int, 50, frozenset({"msd"}), minimum=1, maximum=1000,

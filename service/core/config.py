@@ -1,0 +1,82 @@
+"""The service's settings: one pydantic-settings class, read from the environment.
+
+Everything is prefixed ``RAMP_`` except ``DATABASE_URL`` and ``RAY_ADDRESS``, which keep the names
+the rest of the ecosystem (docker-compose, Helm charts, Ray itself) already uses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".ramp"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAMP_", populate_by_name=True, extra="ignore")
+
+    # Root of everything the embedded service writes (DB file, artifacts, admin token, Ray tmp).
+    home: Path = Field(default_factory=_default_home)
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
+    # None: the service starts (and stops) its own local Ray head.
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"))
+    ray_dashboard_url: str | None = None
+    ray_auth_mode: Literal["disabled", "token"] = "disabled"
+    ray_num_cpus: int | None = Field(default=None, ge=1)
+    ray_tmpdir: Path | None = None
+    storage_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Where job drivers (possibly on other machines) reach the internal endpoints.
+    public_url: str | None = None
+    max_concurrent_jobs: int = Field(default=2, ge=1)
+    dispatch_interval_s: float = Field(default=1.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    admin_token_file: Path | None = None
+    # Production: a pre-provisioned admin token (e.g. from a Kubernetes Secret) to register at start-up.
+    admin_token: str | None = None
+    driver_python: str = sys.executable
+    run_migrations: bool = True
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        home = self.home.expanduser()
+        self.home = home
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{home / 'ramp.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = home / "artifacts"
+        if self.admin_token_file is None:
+            self.admin_token_file = home / "admin_token"
+        if self.ray_tmpdir is None:
+            self.ray_tmpdir = home / "ray"
+        if self.public_url is None:
+            self.public_url = f"http://127.0.0.1:{self.port}"
+        if self.ray_dashboard_url is None and self.ray_address is None:
+            self.ray_dashboard_url = "http://127.0.0.1:8265"
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the service owns its Ray head (no RAY_ADDRESS given)."""
+        return self.ray_address is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return str(self.database_url).startswith("sqlite")
+
+    def job_dir(self, job_id: int) -> Path:
+        """Where a job's artifacts live: storage_dir/jobs/<id>/ (drivers write, the API serves)."""
+        assert self.storage_dir is not None
+        return self.storage_dir / "jobs" / str(job_id)

@@ -1,0 +1,108 @@
+"""ORM models: jobs, their events, API tokens and idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from service.db.base import Base, utcnow
+from service.state import JobStatus
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    # Denormalised from the spec so listing can filter on it with an index (None for eval).
+    method: Mapped[str | None] = mapped_column(String(64), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED.value)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    ray_job_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Latest progress event's data, kept on the row so GET /v1/jobs/{id} needs no event scan.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    driver_token_hash: Mapped[str | None] = mapped_column(String(64))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # One timestamp per status: the latest time the job entered it.
+    queued_at: Mapped[datetime | None] = mapped_column()
+    dispatching_at: Mapped[datetime | None] = mapped_column()
+    running_at: Mapped[datetime | None] = mapped_column()
+    cancelling_at: Mapped[datetime | None] = mapped_column()
+    succeeded_at: Mapped[datetime | None] = mapped_column()
+    failed_at: Mapped[datetime | None] = mapped_column()
+    cancelled_at: Mapped[datetime | None] = mapped_column()
+
+    events: Mapped[list[JobEvent]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"
+    )
+
+    def timings(self) -> dict[str, datetime | None]:
+        return {f"{s.value}_at": getattr(self, f"{s.value}_at") for s in JobStatus}
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id}, kind={self.kind!r}, status={self.status!r}, attempt={self.attempt})"
+
+
+class JobEvent(Base):
+    """Progress / metrics / log / artifact / status records of a job, ordered by ``id``.
+
+    ``seq`` is the driver's own sequence number within an attempt (None for events the service
+    records itself); (job_id, attempt, seq) is unique so re-sent batches are de-duplicated.
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "seq"),
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="events", lazy="raise")
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class IdempotencyKey(Base):
+    """(scope, key) -> the job created by the first request carrying that key.
+
+    ``scope`` is the API token id (0 when none) so two clients cannot collide on a key.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("scope", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[int] = mapped_column(Integer, default=0)
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

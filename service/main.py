@@ -1,0 +1,279 @@
+"""The FastAPI application: ``create_app(settings, start_dispatcher=...)``.
+
+Start-up (lifespan): structured logging, migrations, the admin token, then -- only when
+``start_dispatcher`` -- ``service.runtime.start(app, settings)`` (embedded Ray head + dispatcher,
+written by the execution side and imported lazily so the API runs and is tested without Ray).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import repository
+from service.api import metrics
+from service.api.routes import health, internal, jobs
+from service.core.config import Settings
+from service.core.logging import configure_logging
+from service.core.security import generate_token
+from service.db import migrate
+from service.db.session import make_engine, make_session_factory
+from service.schemas import SpecError
+from service.state import IllegalTransition
+
+log = logging.getLogger("service.main")
+
+
+# ---------------------------------------------------------------------------------- middleware
+
+
+class BodySizeLimit:
+    """413 for bodies over ``max_bytes``: checks Content-Length, and counts chunked bodies too
+    (buffering at most max_bytes + 1 bytes before replaying them to the app)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                return
+            if too_big:
+                await self._reject(send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send) -> None:
+        await _send_json(send, 413, {"detail": f"request body larger than {self.max_bytes} bytes"})
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = JSONResponse(payload).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestObserver:
+    """Request latency histogram + one structured log line per API request (pure ASGI, so
+    streaming responses such as SSE pass through untouched)."""
+
+    QUIET = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUEST_LATENCY.observe(elapsed, scope["method"], route, str(status))
+            if scope["path"] not in self.QUIET:
+                log.info(
+                    "request",
+                    extra={"method": scope["method"], "path": scope["path"], "route": route,
+                           "status": status, "ms": round(elapsed * 1000, 1)},
+                )
+
+
+# ------------------------------------------------------------------------------ error handlers
+
+
+def _error(code: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=code)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SpecError)
+    async def spec_error(_: Request, exc: SpecError) -> JSONResponse:
+        errors = [{"field": f, "message": m} for f, m in exc.errors]
+        return _error(422, str(exc), errors=errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e.get("loc", ()))
+            errors.append({"field": field, "message": str(e.get("msg", "invalid"))})
+        return _error(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+    @app.exception_handler(repository.JobNotFound)
+    async def not_found(_: Request, exc: repository.JobNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(IllegalTransition)
+    async def illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
+        return _error(409, str(exc), status=exc.current)
+
+    @app.exception_handler(repository.IdempotencyConflict)
+    async def idem_conflict(_: Request, exc: repository.IdempotencyConflict) -> JSONResponse:
+        return _error(409, str(exc), job_id=exc.job_id)
+
+    @app.exception_handler(repository.InvalidCursor)
+    async def bad_cursor(_: Request, exc: repository.InvalidCursor) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(OperationalError)
+    async def db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error", extra={"error": str(exc.orig)[:500]})
+        return _error(503, "database unavailable, retry later")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return _error(500, f"internal error ({type(exc).__name__}); see the service log")
+
+
+# -------------------------------------------------------------------------------------- startup
+
+
+def ensure_admin_token(app: FastAPI, settings: Settings) -> str | None:
+    """Provision the admin token; returns the token file's path when one was written/used.
+
+    Production: RAMP_ADMIN_TOKEN is registered (hashed). Embedded: a token is created on first
+    start and written to ``admin_token_file`` (0600); later starts re-register it if the DB is new.
+    """
+    factory = app.state.session_factory
+    if settings.admin_token:
+        with factory() as session:
+            repository.ensure_api_token(session, "admin", settings.admin_token, is_admin=True)
+        return None
+    if not settings.embedded:
+        log.info("no admin token configured; create one with `rampctl token create NAME`")
+        return None
+    path = settings.admin_token_file
+    assert path is not None
+    token = path.read_text().strip() if path.is_file() else ""
+    if not token:
+        token = generate_token()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.chmod(path, 0o600)
+        log.info("admin token created", extra={"token_file": str(path)})
+    with factory() as session:
+        repository.ensure_api_token(session, "admin", token, is_admin=True)
+    log.info("admin token ready", extra={"token_file": str(path)})
+    return str(path)
+
+
+def create_app(settings: Settings | None = None, *, start_dispatcher: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    engine = make_engine(str(settings.database_url))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_migrations:
+            await run_in_threadpool(migrate.upgrade, str(settings.database_url))
+        await run_in_threadpool(ensure_admin_token, app, settings)
+        if metrics.observe_transition not in repository.transition_listeners:
+            repository.transition_listeners.append(metrics.observe_transition)
+        runtime = None
+        if start_dispatcher:
+            from service import runtime as runtime_module  # imports Ray lazily, only when needed
+
+            runtime = runtime_module
+            await run_in_threadpool(runtime.start, app, settings)
+        log.info(
+            "service started",
+            extra={
+                "database": engine.url.render_as_string(hide_password=True),
+                "dispatcher": start_dispatcher,
+            },
+        )
+        try:
+            yield
+        finally:
+            if runtime is not None:
+                await run_in_threadpool(runtime.stop, app)
+            engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title="RAMP Orchestrator",
+        version="0.1.0",
+        description="Train, fine-tune and evaluate multi-norm robust classifiers on Ray. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.backend = None
+
+    app.add_middleware(RequestObserver)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(internal.router)
+    return app
