@@ -1,0 +1,12 @@
+"""Robustness evaluation: clean, per-norm and union accuracy, attack suites, common corruptions."""
+
+from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from workers.evaluation.evaluate import evaluate
+from workers.evaluation.result import METRICS_FILE, PER_SAMPLE_FILE, CorruptionResult, EvalResult
+from workers.evaluation.rng import isolated_rng
+from workers.evaluation.suites import ATTACKS, SUITES, AttackSettings, Stage, resolve_suite
+
+__all__ = [
+    "ATTACKS", "CORRUPTIONS", "METRICS_FILE", "PER_SAMPLE_FILE", "SEVERITIES", "SUITES", "AttackSettings",
+    "CorruptionResult", "EvalResult", "Stage", "corrupt", "evaluate", "isolated_rng", "resolve_suite",
+]

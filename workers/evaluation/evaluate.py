@@ -1,0 +1,221 @@
+"""Clean, per-norm and union accuracy of a classifier (and, optionally, common corruptions).
+
+For each norm the suite's attacks run in order, each only on the points still classified
+correctly (clean and under the previous attacks); the per-sample flags stay exact because a point
+that is skipped is already wrong. Every attack runs in an isolated RNG (seeded from ``seed``, the
+norm, the attack and the batch), so results are reproducible and the caller's random stream is
+left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workers.datasets import load_tensors
+from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES
+from workers.evaluation.result import CorruptionResult, EvalResult
+from workers.evaluation.rng import derive_seed, generator, isolated_rng
+from workers.evaluation.suites import AttackSettings, Stage, resolve_suite, threat_model_violation
+from workers.norms import NORMS, Norm
+
+Progress = Callable[[int, int], None]
+"""progress(done, total), in units of point-evaluations; ``done`` reaches ``total`` at the end."""
+Data = str | tuple[Tensor, Tensor]
+
+
+def _check_epsilons(epsilons: Mapping[str, float]) -> dict[Norm, float]:
+    if not epsilons:
+        raise ValueError(f"no epsilons given; expected radii for some of {', '.join(NORMS)}")
+    out: dict[Norm, float] = {}
+    for norm in NORMS:  # canonical order, whatever the caller's
+        if norm in epsilons:
+            eps = float(epsilons[norm])
+            if not eps > 0:
+                raise ValueError(f"epsilon for {norm} must be positive, got {epsilons[norm]!r}")
+            out[norm] = eps
+    unknown = [k for k in epsilons if k not in NORMS]
+    if unknown:
+        raise ValueError(f"unknown norm(s) {', '.join(map(repr, unknown))}; expected {', '.join(NORMS)}")
+    return out
+
+
+def _load(data: Data, n: int | None, root: str | None) -> tuple[Tensor, Tensor]:
+    if isinstance(data, str):
+        x, y = load_tensors(data, "test", n, root=root)
+    else:
+        try:
+            x, y = data
+        except (TypeError, ValueError):
+            kind = type(data).__name__
+            raise TypeError(f"data must be a dataset name or an (x, y) pair, got {kind}") from None
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if n is not None:
+        x, y = x[:n], y[:n]
+    if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"expected x (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError("no points to evaluate")
+    return x.detach().float().cpu(), y.detach().long().cpu()
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        param = next(iter(model.buffers()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration; every module's flags restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
+
+
+class _Ticker:
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def __call__(self, k: int) -> None:
+        self.done += k
+        if self.progress is not None and k:
+            self.progress(self.done, self.total)
+
+
+def _predict(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int,
+             tick: _Ticker) -> np.ndarray:
+    correct = torch.empty(len(x), dtype=torch.bool)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            correct[start:start + batch_size] = (model(xb).argmax(dim=1) == yb).cpu()
+            tick(len(xb))
+    return correct.numpy()
+
+
+def _run_stage(model: nn.Module, stage: Stage, settings: AttackSettings, x: Tensor, y: Tensor,
+               alive: np.ndarray, device: torch.device, tick: _Ticker) -> np.ndarray:
+    """Attack the points still ``alive``; returns the new flags (alive AND survived the stage)."""
+    alive = alive.copy()
+    todo = np.flatnonzero(alive)
+    for start in range(0, len(todo), settings.batch_size):
+        index = torch.from_numpy(todo[start:start + settings.batch_size])
+        xb, yb = x[index].to(device), y[index].to(device)
+        with isolated_rng(derive_seed(settings.seed, settings.norm, stage.name, int(index[0]))):
+            x_adv = stage.run(model, xb, yb)
+        problem = threat_model_violation(xb, x_adv, settings.norm, settings.eps)
+        if problem is not None:
+            raise RuntimeError(f"attack {stage.name!r} ({settings.norm}, eps {settings.eps:g}) "
+                               f"returned invalid points: {problem}")
+        with torch.no_grad():
+            survived = (model(x_adv).argmax(dim=1) == yb).cpu().numpy()
+        alive[index.numpy()] = survived
+        tick(len(index))
+    tick(len(alive) - len(todo))  # skipped points count as done
+    return alive
+
+
+def _corruption_flags(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int,
+                      seed: int, tick: _Ticker) -> CorruptionResult:
+    """Correctness on every corruption and severity. One generator per (corruption, severity),
+    consumed batch after batch: reproducible for a given seed and batch size."""
+    flags: dict[str, np.ndarray] = {}
+    for name in CORRUPTIONS:
+        corruption = CORRUPTIONS.get(name)
+        rows = []
+        for severity in SEVERITIES:
+            gen = generator(seed, "corruption", name, severity)
+            correct = torch.empty(len(x), dtype=torch.bool)
+            with torch.no_grad():
+                for start in range(0, len(x), batch_size):
+                    xb = corruption(x[start:start + batch_size], severity, gen).to(device)
+                    yb = y[start:start + batch_size].to(device)
+                    correct[start:start + batch_size] = (model(xb).argmax(dim=1) == yb).cpu()
+                    tick(len(xb))
+            rows.append(correct.numpy())
+        flags[name] = np.stack(rows)
+    return CorruptionResult(flags)
+
+
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    epsilons: Mapping[str, float],
+    suite: str | Sequence[str] = "fast",
+    n: int | None = 1000,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    corruptions: bool = False,
+    progress: Progress | None = None,
+    data_root: str | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on the first ``n`` points of ``data`` (all when ``n`` is None).
+
+    ``data`` is a dataset name (its test split) or an ``(x, y)`` pair; ``epsilons`` maps norms to
+    radii (only those norms are attacked); ``suite`` is "fast", "autoattack" or a list of attack
+    names; ``steps`` overrides the suite's iteration counts. ``device`` defaults to the model's;
+    given, the model is moved there. With ``out_dir`` the result is also saved there.
+    """
+    eps = _check_epsilons(epsilons)
+    build_stages = resolve_suite(suite)  # unknown attack names fail before any work
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    started = time.perf_counter()
+    x, y = _load(data, n, data_root)
+    dev = _resolve_device(model, device)
+    if device is not None:
+        model.to(dev)
+
+    settings = {norm: AttackSettings(norm, e, seed=seed, steps=steps, batch_size=batch_size)
+                for norm, e in eps.items()}
+    plan = {norm: build_stages(s) for norm, s in settings.items()}
+    units = 1 + sum(len(stages) for stages in plan.values())
+    units += len(CORRUPTIONS.names()) * len(SEVERITIES) if corruptions else 0
+    tick = _Ticker(units * len(x), progress)
+
+    with _inference(model):
+        clean = _predict(model, x, y, dev, batch_size, tick)
+        robust: dict[str, np.ndarray] = {}
+        stage_accuracy: dict[str, dict[str, float]] = {}
+        for norm, stages in plan.items():
+            alive = clean
+            stage_accuracy[norm] = {}
+            for stage in stages:
+                alive = _run_stage(model, stage, settings[norm], x, y, alive, dev, tick)
+                stage_accuracy[norm][stage.name] = float(alive.mean())
+            robust[norm] = alive
+        corruption = _corruption_flags(model, x, y, dev, batch_size, seed, tick) if corruptions else None
+
+    result = EvalResult(
+        clean=clean, robust=robust, epsilons=dict(eps),
+        suite=suite if isinstance(suite, str) else list(suite),
+        seconds=time.perf_counter() - started, stages=stage_accuracy, corruptions=corruption,
+    )
+    if out_dir is not None:
+        result.save(out_dir)
+    return result

@@ -1,0 +1,142 @@
+"""What an evaluation returns, and its files.
+
+``save(out_dir)`` writes
+- ``metrics.json``: ``EvalResult.metrics()``;
+- ``per_sample.npz``: boolean arrays over the n evaluated points, in data order:
+  ``clean`` (n,), one array per evaluated norm (``linf`` / ``l2`` / ``l1``, (n,): correct clean
+  AND under every attack of the suite), ``union`` (n,), and with corruptions
+  ``corruption_<name>`` (5, n): correct on the corrupted point, row i = severity i + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.norms import NORMS
+
+METRICS_FILE = "metrics.json"
+PER_SAMPLE_FILE = "per_sample.npz"
+CORRUPTION_PREFIX = "corruption_"
+
+
+def _fraction(flags: np.ndarray) -> float:
+    return float(flags.mean()) if flags.size else float("nan")
+
+
+@dataclass
+class CorruptionResult:
+    """Per-sample correctness on each corruption: ``flags[name]`` is a bool (5, n) array."""
+
+    flags: dict[str, np.ndarray]
+
+    def metrics(self) -> dict[str, Any]:
+        per_corruption = {
+            name: {
+                "mean": _fraction(f),
+                "severity": {str(s + 1): _fraction(row) for s, row in enumerate(f)},
+            }
+            for name, f in sorted(self.flags.items())
+        }
+        stacked = np.stack([self.flags[name] for name in sorted(self.flags)])  # (C, 5, n)
+        return {
+            "mean": _fraction(stacked),
+            "per_severity": {str(s + 1): _fraction(stacked[:, s]) for s in range(stacked.shape[1])},
+            "per_corruption": per_corruption,
+        }
+
+
+@dataclass
+class EvalResult:
+    """Per-sample outcome of ``evaluate``. ``robust[norm]`` already includes clean correctness."""
+
+    clean: np.ndarray
+    robust: dict[str, np.ndarray]
+    epsilons: dict[str, float]
+    suite: str | list[str]
+    seconds: float = 0.0
+    # norm -> attack -> accuracy after that attack (cumulative, in suite order)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    corruptions: CorruptionResult | None = None
+
+    def __post_init__(self) -> None:
+        self.clean = np.asarray(self.clean, dtype=bool)
+        self.robust = {norm: np.asarray(f, dtype=bool) for norm, f in self.robust.items()}
+        for norm, flags in self.robust.items():
+            if norm not in NORMS:
+                raise ValueError(f"unknown norm {norm!r} in the robust flags; expected {', '.join(NORMS)}")
+            if flags.shape != self.clean.shape:
+                raise ValueError(f"{norm} flags have shape {flags.shape}, clean flags {self.clean.shape}")
+
+    @property
+    def n(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def union(self) -> np.ndarray:
+        """Correct clean AND robust under every evaluated norm, per sample."""
+        out = self.clean.copy()
+        for flags in self.robust.values():
+            out &= flags
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        """Accuracies as fractions in [0, 1]; a norm that was not evaluated is None."""
+        out: dict[str, Any] = {"clean": _fraction(self.clean)}
+        for norm in NORMS:
+            out[norm] = _fraction(self.robust[norm]) if norm in self.robust else None
+        out |= {
+            "union": _fraction(self.union),
+            "n": self.n,
+            "epsilons": dict(self.epsilons),
+            "suite": self.suite if isinstance(self.suite, str) else list(self.suite),
+            "seconds": self.seconds,
+            "attacks": {norm: dict(stages) for norm, stages in self.stages.items()},
+        }
+        if self.corruptions is not None:
+            out["corruptions"] = self.corruptions.metrics()
+        return out
+
+    def per_sample(self) -> dict[str, np.ndarray]:
+        arrays = {"clean": self.clean, **self.robust, "union": self.union}
+        if self.corruptions is not None:
+            arrays |= {CORRUPTION_PREFIX + name: f for name, f in self.corruptions.flags.items()}
+        return arrays
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``metrics.json`` and ``per_sample.npz`` into ``out_dir``; returns the metrics path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / PER_SAMPLE_FILE, **self.per_sample())
+        path = out / METRICS_FILE
+        # Write-then-rename so a reader polling the directory never sees half a file.
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.metrics(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike[str]) -> EvalResult:
+        """Read back what ``save`` wrote."""
+        out = Path(out_dir)
+        metrics = json.loads((out / METRICS_FILE).read_text())
+        with np.load(out / PER_SAMPLE_FILE) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        corruption = {
+            key[len(CORRUPTION_PREFIX):]: value for key, value in arrays.items()
+            if key.startswith(CORRUPTION_PREFIX)
+        }
+        return cls(
+            clean=arrays["clean"],
+            robust={norm: arrays[norm] for norm in NORMS if norm in arrays},
+            epsilons=metrics["epsilons"],
+            suite=metrics["suite"],
+            seconds=metrics.get("seconds", 0.0),
+            stages=metrics.get("attacks", {}),
+            corruptions=CorruptionResult(corruption) if corruption else None,
+        )
