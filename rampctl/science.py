@@ -1,0 +1,209 @@
+"""The science commands: ``rampctl train`` and ``rampctl eval`` (local runs, no service).
+
+torch and the workers' science are imported inside the commands, so ``rampctl --help`` and the
+service commands stay light. Bad input (an invalid spec, an unknown name, a missing checkpoint,
+a bad ``.npz``) prints one ``error:`` line and exits non-zero (2 for invalid arguments, 1 for
+failures while running), never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from rampctl.tables import format_fraction, print_results_table
+from workers.registry import UnknownNameError
+from workers.spec import EvalSpec, TrainSpec
+from workers.training.callbacks import Callback, EpochReport, TrainInfo  # torch-free
+
+console = Console()
+err_console = Console(stderr=True)
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+
+
+def fail(message: str, code: int = RUN_ERROR) -> NoReturn:
+    one_line = " ".join(message.split())  # torch's messages span lines; a CLI error is one line
+    err_console.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: ``field: message`` (pydantic's own text, without its URL noise)."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "spec"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+@contextmanager
+def clean_errors(*expected: type[BaseException]) -> Iterator[None]:
+    """Turn the errors a user can cause into a one-line message and an exit code."""
+    try:
+        yield
+    except ValidationError as e:
+        fail(f"invalid input: {format_validation_error(e)}", USAGE_ERROR)
+    except (UnknownNameError, FileNotFoundError, ValueError, *expected) as e:
+        fail(str(e) or type(e).__name__)
+
+
+def parse_pairs(items: Sequence[str], option: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": convert("1"), ...}``; bad items exit with a usage error."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            fail(f"{option} expects KEY=VALUE, got {item!r}", USAGE_ERROR)
+        try:
+            out[key] = convert(value)
+        except ValueError:
+            fail(f"{option} {key}: cannot read {value!r} as a number", USAGE_ERROR)
+    return out
+
+
+class RichProgress(Callback):
+    """A progress bar over optimiser steps and one summary line per epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self.task: TaskID | None = None
+
+    def on_train_start(self, info: TrainInfo) -> None:
+        if info.start_epoch:
+            console.print(f"resuming after epoch {info.start_epoch} (step {info.start_step})")
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=info.total_steps, completed=info.start_step)
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=step)
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        parts = [f"epoch {report.epoch}/{report.epochs}", f"lr {report.lr:.4g}"]
+        parts += [f"{k} {v:.4f}" for k, v in report.losses.items()]
+        parts += [f"train-{k} {format_fraction(v)}" for k, v in report.train_robust_acc.items()]
+        parts += [f"mon-{k} {format_fraction(v)}" for k, v in report.monitor.items()]
+        parts.append(f"{report.seconds:.1f}s")
+        self.progress.console.print("  ".join(parts), highlight=False)
+
+    def on_train_end(self, metrics: dict[str, Any]) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.progress.live.is_started:  # stopping a bar that never started prints a blank line
+            self.progress.stop()
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", help="output directory (checkpoint, metrics, history)")],
+    method: Annotated[str, typer.Option(help="training method (catalog name)")] = "ramp",
+    dataset: Annotated[str, typer.Option(help="dataset (catalog name)")] = "mnist-5k",
+    model: Annotated[str | None, typer.Option(help="model (default: the dataset's)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs (default: the dataset's)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="cap on optimiser steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    schedule: Annotated[str | None, typer.Option(help="LR schedule")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="weight decay")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    train_n: Annotated[int | None, typer.Option(help="use only the first N training points")] = None,
+    eval_n: Annotated[int | None, typer.Option(help="test points of the final evaluation (0: none)")] = None,
+    monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch (0: none)")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter KEY=VALUE")] = None,
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda when present)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the checkpoint in --out")] = False,
+) -> None:
+    """Train (or fine-tune with --init-from) a model and evaluate it."""
+    fields: dict[str, Any] = {
+        "method": method, "dataset": dataset, "model": model, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
+        "seed": seed, "train_n": train_n, "eval_n": eval_n, "monitor_n": monitor_n,
+        "init_from": str(init_from) if init_from else None,
+        "data_root": str(data_root) if data_root else None,
+        "params": parse_pairs(set_ or [], "--set"),
+        "epsilons": parse_pairs(eps or [], "--eps", float),
+    }
+    with clean_errors():
+        spec = TrainSpec(**{k: v for k, v in fields.items() if v is not None})
+
+    from workers.checkpoint import CheckpointError
+    from workers.training.loop import run_training
+
+    progress = RichProgress()
+    with clean_errors(CheckpointError):
+        try:
+            metrics = run_training(spec, out, callbacks=[progress], resume=resume, device=device)
+        finally:
+            progress.stop()
+    print_results_table([{"name": out.name, **metrics}], title=f"{spec.method} on {spec.dataset}")
+    console.print(f"wrote {out}", highlight=False)
+
+
+def eval_(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="checkpoint (or training output) dir")],
+    out: Annotated[Path, typer.Option("--out", help="output directory for metrics.json")],
+    suite: Annotated[str, typer.Option(help="fast | autoattack")] = "fast",
+    n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    attacks: Annotated[str | None, typer.Option(help="custom suite: comma-separated attacks")] = None,
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
+    data_file: Annotated[Path | None, typer.Option(help=".npz with x (N,C,H,W) in [0,1] and y")] = None,
+    corruptions: Annotated[bool, typer.Option("--corruptions", help="also corruption accuracy")] = False,
+    batch_size: Annotated[int, typer.Option(help="evaluation batch size")] = 256,
+    seed: Annotated[int, typer.Option(help="random seed of the attacks")] = 0,
+    data_root: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda when present)")] = None,
+) -> None:
+    """Evaluate a checkpoint: clean, per-norm and union robust accuracy."""
+    chosen: str | list[str] = suite
+    if attacks is not None:
+        chosen = [a.strip() for a in attacks.split(",") if a.strip()]
+    with clean_errors():
+        spec = EvalSpec(
+            checkpoint=str(checkpoint), suite=chosen, n=n, epsilons=parse_pairs(eps or [], "--eps", float),
+            data_file=str(data_file) if data_file else None, batch_size=batch_size, seed=seed,
+            corruptions=corruptions,
+        )
+
+    from workers.checkpoint import CheckpointError
+    from workers.training.evaluation import run_evaluation
+
+    bar = Progress(TextColumn("[bold]eval"), BarColumn(), TimeRemainingColumn(), console=console,
+                   transient=True)
+    task = bar.add_task("eval", total=None)
+
+    def advance(done: int, total: int) -> None:
+        if not bar.live.is_started:  # started on the first tick: failures before any work print no bar
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    with clean_errors(CheckpointError):
+        try:
+            metrics = run_evaluation(spec, out, device=device, data_root=data_root, progress=advance)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+    print_results_table([{"name": checkpoint.name, **metrics}], title="evaluation")
+    console.print(f"wrote {out / 'metrics.json'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(eval_)

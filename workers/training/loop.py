@@ -1,0 +1,287 @@
+"""The training loop: any registered method, one optimiser, a per-step LR schedule, checkpoints.
+
+``run_training(spec, out_dir)`` writes into ``out_dir``:
+
+    checkpoint/      the latest checkpoint (``workers.checkpoint`` layout), rewritten every epoch,
+                     with ``train_state.pt`` so ``resume=True`` continues exactly where it stopped
+    history.jsonl    one ``EpochReport`` per line
+    metrics.json     the final evaluation (``evaluate(..., suite="fast", n=spec.eval_n)``; the keys
+                     ``rampctl eval`` writes), plus per_sample.npz from the evaluation
+
+Reproducibility: everything is seeded from ``spec.seed``; the data order depends only on
+(seed, epoch) (see ``runtime``); held-out monitoring runs with isolated RNG so turning it on or off
+does not change training; a checkpoint stores the RNG states. A run resumed after epoch k therefore
+ends with the same weights as an uninterrupted run.
+
+Distributed runs: the ``Runtime`` prepares model and loader and sums epoch statistics over ranks;
+only ``runtime.is_main`` evaluates and writes. Method hooks receive the unwrapped model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from workers import catalog, checkpoint
+from workers.datasets import load_dataset, load_tensors, num_classes
+from workers.evaluation import evaluate
+from workers.methods import Method, MethodContext, build_method
+from workers.models import build_model
+from workers.spec import TrainSpec
+from workers.training.accumulate import EpochStats
+from workers.training.artifacts import write_history, write_metrics
+from workers.training.callbacks import Callback, CallbackList, EpochReport, TrainInfo
+from workers.training.evaluation import evaluate_and_record
+from workers.training.optim import build_optimizer, set_lr
+from workers.training.rng import isolated_rng, seed_everything
+from workers.training.runtime import LocalRuntime, Runtime
+from workers.training.schedules import lr_at
+from workers.training.state import Progress, pack_train_state, restore_train_state
+
+MONITOR_KEYS = ("clean", "linf", "l2", "l1", "union")
+# Spec fields that may change between a run and its resumption: they do not affect the weights.
+RESUME_MUTABLE = frozenset({"eval_n", "monitor_n", "monitor_steps", "num_workers", "data_root"})
+
+
+class ResumeError(ValueError):
+    """The checkpoint in ``out_dir`` belongs to a different run than the spec being resumed."""
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    steps_per_epoch: int
+    total_steps: int  # optimiser steps of the whole run, after the max_steps cap
+    epochs: int  # epochs that run (the last one may be cut short by max_steps)
+
+
+def plan_steps(epochs: int, steps_per_epoch: int, max_steps: int | None) -> StepPlan:
+    if steps_per_epoch < 1:
+        raise ValueError("the training set yields no batch (fewer points than one batch?)")
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps)
+    return StepPlan(steps_per_epoch, total, math.ceil(total / steps_per_epoch))
+
+
+def resolve_spec(spec: TrainSpec) -> TrainSpec:
+    """``spec.resolve()``; fine-tuning without a model name takes the checkpoint's model."""
+    if spec.init_from is not None and spec.model is None:
+        meta = checkpoint.load_metadata(spec.init_from)
+        spec = spec.model_copy(update={"model": meta["model"], "model_args": dict(meta["model_args"])})
+    return spec.resolve()
+
+
+def _train_subset(spec: TrainSpec) -> Dataset:
+    data = load_dataset(spec.dataset, "train", root=spec.data_root, augment=True)
+    if spec.train_n is not None and spec.train_n < len(data):
+        data = Subset(data, range(spec.train_n))
+    return data
+
+
+def _loader(data: Dataset, spec: TrainSpec, runtime: Runtime) -> DataLoader:
+    # A final batch of one sample breaks BatchNorm in train mode; drop only that case.
+    drop_last = len(data) > spec.batch_size and len(data) % spec.batch_size == 1
+    plain = DataLoader(data, batch_size=spec.batch_size, num_workers=spec.num_workers, drop_last=drop_last)
+    return runtime.prepare_loader(plain, shuffle=True, seed=spec.seed)
+
+
+def _model_meta(spec: TrainSpec) -> dict[str, Any]:
+    channels, height, width = catalog.DATASETS[spec.dataset].shape
+    return {
+        "model": spec.model,
+        "model_args": dict(spec.model_args),
+        "dataset": spec.dataset,
+        "num_classes": num_classes(spec.dataset, root=spec.data_root),
+        "in_channels": channels,
+        "input_size": [height, width],
+        "epsilons": dict(spec.epsilons),
+        "method": spec.method,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def _build_model(meta: dict[str, Any], init_from: str | None) -> nn.Module:
+    try:
+        model = build_model(
+            meta["model"],
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            input_size=meta["input_size"],
+            **meta["model_args"],
+        )
+    except TypeError as e:  # build_model's way of rejecting model_args
+        raise ValueError(str(e)) from None
+    if init_from is not None:
+        source_meta = checkpoint.load_metadata(init_from)
+        for key in ("model", "model_args", "num_classes", "in_channels", "input_size"):
+            if source_meta[key] != meta[key]:
+                raise checkpoint.CheckpointError(
+                    f"cannot fine-tune from {init_from}: its {key} is {source_meta[key]!r}, this run's is "
+                    f"{meta[key]!r} (leave the model unset to take the checkpoint's)"
+                )
+        checkpoint.load_weights(model, init_from)
+    return model
+
+
+def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
+    differ = sorted(k for k in stored.keys() | current.keys()
+                    if k not in RESUME_MUTABLE and stored.get(k) != current.get(k))
+    if differ:
+        details = "; ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        raise ResumeError(f"cannot resume {out_dir}: the spec differs from the checkpoint's ({details})")
+
+
+def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec,
+             device: torch.device) -> dict[str, float]:
+    # Isolated so that monitoring (or not) never changes the training's random streams.
+    with isolated_rng():
+        metrics = evaluate(model, data, spec.epsilons, "fast", n=None, device=device, seed=spec.seed,
+                           steps=spec.monitor_steps).metrics()
+    return {k: metrics[k] for k in MONITOR_KEYS if metrics.get(k) is not None}
+
+
+def _train_epoch(
+    epoch: int, progress: Progress, plan: StepPlan, *, spec: TrainSpec, model: nn.Module, bare: nn.Module,
+    method: Method, optimizer: torch.optim.Optimizer, loader: DataLoader, runtime: Runtime, cb: Callback,
+) -> tuple[EpochStats, float]:
+    stats = EpochStats(runtime.device)
+    runtime.set_epoch(loader, epoch)
+    method.on_epoch_start(bare, epoch)
+    lr = 0.0
+    for x, y in loader:
+        x = x.to(runtime.device, non_blocking=True)
+        y = y.to(runtime.device, non_blocking=True)
+        lr = lr_at(spec.schedule, spec.lr, progress.step, plan.total_steps)
+        set_lr(optimizer, lr)
+        model.train()
+        out = method.compute_loss(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        method.after_step(bare, x, y, lr)
+        stats.add(out)
+        progress.step += 1
+        cb.on_step(progress.step, plan.total_steps)
+        if progress.step >= plan.total_steps:
+            break
+    method.on_epoch_end(bare, epoch)
+    return stats, lr
+
+
+def run_training(
+    spec: TrainSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    callbacks: tuple[Callback, ...] | list[Callback] = (),
+    resume: bool = False,
+    device: torch.device | str | None = None,
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` into ``out_dir``; returns the final metrics (empty on non-main ranks).
+
+    ``resume=True`` continues from ``out_dir/checkpoint`` when it holds a training state (and
+    starts afresh when there is none yet, which is what a retried job wants). ``device`` picks the
+    device of the default ``LocalRuntime``; pass ``runtime`` to run elsewhere (e.g. Ray Train).
+    """
+    out = Path(out_dir)
+    runtime = runtime or LocalRuntime(device)
+    cb = CallbackList(list(callbacks))
+    spec = resolve_spec(spec)
+    spec_dict = spec.model_dump(mode="json")
+    ckpt_dir = out / checkpoint.SUBDIR
+
+    seed_everything(spec.seed)
+    meta = _model_meta(spec)
+    loader = _loader(_train_subset(spec), spec, runtime)
+    plan = plan_steps(spec.epochs, len(loader), spec.max_steps)
+    bare = _build_model(meta, spec.init_from).to(runtime.device)
+    model = runtime.prepare_model(bare)
+    bare = runtime.unwrap(model)
+    method = build_method(
+        spec.method,
+        MethodContext(
+            epsilons=dict(spec.epsilons), params=dict(spec.params), num_classes=meta["num_classes"],
+            finetune=spec.finetune, momentum=spec.momentum, weight_decay=spec.weight_decay,
+        ),
+    )
+    optimizer = build_optimizer(bare, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    monitor_data = None
+    if runtime.is_main and spec.monitor_n > 0:
+        monitor_data = load_tensors(spec.dataset, "test", n=spec.monitor_n, root=spec.data_root)
+
+    progress = Progress()
+    if resume and checkpoint.has_train_state(ckpt_dir):
+        state = checkpoint.load_train_state(ckpt_dir)
+        _check_resumable(state["spec"], spec_dict, out)
+        checkpoint.load_weights(bare, ckpt_dir)
+        # Last: building the model and the method consumed random numbers the saved state replaces.
+        progress = restore_train_state(
+            state, optimizer=optimizer, method=method, loader_generator=loader.generator
+        )
+
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    cb.on_train_start(TrainInfo(
+        spec=spec_dict, out_dir=str(out), device=str(runtime.device), epochs=plan.epochs,
+        steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
+        start_epoch=progress.epoch, start_step=progress.step, is_main=runtime.is_main,
+    ))
+
+    for epoch in range(progress.epoch, plan.epochs):
+        started = time.perf_counter()
+        stats, lr = _train_epoch(
+            epoch, progress, plan, spec=spec, model=model, bare=bare, method=method,
+            optimizer=optimizer, loader=loader, runtime=runtime, cb=cb,
+        )
+        losses, robust = stats.summary(runtime.reduce_sum)
+        seconds = time.perf_counter() - started
+        monitor = _monitor(bare, monitor_data, spec, runtime.device) if monitor_data is not None else {}
+        report = EpochReport(
+            epoch=epoch + 1, epochs=plan.epochs, step=progress.step, total_steps=plan.total_steps,
+            lr=lr, losses=losses, train_robust_acc=robust, seconds=seconds, monitor=monitor,
+        )
+        progress.history.append(report.to_dict())
+        progress.epoch = epoch + 1
+        if runtime.is_main:
+            train_state = pack_train_state(
+                progress, optimizer=optimizer, method=method, loader_generator=loader.generator,
+                spec=spec_dict,
+            )
+            checkpoint.save(
+                ckpt_dir, bare, meta | {"epoch": progress.epoch, "step": progress.step, "metrics": monitor},
+                train_state=train_state,
+            )
+            write_history(out, progress.history)
+            cb.on_checkpoint(str(ckpt_dir))
+        cb.on_epoch_end(report)
+
+    final: dict[str, Any] = {}
+    if runtime.is_main:
+        final = _final_metrics(bare, spec, runtime.device, out, ckpt_dir)
+    cb.on_train_end(final)
+    return final
+
+
+def _final_metrics(
+    model: nn.Module, spec: TrainSpec, device: torch.device, out: Path, ckpt_dir: Path
+) -> dict[str, Any]:
+    extra = {"checkpoint": str(ckpt_dir), "data": f"{spec.dataset}:test"}
+    if spec.eval_n > 0:
+        data = load_tensors(spec.dataset, "test", n=spec.eval_n, root=spec.data_root)
+        with isolated_rng():
+            metrics = evaluate_and_record(model, data, spec.epsilons, out, device=device, seed=spec.seed,
+                                          extra=extra)
+    else:
+        metrics = {"n": 0, "suite": "fast", "epsilons": dict(spec.epsilons)} | extra
+        write_metrics(out, metrics)
+    if (ckpt_dir / checkpoint.META_FILE).is_file():
+        checkpoint.update_metadata(ckpt_dir, {"metrics": metrics})
+    return metrics
