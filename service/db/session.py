@@ -26,6 +26,9 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
     url = make_url(database_url)
+    if url.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        url = url.set(drivername="postgresql+psycopg2")
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

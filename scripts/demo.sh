@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The demo: RAMP and E-AT on mnist-5k through the service, side by side.
+#
+# Starts the service embedded in the background (SQLite + a local Ray head it owns), submits a RAMP
+# and an E-AT training job with a small budget, follows their progress, prints clean / l_inf / l_2 /
+# l_1 / union accuracy side by side and the Ray dashboard URL, then shuts the service down (which
+# stops its Ray head -- only its own processes).
+#
+# Knobs (environment): DEMO_STEPS (optimiser steps per job, default 40), DEMO_EVAL_N (test points
+# of the final evaluation, default 200), RAMP_HOME (default: a fresh temp dir), RAMP_PORT, RAMPCTL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-.venv/bin/python}"
+RAMPCTL="${RAMPCTL:-.venv/bin/rampctl}"
+STEPS="${DEMO_STEPS:-40}"
+EVAL_N="${DEMO_EVAL_N:-200}"
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+export RAMP_HOME="${RAMP_HOME:-$(mktemp -d /tmp/ramp-demo-XXXXXX)}"
+export RAMP_PORT="${RAMP_PORT:-$(free_port)}"
+export RAMP_URL="http://127.0.0.1:${RAMP_PORT}"
+# A free dashboard port, so the demo runs next to any other Ray head on the machine.
+export RAMP_RAY_DASHBOARD_URL="${RAMP_RAY_DASHBOARD_URL:-http://127.0.0.1:$(free_port)}"
+export RAMP_LOG_JSON="${RAMP_LOG_JSON:-false}"
+unset RAY_ADDRESS DATABASE_URL  # embedded: this demo owns its database and its Ray head
+
+echo "== starting the service at ${RAMP_URL} (home ${RAMP_HOME}; log ${RAMP_HOME}/service.log)"
+"$RAMPCTL" serve --port "$RAMP_PORT" >"${RAMP_HOME}/service.log" 2>&1 &
+SERVICE_PID=$!
+
+shutdown() {
+    if kill -0 "$SERVICE_PID" 2>/dev/null; then
+        echo "== stopping the service (and its Ray head)"
+        kill -TERM "$SERVICE_PID"  # uvicorn shuts down gracefully: dispatcher, then the Ray head
+        wait "$SERVICE_PID" 2>/dev/null || true
+    fi
+}
+trap shutdown EXIT
+
+for _ in $(seq 1 240); do
+    if curl -sf "${RAMP_URL}/healthz" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
+        echo "the service exited during start-up:" >&2
+        tail -n 30 "${RAMP_HOME}/service.log" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+curl -sf "${RAMP_URL}/healthz" >/dev/null || { echo "the service did not come up" >&2; exit 1; }
+RAMP_TOKEN="$(cat "${RAMP_HOME}/admin_token")"
+export RAMP_TOKEN
+
+budget=(--dataset mnist-5k --model small-cnn --epochs 1 --max-steps "$STEPS" --batch-size 64
+        --eval-n "$EVAL_N" --monitor-n 0 --seed 0)
+echo "== submitting RAMP and E-AT (mnist-5k, ${STEPS} steps each, eval on ${EVAL_N} points)"
+RAMP_JOB="$("$RAMPCTL" submit --method ramp "${budget[@]}" --idempotency-key "demo-ramp" -q)"
+EAT_JOB="$("$RAMPCTL" submit --method eat "${budget[@]}" --idempotency-key "demo-eat" -q)"
+echo "jobs: RAMP #${RAMP_JOB}, E-AT #${EAT_JOB}"
+
+status=0
+"$RAMPCTL" status "$RAMP_JOB" --follow || status=1
+"$RAMPCTL" status "$EAT_JOB" --follow || status=1
+
+echo "== results"
+"$RAMPCTL" results "$RAMP_JOB" "$EAT_JOB"
+dashboard="$(curl -sf -H "Authorization: Bearer ${RAMP_TOKEN}" "${RAMP_URL}/v1/jobs/${RAMP_JOB}" \
+    | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("ray_dashboard_url") or "-")')"
+echo "Ray dashboard (while the service runs): ${dashboard}"
+exit "$status"

@@ -1,0 +1,361 @@
+"""The job driver's reporting: backoff, spool, retries, delivery across a service outage, and a
+real driver run (training and a failing eval) against the real API, without Ray."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from exec_support import make_test_settings, running_server, tiny_train_spec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service import repository
+from service.db import migrate
+from service.ray_local import free_port
+from workers.jobs import outbox
+from workers.jobs.reporter import (
+    Backoff,
+    Rejected,
+    Reporter,
+    ReportError,
+    ServiceClient,
+    jsonable,
+)
+
+FAST = Backoff(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.2)
+
+# ------------------------------------------------------------------------------------- backoff
+
+backoffs = st.builds(
+    Backoff,
+    base_s=st.floats(0.001, 5.0),
+    factor=st.floats(1.0, 4.0),
+    max_s=st.floats(5.0, 120.0),
+    jitter=st.floats(0.0, 0.9),
+)
+
+
+@given(backoffs, st.integers(0, 10_000), st.floats(0.0, 1.0, exclude_max=True))
+def test_backoff_delay_is_positive_and_capped(policy: Backoff, retry: int, rand: float) -> None:
+    d = policy.delay(retry, rand)
+    assert 0 < d <= policy.max_s
+    assert d >= min(policy.max_s, policy.base_s) * (1 - policy.jitter) - 1e-12
+
+
+@given(backoffs, st.integers(0, 200), st.floats(0.0, 1.0, exclude_max=True))
+def test_backoff_grows_monotonically_for_a_fixed_draw(policy: Backoff, retry: int, rand: float) -> None:
+    assert policy.delay(retry + 1, rand) >= policy.delay(retry, rand) - 1e-12
+
+
+@given(st.floats(0.0, 1.0, exclude_max=True))
+def test_backoff_without_jitter_is_exactly_exponential(rand: float) -> None:
+    policy = Backoff(base_s=0.5, factor=2.0, max_s=10.0, jitter=0.0)
+    assert [policy.delay(i, rand) for i in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_backoff_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="invalid backoff"):
+        Backoff(base_s=0)
+    with pytest.raises(ValueError, match="invalid backoff"):
+        Backoff(base_s=5, max_s=1)
+
+
+def test_jsonable_replaces_non_finite_numbers_and_unwraps_scalars() -> None:
+    import numpy as np
+
+    out = jsonable({"loss": float("nan"), "x": [1.0, float("inf")], "n": np.int64(3), 4: np.float32(0.5)})
+    assert out == {"loss": None, "x": [1.0, None], "n": 3, "4": 0.5}
+    json.dumps(out, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------- spool
+
+
+def test_spool_numbers_acks_and_survives_a_torn_line(tmp_path: Path) -> None:
+    spool = outbox.Spool(tmp_path, attempt=2)
+    for seq in range(4):
+        spool.append({"seq": seq, "type": "log", "data": {"i": seq}, "attempt": 2})
+    with open(spool.path, "a") as f:
+        f.write('{"seq": 4, "type": "lo')  # a crash mid-write
+    assert [e["seq"] for e in spool.events()] == [0, 1, 2, 3]
+    assert spool.acked() == -1 and spool.last_seq() == 3
+    spool.ack(1)
+    spool.ack(0)  # acknowledgements never move backwards
+    assert spool.acked() == 1
+    assert [e["seq"] for e in spool.pending()] == [2, 3]
+    outbox.Spool(tmp_path, attempt=1).append({"seq": 0, "type": "log", "data": {}})
+    assert [s.attempt for s in outbox.spools(tmp_path)] == [1, 2]
+
+
+def test_result_file_is_per_attempt(tmp_path: Path) -> None:
+    assert outbox.read_result(tmp_path) is None
+    outbox.write_result(tmp_path, attempt=3, status="succeeded", metrics={"union": 0.5})
+    assert outbox.read_result(tmp_path, attempt=3) == {"attempt": 3, "status": "succeeded",
+                                                       "metrics": {"union": 0.5}}
+    assert outbox.read_result(tmp_path, attempt=2) is None
+    (tmp_path / outbox.RESULT_FILE).write_text("{not json")
+    assert outbox.read_result(tmp_path) is None
+    with pytest.raises(ValueError, match="succeeded or failed"):
+        outbox.write_result(tmp_path, attempt=1, status="running")
+
+
+# ------------------------------------------------------------------------------- ServiceClient
+
+
+def _client(handler: Any, sleeps: list[float], **kw: Any) -> ServiceClient:
+    return ServiceClient(
+        "http://svc", 7, "tok", backoff=Backoff(base_s=0.1, factor=2, max_s=1.0, jitter=0.0),
+        http=httpx.Client(transport=httpx.MockTransport(handler)), sleep=sleeps.append,
+        rng=random.Random(0), **kw,
+    )
+
+
+def test_client_retries_transient_failures_with_backoff() -> None:
+    calls: list[httpx.Request] = []
+    answers = [503, "drop", 429, 200]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        answer = answers[len(calls) - 1]
+        if answer == "drop":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(answer, json={"ok": True})
+
+    sleeps: list[float] = []
+    client = _client(handler, sleeps)
+    client.post_events([{"seq": 0, "type": "log", "data": {}}], deadline=None)
+    assert len(calls) == 4
+    assert sleeps == [0.1, 0.2, 0.4]
+    assert calls[0].url.path == "/internal/jobs/7/events"
+    assert calls[0].headers["authorization"] == "Bearer tok"
+    assert json.loads(calls[-1].content) == {"events": [{"seq": 0, "type": "log", "data": {}}]}
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 409, 422])
+def test_client_does_not_retry_client_errors(code: int) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(code, text="nope")
+
+    sleeps: list[float] = []
+    with pytest.raises(Rejected) as err:
+        _client(handler, sleeps).post_status("running")
+    assert err.value.status_code == code and len(calls) == 1 and sleeps == []
+
+
+def test_client_gives_up_at_the_deadline() -> None:
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        now[0] += s
+
+    client = ServiceClient(
+        "http://svc", 1, "t", backoff=Backoff(base_s=1.0, factor=2, max_s=8, jitter=0.0),
+        http=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(502))),
+        sleep=sleep, clock=lambda: now[0],
+    )
+    with pytest.raises(ReportError, match="deadline.*HTTP 502"):
+        client.post_status("succeeded", metrics={"union": 1.0}, timeout_s=10.0)
+    assert sleeps == [1.0, 2.0, 4.0]  # the next wait (8 s) would end after the deadline (10 s)
+
+
+# ------------------------------------------------------------ Reporter against the real API
+
+
+@pytest.fixture
+def service(tmp_path: Path):  # noqa: ANN201
+    """The real app (no dispatcher) on a known port, plus one train job and its driver token."""
+    from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
+    from service.main import create_app
+
+    port = free_port()
+    settings = make_test_settings(tmp_path / "home", port=port)
+    migrate.upgrade(str(settings.database_url))
+    app = create_app(settings, start_dispatcher=False)
+    token = generate_token(DRIVER_TOKEN_PREFIX)
+    with app.state.session_factory() as s:
+        job = repository.create_job(s, tiny_train_spec(), kind="train", idempotency_key=None, token_id=None)
+        repository.set_job_token(s, job.id, hash_token(token))
+    return {"app": app, "settings": settings, "port": port, "job_id": job.id, "token": token,
+            "url": f"http://127.0.0.1:{port}"}
+
+
+def _stored(app: Any, job_id: int) -> list[tuple[int, int | None, str]]:
+    with app.state.session_factory() as s:
+        return [(e.attempt, e.seq, e.type) for e in repository.list_events(s, job_id, limit=1000)
+                if e.type != "status"]
+
+
+def test_events_survive_a_service_outage_and_a_driver_restart(
+    service: dict[str, Any], tmp_path: Path
+) -> None:
+    app, job_id = service["app"], service["job_id"]
+    spool_dir = tmp_path / "spool"
+
+    def client() -> ServiceClient:
+        return ServiceClient(service["url"], job_id, service["token"], backoff=FAST)
+
+    # The service is down: events are numbered and spooled, delivery keeps failing.
+    first = Reporter(client(), attempt=1, spool_dir=spool_dir, flush_interval_s=0.01).start()
+    for i in range(3):
+        first.log(f"line {i}")
+    assert first.close(timeout_s=0.3) is False
+    assert [e["seq"] for e in outbox.Spool(spool_dir, 1).pending()] == [0, 1, 2]
+
+    # A second reporter of the same attempt emits while the service is still down, then it comes up.
+    second = Reporter(client(), attempt=1, spool_dir=spool_dir, flush_interval_s=0.01).start()
+    assert second.metrics({"epoch": 1, "loss": float("nan")}) == 3
+    with running_server(app, service["port"]):
+        assert second.flush(timeout_s=20)
+        second.progress(1, 2, force=True)
+        assert second.close(timeout_s=20) is True
+        assert _stored(app, job_id) == [(1, 0, "log"), (1, 1, "log"), (1, 2, "log"), (1, 3, "metrics"),
+                                        (1, 4, "progress")]
+        # Re-sending an acknowledged batch (a lost answer) stores nothing twice.
+        client().post_events(outbox.Spool(spool_dir, 1).events()[:2], deadline=None)
+        assert len(_stored(app, job_id)) == 5
+        with app.state.session_factory() as s:
+            metrics = repository.list_events(s, job_id, type="metrics")[0].data
+            assert metrics["loss"] is None and metrics["epoch"] == 1
+            assert repository.get_job(s, job_id).progress["fraction"] == 0.5
+    assert outbox.Spool(spool_dir, 1).acked() == 4
+
+
+def test_progress_is_throttled(service: dict[str, Any], tmp_path: Path) -> None:
+    now = [0.0]
+    client = ServiceClient(service["url"], service["job_id"], service["token"], backoff=FAST)
+    rep = Reporter(client, attempt=1, spool_dir=tmp_path, progress_interval_s=1.0, clock=lambda: now[0])
+    sent = []
+    for step in range(1, 11):
+        now[0] += 0.3
+        sent.append(rep.progress(step, 10))
+    # at t=0.3 (first), then >= 1 s later (t=1.5, 2.7), and the final step always
+    assert [s is not None for s in sent] == [True, False, False, False, True, False, False, False, True, True]
+
+
+def test_a_revoked_token_stops_delivery(service: dict[str, Any], tmp_path: Path) -> None:
+    with running_server(service["app"], service["port"]):
+        client = ServiceClient(service["url"], service["job_id"], "rampjob_wrong", backoff=FAST)
+        rep = Reporter(client, attempt=1, spool_dir=tmp_path, flush_interval_s=0.01).start()
+        rep.log("hello")
+        assert rep.close(timeout_s=5) is False
+        assert _stored(service["app"], service["job_id"]) == []
+
+
+# --------------------------------------------------------------------- the driver, without Ray
+
+
+def test_driver_runs_a_training_job_and_reports_everything(service: dict[str, Any], tmp_path: Path) -> None:
+    from workers.jobs.driver import run_job
+
+    app, job_id = service["app"], service["job_id"]
+    storage = tmp_path / "storage"
+    with app.state.session_factory() as s:
+        repository.claim_queued_jobs(s, limit=1, claimer="test")
+    with running_server(app, service["port"]):
+        code = run_job(ServiceClient(service["url"], job_id, service["token"]), storage)
+    assert code == 0
+    with app.state.session_factory() as s:
+        job = repository.get_job(s, job_id)
+        events = repository.list_events(s, job_id, limit=1000)
+    assert job.status == "succeeded", job.error
+    assert {"clean", "linf", "l2", "l1", "union"} <= set(job.result)
+    assert all(0.0 <= job.result[k] <= 1.0 for k in ("clean", "linf", "l2", "l1", "union"))
+    assert job.result["n"] == 16
+    types = [e.type for e in events if e.seq is not None]
+    assert [e.seq for e in events if e.seq is not None] == list(range(len(types)))
+    assert {"log", "progress", "metrics", "artifact"} <= set(types)
+    epoch = next(e.data for e in events if e.type == "metrics")
+    assert epoch["epoch"] == 1 and "ce" in epoch["losses"]
+    artifacts = {e.data["name"] for e in events if e.type == "artifact"}
+    assert {"metrics.json", "history.jsonl", "checkpoint/model.safetensors"} <= artifacts
+    assert outbox.read_result(storage / "jobs" / str(job_id), attempt=1)["status"] == "succeeded"
+    # Events come before the verdict, so a follower sees all of them before 'succeeded'.
+    assert events[-1].type == "status" and events[-1].data["to"] == "succeeded"
+
+
+def test_driver_reports_a_failure_with_its_reason(service: dict[str, Any], tmp_path: Path) -> None:
+    from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
+    from workers.jobs.driver import run_job
+
+    app = service["app"]
+    token = generate_token(DRIVER_TOKEN_PREFIX)
+    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "fast", "n": 8}
+    with app.state.session_factory() as s:
+        job = repository.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
+        repository.set_job_token(s, job.id, hash_token(token))
+        repository.claim_queued_jobs(s, limit=5, claimer="test")
+    storage = tmp_path / "storage"
+    with running_server(app, service["port"]):
+        assert run_job(ServiceClient(service["url"], job.id, token), storage) == 1
+    with app.state.session_factory() as s:
+        failed = repository.get_job(s, job.id)
+        logs = repository.list_events(s, job.id, type="log")
+    assert failed.status == "failed"
+    assert "CheckpointError" in failed.error and "missing" in failed.error
+    assert any(e.data["level"] == "error" for e in logs)
+    assert outbox.read_result(storage / "jobs" / str(job.id))["status"] == "failed"
+
+
+def test_driver_leaves_its_verdict_on_disk_when_the_service_is_gone(
+    service: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec is fetched, then the service disappears: result.json and the spool remain."""
+    from workers.jobs import driver
+
+    storage = tmp_path / "storage"
+    info = {"job_id": service["job_id"], "attempt": 1, "kind": "eval", "job_dir": "/unused",
+            "work_spec": {"checkpoint": str(tmp_path / "missing"), "n": 4}, "resources": {}}
+    client = ServiceClient(service["url"], service["job_id"], service["token"], backoff=FAST)
+    monkeypatch.setattr(client, "get_spec", lambda **_: info)
+    monkeypatch.setattr(driver, "FINAL_FLUSH_S", 0.2)
+    real_post = client.post_status
+
+    def post_status(status: str, **kw: Any) -> Any:
+        return real_post(status, **kw | {"timeout_s": 0.2})
+
+    monkeypatch.setattr(client, "post_status", post_status)
+    # Nothing listens on the service's port: neither 'running' nor 'failed' can be delivered.
+    assert driver.run_job(client, storage) == 1
+    result = outbox.read_result(storage / "jobs" / str(service["job_id"]), attempt=1)
+    assert result is not None and result["status"] == "failed" and "CheckpointError" in result["error"]
+    pending = outbox.Spool(outbox.spool_dir(storage, service["job_id"]), 1).pending()
+    assert any(e["type"] == "log" and e["data"]["level"] == "error" for e in pending)
+
+
+def test_reporting_callback_maps_training_hooks_to_events(tmp_path: Path) -> None:
+    from workers.jobs.driver import ReportingCallback
+    from workers.training.callbacks import EpochReport, TrainInfo
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **kw: self.calls.append((name, a, kw))
+
+    rec = Recorder()
+    cb = ReportingCallback(rec, tmp_path)  # type: ignore[arg-type]
+    cb.on_train_start(TrainInfo(spec={}, out_dir=str(tmp_path), device="cpu", epochs=2, steps_per_epoch=3,
+                                total_steps=6, start_epoch=1, start_step=3))
+    cb.on_step(4, 6)
+    cb.on_checkpoint(str(tmp_path / "checkpoint"))
+    report = EpochReport(epoch=2, epochs=2, step=6, total_steps=6, lr=0.1, losses={"ce": 0.5}, seconds=1.0)
+    cb.on_epoch_end(report)
+    cb.on_train_end({"union": 0.1})
+    names = [c[0] for c in rec.calls]
+    assert names == ["log", "progress", "progress", "artifact", "metrics", "progress", "log", "progress"]
+    assert "resuming at epoch 1 (step 3)" in rec.calls[0][1][0]
+    assert rec.calls[3][1] == ("checkpoint",)
+    assert rec.calls[4][1][0] == report.to_dict()
+    assert rec.calls[-1][1] == (6, 6) and rec.calls[-1][2]["phase"] == "done"
+

@@ -1,0 +1,303 @@
+"""The Ray job entry point of a service job: ``python -m workers.jobs.driver --job-id ID``.
+
+The dispatcher starts it with RAMP_SERVICE_URL, RAMP_JOB_TOKEN (valid for this job only) and
+RAMP_STORAGE_DIR in its environment. The driver
+
+1. fetches its spec from ``GET /internal/jobs/{id}/spec`` (resolved spec, attempt, resume hint),
+2. reports ``running``, runs the job kind's step (train / finetune through
+   ``workers.training.loop.run_training``, eval through ``run_evaluation``) while a callback
+   streams progress, per-epoch metrics, log lines and artifacts as numbered events,
+3. writes ``<storage>/jobs/<id>/result.json``, delivers the remaining events, and posts the final
+   status (``succeeded`` with the metrics, or ``failed`` with the error).
+
+If the service is unreachable at the end, result.json and the event spool stay on disk and the
+service's reconciliation picks them up. SIGTERM (a cancel: Ray stops the job) ends the run quickly
+after flushing what can be flushed in a second or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from workers.jobs import outbox
+from workers.jobs.reporter import (
+    ENV_JOB_TOKEN,
+    ENV_SERVICE_URL,
+    ENV_STORAGE_DIR,
+    Reporter,
+    ReportError,
+    ServiceClient,
+)
+from workers.registry import Registry
+from workers.spec import EvalSpec, TrainSpec
+from workers.training.callbacks import Callback, EpochReport, TrainInfo
+
+log = logging.getLogger("workers.jobs.driver")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 143
+FINAL_FLUSH_S = 30.0  # how long the driver waits to deliver its last events before leaving them spooled
+STOP_FLUSH_S = 1.5
+RUNNING_REPORT_S = 10.0  # after SIGTERM, Ray sends SIGKILL ~3 s later
+
+
+class JobStopped(BaseException):
+    """SIGTERM arrived (the job was cancelled); a BaseException so no `except Exception` eats it."""
+
+
+@dataclass
+class JobContext:
+    job_id: int
+    attempt: int
+    kind: str
+    work_spec: dict[str, Any]  # exactly the fields of TrainSpec / EvalSpec
+    resources: dict[str, Any]
+    out_dir: Path
+    resume: bool
+    reporter: Reporter
+
+
+
+def job_device(resources: dict[str, Any]) -> str:
+    # Only a job that reserved a GPU may use one: Ray gives the node's other GPUs to other jobs.
+    return "cuda" if resources.get("use_gpu") else "cpu"
+
+
+# ------------------------------------------------------------------------------ the reporting bridge
+
+
+class ReportingCallback(Callback):
+    """Training hooks -> service events (progress throttled by the reporter)."""
+
+    def __init__(self, reporter: Reporter, out_dir: Path) -> None:
+        self.reporter = reporter
+        self.out_dir = out_dir
+        self._epochs = 0
+        self._total_steps = 0
+
+    def on_train_start(self, info: TrainInfo) -> None:
+        self._epochs = info.epochs
+        self._total_steps = info.total_steps
+        what = "starting"
+        if info.start_step:
+            what = f"resuming at epoch {info.start_epoch} (step {info.start_step})"
+        self.reporter.log(
+            f"training {what}: {info.epochs} epochs x {info.steps_per_epoch} steps on {info.device}",
+            epochs=info.epochs, total_steps=info.total_steps, device=info.device,
+        )
+        self.reporter.progress(info.start_step, info.total_steps, force=True, epoch=info.start_epoch,
+                               epochs=info.epochs, phase="train")
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.reporter.progress(step, total_steps, epochs=self._epochs, phase="train")
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        self.reporter.metrics(report.to_dict())
+        self.reporter.progress(report.step, report.total_steps, force=True, epoch=report.epoch,
+                               epochs=report.epochs, phase="train")
+        parts = " ".join(f"{k}={v:.4g}" for k, v in report.losses.items())
+        self.reporter.log(f"epoch {report.epoch}/{report.epochs}: {parts} ({report.seconds:.1f} s)")
+
+    def on_checkpoint(self, path: str) -> None:
+        self.reporter.artifact(_relative(Path(path), self.out_dir), kind="checkpoint")
+
+    def on_train_end(self, metrics: dict[str, Any]) -> None:
+        total = self._total_steps
+        self.reporter.progress(total, total, force=True, epochs=self._epochs, phase="done")
+
+
+class ReporterLogHandler(logging.Handler):
+    """Forwards the science's log records (``workers.*``) as ``log`` events."""
+
+    def __init__(self, reporter: Reporter, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("workers.jobs"):
+            return  # our own records are reported explicitly (and the reporter must not feed itself)
+        try:
+            self.reporter.log(record.getMessage(), level=record.levelname.lower(), logger=record.name)
+        except Exception:  # logging must never break the job
+            self.handleError(record)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------- job kinds
+
+
+def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter, resume: bool, *,
+                  resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``spec`` into ``out_dir`` in this process, reporting through ``reporter``.
+
+    The one step a distributed runner (Ray Train's TorchTrainer, ``workers.ray_entry.train``)
+    replaces: same arguments, same result (the final metrics), same files in ``out_dir``. When it
+    does, the dispatcher's ``entrypoint_resources`` must stop reserving the training CPUs/GPU for
+    the driver (the Train workers take them).
+    """
+    from workers.training.loop import run_training
+
+    return run_training(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)], resume=resume,
+                        device=job_device(resources or {}))
+
+
+def run_eval_job(
+    spec: EvalSpec, out_dir: Path, reporter: Reporter, *, device: str | None = None
+) -> dict[str, Any]:
+    from workers.training.evaluation import run_evaluation
+
+    def progress(done: int, total: int) -> None:
+        reporter.progress(done, total, phase="eval")
+
+    reporter.log(f"evaluating {spec.checkpoint} with suite {spec.suite} on {spec.n} points")
+    return run_evaluation(spec, out_dir, device=device, progress=progress)
+
+
+def _train_kind(ctx: JobContext) -> dict[str, Any]:
+    spec = TrainSpec.model_validate(ctx.work_spec)
+    if ctx.resume:
+        ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
+    # Looked up at call time, so swapping `run_train_job` (e.g. for Ray Train) takes effect here.
+    runner = globals()["run_train_job"]
+    return runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources)
+
+
+def _eval_kind(ctx: JobContext) -> dict[str, Any]:
+    spec = EvalSpec.model_validate(ctx.work_spec)
+    return run_eval_job(spec, ctx.out_dir, ctx.reporter, device=job_device(ctx.resources))
+
+
+JOB_KINDS: Registry[Callable[[JobContext], dict[str, Any]]] = Registry("job kind")
+JOB_KINDS.add("train", _train_kind)
+JOB_KINDS.add("finetune", _train_kind)
+JOB_KINDS.add("eval", _eval_kind)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _has_train_state(out_dir: Path) -> bool:
+    from workers import checkpoint
+
+    return checkpoint.has_train_state(out_dir / checkpoint.SUBDIR)
+
+
+def _report_artifacts(reporter: Reporter, out_dir: Path) -> None:
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        reporter.artifact(_relative(path, out_dir), size=path.stat().st_size)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise JobStopped(f"signal {signum}")
+
+
+def _configure_threads(resources: dict[str, Any]) -> None:
+    # The driver trains in-process: use the CPUs the job reserved, not every core of the node.
+    cpus = max(1, int(float(resources.get("cpus_per_worker") or 1)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
+    import torch
+
+    torch.set_num_threads(cpus)
+
+
+def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
+    """Fetch, run and report one job; returns the process exit code."""
+    info = client.get_spec()
+    job_id, attempt, kind = int(info["job_id"]), int(info["attempt"]), str(info["kind"])
+    storage = storage_dir if storage_dir is not None else Path(info["job_dir"]).parents[1]
+    out_dir = outbox.job_dir(storage, job_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (previous := outbox.read_result(out_dir)) is not None and previous.get("attempt") != attempt:
+        outbox.clear_result(out_dir)
+    reporter = Reporter(client, attempt=attempt, spool_dir=outbox.spool_dir(storage, job_id)).start()
+    handler = ReporterLogHandler(reporter)
+    logging.getLogger("workers").addHandler(handler)
+    started = time.monotonic()
+    try:
+        try:
+            client.post_status("running", timeout_s=RUNNING_REPORT_S)
+        except ReportError as e:
+            # Not fatal: the dispatcher sees RUNNING in Ray too. A 409 means a cancel is under
+            # way (Ray's stop follows); a service outage must not cost the job.
+            log.warning("could not report 'running': %s", e)
+        ctx = JobContext(
+            job_id=job_id, attempt=attempt, kind=kind, work_spec=dict(info["work_spec"]),
+            resources=dict(info.get("resources") or {}), out_dir=out_dir,
+            resume=_has_train_state(out_dir), reporter=reporter,
+        )
+        reporter.log(f"job {job_id} attempt {attempt}: {kind} on {os.uname().nodename}, pid {os.getpid()}")
+        _configure_threads(ctx.resources)
+        metrics = JOB_KINDS.get(kind)(ctx)
+        _report_artifacts(reporter, out_dir)
+        outbox.write_result(out_dir, attempt=attempt, status="succeeded", metrics=metrics)
+        reporter.log(f"job {job_id} finished in {time.monotonic() - started:.1f} s")
+        # Events first, then the verdict: a client following the events sees everything before the end.
+        reporter.close(FINAL_FLUSH_S)
+        _final_status(client, "succeeded", metrics=metrics)
+        return EXIT_OK
+    except JobStopped:
+        reporter.log("stopped (SIGTERM): the job was cancelled", level="warning")
+        reporter.close(STOP_FLUSH_S)
+        return EXIT_STOPPED
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        detail = "".join(traceback.format_exception(e)[-20:])
+        print(detail, file=sys.stderr)
+        outbox.write_result(out_dir, attempt=attempt, status="failed", error=error)
+        reporter.log(error, level="error", traceback=detail[-8000:])
+        reporter.close(FINAL_FLUSH_S)
+        _final_status(client, "failed", error=error)
+        return EXIT_FAILED
+    finally:
+        logging.getLogger("workers").removeHandler(handler)
+
+
+def _final_status(client: ServiceClient, status: str, **kwargs: Any) -> None:
+    try:
+        client.post_status(status, **kwargs)
+    except ReportError as e:  # result.json holds the verdict; the service reconciles from it
+        print(f"could not report '{status}' to the service ({e}); left in result.json", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.jobs.driver", description=__doc__.split("\n")[0])
+    parser.add_argument("--job-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per report would drown the job log
+    missing = [k for k in (ENV_SERVICE_URL, ENV_JOB_TOKEN) if not os.environ.get(k)]
+    if missing:
+        print(f"driver for job {args.job_id}: {', '.join(missing)} not set", file=sys.stderr)
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    client = ServiceClient(os.environ[ENV_SERVICE_URL], args.job_id, os.environ[ENV_JOB_TOKEN])
+    storage = os.environ.get(ENV_STORAGE_DIR)
+    try:
+        return run_job(client, Path(storage) if storage else None)
+    except JobStopped:
+        return EXIT_STOPPED
+    except ReportError as e:  # could not even fetch the spec
+        print(f"driver for job {args.job_id}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

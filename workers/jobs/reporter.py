@@ -1,0 +1,335 @@
+"""How a job driver reports to the service: HTTP with retries, and a spool so nothing is lost.
+
+``ServiceClient`` makes one request to the service's internal endpoints, retrying transport errors,
+5xx, 408 and 429 with exponential backoff (``Backoff``) until a deadline; any other 4xx is final
+(``Rejected``). ``Reporter`` numbers every event (``seq``, per attempt), appends it to the on-disk
+spool first, and sends spooled events in order from a background thread, so the training loop never
+waits on the network. If the service is down longer than the driver lives, the events stay in the
+spool and the service ingests them later (``workers.jobs.outbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from workers.jobs.outbox import Spool
+
+ENV_SERVICE_URL = "RAMP_SERVICE_URL"
+ENV_JOB_TOKEN = "RAMP_JOB_TOKEN"
+ENV_STORAGE_DIR = "RAMP_STORAGE_DIR"
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_BATCH = 1000  # the service's limit per POST
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with bounded multiplicative jitter: base * factor**retry, capped."""
+
+    base_s: float = 0.25
+    factor: float = 2.0
+    max_s: float = 10.0
+    jitter: float = 0.2  # the delay is scaled by a factor in [1 - jitter, 1 + jitter]
+
+    def __post_init__(self) -> None:
+        if not (self.base_s > 0 and self.factor >= 1 and self.max_s >= self.base_s and 0 <= self.jitter < 1):
+            raise ValueError(f"invalid backoff {self}")
+
+    def delay(self, retry: int, rand: float) -> float:
+        """The wait before retry number ``retry`` (0-based); ``rand`` uniform in [0, 1)."""
+        if self.factor == 1:
+            raw = self.base_s
+        elif retry * math.log(self.factor) >= math.log(self.max_s / self.base_s):
+            raw = self.max_s  # compared in log space: factor**retry overflows long after the cap
+        else:
+            raw = self.base_s * self.factor**retry
+        return min(self.max_s, raw * (1 - self.jitter + 2 * self.jitter * rand))
+
+
+class ReportError(RuntimeError):
+    """A report could not be delivered before its deadline."""
+
+
+class Rejected(ReportError):
+    """The service refused a report (a 4xx other than 408/429): retrying cannot help."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None (a diverged loss is a fact, not a transport error)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+Deadline = Callable[[], float | None]
+
+
+class ServiceClient:
+    """The per-job token's view of the service: /internal/jobs/{id}/..."""
+
+    def __init__(
+        self,
+        base_url: str,
+        job_id: int,
+        token: str,
+        *,
+        backoff: Backoff | None = None,
+        timeout_s: float = 10.0,
+        http: httpx.Client | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.job_id = job_id
+        self.backoff = backoff or Backoff()
+        self._http = http or httpx.Client(timeout=timeout_s)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        deadline: float | Deadline | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> httpx.Response:
+        """One request, retried until it gets a definite answer or ``deadline`` (monotonic) passes.
+
+        ``deadline`` may be a callable so that a caller can shorten it while a retry loop waits.
+        """
+        deadline_fn: Deadline = deadline if callable(deadline) else (lambda: deadline)  # type: ignore[assignment,return-value]
+        sleep = sleep or self._sleep
+        url = f"{self.base_url}/internal/jobs/{self.job_id}{path}"
+        retry = 0
+        while True:
+            try:
+                r = self._http.request(method, url, json=json, headers=self._headers)
+            except httpx.TransportError as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code < 400:
+                    return r
+                if r.status_code not in RETRYABLE_STATUS:
+                    raise Rejected(
+                        f"{method} {url} -> {r.status_code}: {r.text[:500]}", r.status_code
+                    )
+                problem = f"HTTP {r.status_code}"
+            wait = self.backoff.delay(retry, self._rng.random())
+            limit = deadline_fn()
+            if limit is not None and self._clock() + wait > limit:
+                raise ReportError(f"{method} {url} not delivered before its deadline (last: {problem})")
+            log.debug("report failed, retrying", extra={"url": url, "problem": problem, "wait": wait})
+            sleep(wait)
+            retry += 1
+
+    def _deadline_in(self, seconds: float | None) -> float | None:
+        return None if seconds is None else self._clock() + seconds
+
+    def get_spec(self, *, timeout_s: float | None = 120.0) -> dict[str, Any]:
+        return self.request("GET", "/spec", deadline=self._deadline_in(timeout_s)).json()
+
+    def post_events(
+        self,
+        events: list[dict[str, Any]],
+        *,
+        deadline: float | Deadline | None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
+        self.request("POST", "/events", json={"events": events}, deadline=deadline, sleep=sleep)
+
+    def post_status(
+        self,
+        status: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        timeout_s: float | None = 60.0,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": status}
+        if metrics is not None:
+            body["metrics"] = jsonable(metrics)
+        if error is not None:
+            body["error"] = error[-60_000:]
+        return self.request("POST", "/status", json=body, deadline=self._deadline_in(timeout_s)).json()
+
+
+class Reporter:
+    """Numbered, spooled, asynchronously delivered events of one attempt.
+
+    ``emit`` never blocks on the network. ``close(timeout_s)`` delivers what is left within the
+    time given and returns False when something stays in the spool (the service ingests it later).
+    """
+
+    def __init__(
+        self,
+        client: ServiceClient,
+        *,
+        attempt: int,
+        spool_dir: str | Path,
+        batch_size: int = 200,
+        flush_interval_s: float = 0.5,
+        progress_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.attempt = attempt
+        self.spool = Spool(spool_dir, attempt)
+        self.batch_size = max(1, min(batch_size, MAX_BATCH))
+        self.flush_interval_s = flush_interval_s
+        self.progress_interval_s = progress_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        # A restarted driver of the same attempt continues the numbering (and re-sends the rest).
+        self._pending: list[dict[str, Any]] = self.spool.pending()
+        self._next_seq = self.spool.last_seq() + 1
+        self._deadline: float | None = None
+        self._closing = False
+        self._dead: str | None = None  # why delivery stopped for good (token revoked, ...)
+        self._last_progress = -math.inf
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+
+    # ------------------------------------------------------------------------------ emitting
+
+    def emit(self, type_: str, data: dict[str, Any]) -> int:
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            event = {"seq": seq, "type": type_, "data": jsonable(data | {"ts": round(time.time(), 3)}),
+                     "attempt": self.attempt}
+            self.spool.append(event)
+            self._pending.append(event)
+        self._wake.set()
+        return seq
+
+    def progress(self, step: int, total_steps: int, *, force: bool = False, **extra: Any) -> int | None:
+        """A progress event, at most one per ``progress_interval_s`` unless forced or final."""
+        now = self._clock()
+        if not force and step < total_steps and now - self._last_progress < self.progress_interval_s:
+            return None
+        self._last_progress = now
+        fraction = step / total_steps if total_steps else 0.0
+        return self.emit("progress", {"step": step, "total_steps": total_steps, "fraction": fraction} | extra)
+
+    def metrics(self, data: dict[str, Any]) -> int:
+        return self.emit("metrics", data)
+
+    def log(self, message: str, *, level: str = "info", **extra: Any) -> int:
+        return self.emit("log", {"message": message, "level": level} | extra)
+
+    def artifact(self, name: str, *, size: int | None = None, **extra: Any) -> int:
+        data: dict[str, Any] = {"name": name} | extra
+        if size is not None:
+            data["size"] = size
+        return self.emit("artifact", data)
+
+    # ----------------------------------------------------------------------------- delivery
+
+    def start(self) -> Reporter:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ramp-reporter", daemon=True)
+            self._thread.start()
+        return self
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        # Sliced, so that close() setting a deadline cuts a long backoff short.
+        end = self._clock() + seconds
+        while True:
+            now = self._clock()
+            limit = end if self._deadline is None else min(end, self._deadline)
+            if now >= limit:
+                return
+            time.sleep(min(0.1, limit - now))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._pending[: self.batch_size]
+                closing = self._closing
+            if not batch:
+                if closing:
+                    return
+                self._wake.wait(self.flush_interval_s)
+                self._wake.clear()
+                continue
+            try:
+                self.client.post_events(batch, deadline=lambda: self._deadline, sleep=self._backoff_sleep)
+            except Rejected as e:
+                if e.status_code in (401, 403, 404):
+                    # This attempt's token is gone (job retried or deleted): nobody will take these.
+                    self._dead = str(e)
+                    print(f"ramp reporter: service refused events, giving up: {e}", file=sys.stderr)
+                    return
+                # A malformed batch cannot be fixed by resending: skip it (it stays in the spool file).
+                print(f"ramp reporter: dropped {len(batch)} events: {e}", file=sys.stderr)
+                self.spool.ack(int(batch[-1]["seq"]))
+            except ReportError:
+                return  # close() deadline passed; the rest stays in the spool
+            else:
+                self.delivered += len(batch)
+                self.spool.ack(int(batch[-1]["seq"]))
+            with self._lock:
+                del self._pending[: len(batch)]
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything emitted so far was delivered (True) or ``timeout_s`` passed."""
+        end = self._clock() + timeout_s
+        self._wake.set()
+        while self._clock() < end:
+            if self.pending_count() == 0:
+                return True
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            time.sleep(0.02)
+        return self.pending_count() == 0
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Deliver what is left within ``timeout_s``; True when nothing stays behind."""
+        with self._lock:
+            self._closing = True
+            self._deadline = self._clock() + timeout_s
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s + 1.0)
+        return self.pending_count() == 0 and self._dead is None
