@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/setup.sh
+
 PY="${PYTHON:-.venv/bin/python}"
 RAMPCTL="${RAMPCTL:-.venv/bin/rampctl}"
 STEPS="${DEMO_STEPS:-40}"
