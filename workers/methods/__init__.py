@@ -8,16 +8,20 @@ from __future__ import annotations
 import importlib
 
 from workers.methods.base import Method, MethodContext, StepOutput
+from workers.methods.gp import GradientProjected
 from workers.methods.registry import METHODS
 
-_MODULES = ("nt",)
+_MODULES = ("nt", "at", "sat", "avg", "max", "msd", "eat", "ramp", "trades")
 for _module in _MODULES:
     importlib.import_module(f"workers.methods.{_module}")
 
 
 def build_method(method: str, ctx: MethodContext) -> Method:
     """The method named ``method``; gradient projection wraps it when ``gp.enabled`` is set."""
-    return METHODS.get(method)(ctx)
+    built = METHODS.get(method)(ctx)
+    if ctx.params.get("gp.enabled"):
+        return GradientProjected(built)
+    return built
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "StepOutput", "build_method"]
+__all__ = ["METHODS", "GradientProjected", "Method", "MethodContext", "StepOutput", "build_method"]
