@@ -91,11 +91,15 @@ def driver_entrypoint(python: str, job_id: int) -> str:
     return f"{shlex.quote(python)} -m {DRIVER_MODULE} --job-id {int(job_id)}"
 
 
-def entrypoint_resources(spec: dict[str, Any]) -> tuple[float, float]:
-    """(CPUs, GPUs) the driver reserves on Ray: it trains in-process, so one worker's worth.
+def entrypoint_resources(kind: str, spec: dict[str, Any]) -> tuple[float, float]:
+    """(CPUs, GPUs) the driver itself reserves on Ray.
 
-    (A driver that hands training to Ray Train workers would reserve (0, 0): they take their own.)
+    Training and sweeps run on Ray Train / Tune workers that reserve their own resources, so
+    their driver reserves none (reserving them twice would deadlock a small cluster); an eval
+    job runs in the driver and takes one worker's worth.
     """
+    if kind in ("train", "finetune", "sweep"):
+        return 0.0, 0.0
     res = spec.get("resources") or {}
     cpus = float(res.get("cpus_per_worker") or 1.0)
     gpus = 1.0 if res.get("use_gpu") else 0.0
@@ -109,6 +113,9 @@ def driver_env(settings: Settings, job: Job, token: str) -> dict[str, str]:
         "RAMP_STORAGE_DIR": str(settings.storage_dir),
         "RAMP_JOB_ID": str(job.id),
         "RAMP_JOB_ATTEMPT": str(job.attempt),
+        # Ray's job stop sends SIGTERM and, by default, SIGKILL 3 s later: too soon for a Train
+        # run to stop at its next step and keep its checkpoint.
+        "RAY_JOB_STOP_WAIT_TIME_S": "60",
     }
 
 
@@ -374,7 +381,7 @@ class Dispatcher:
         token = generate_token(DRIVER_TOKEN_PREFIX)
         with self._session() as s:
             repository.set_job_token(s, job.id, hash_token(token))
-        cpus, gpus = entrypoint_resources(job.spec)
+        cpus, gpus = entrypoint_resources(job.kind, job.spec)
         sub_id = submission_id(job)
         try:
             ray_id = self.backend.submit(

@@ -132,9 +132,12 @@ class TrainSpec(BaseModel):
             if self.method not in catalog.PARAMS[key].methods:
                 raise ValueError(f"param {key!r} does not apply to method {self.method!r}")
         self.params = checked
-        for key in ("ramp.q", "ramp.r"):
-            if key in checked and checked.get("ramp.q") == checked.get("ramp.r"):
-                raise ValueError("ramp.q and ramp.r must be different norms")
+        if self.method == "ramp":
+            # Compare the effective pair: overriding only q to "l1" clashes with the default r.
+            q = checked.get("ramp.q", catalog.PARAMS["ramp.q"].default)
+            r = checked.get("ramp.r", catalog.PARAMS["ramp.r"].default)
+            if q == r:
+                raise ValueError(f"ramp.q and ramp.r must be different norms, both are {q!r}")
         return self
 
     @property

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
 from service.core.config import Settings
-from service.dispatcher import Dispatcher, DispatchPolicy, submission_id
+from service.dispatcher import Dispatcher, DispatchPolicy, entrypoint_resources, submission_id
 from workers.jobs import outbox
 
 
@@ -55,6 +55,14 @@ def _ray(backend: FakeBackend, factory: sessionmaker[Session], job_id: int) -> A
     return backend.jobs[_job(factory, job_id).ray_job_id]
 
 
+def test_only_an_eval_driver_reserves_resources_itself() -> None:
+    gpu = {"resources": {"num_workers": 2, "cpus_per_worker": 2, "use_gpu": True}}
+    assert entrypoint_resources("eval", gpu) == (2.0, 1.0)
+    assert entrypoint_resources("eval", {}) == (1.0, 0.0)
+    for kind in ("train", "finetune", "sweep"):
+        assert entrypoint_resources(kind, gpu) == (0.0, 0.0)
+
+
 def test_submits_with_a_job_token_and_respects_the_concurrency_limit(
     dispatcher: Dispatcher, backend: FakeBackend, session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
@@ -70,7 +78,9 @@ def test_submits_with_a_job_token_and_respects_the_concurrency_limit(
                                            "--job-id", str(ids[0])]
     assert ray.env_vars["RAMP_SERVICE_URL"] == "http://svc:8000"
     assert ray.env_vars["RAMP_STORAGE_DIR"] == str(settings.storage_dir)
-    assert ray.num_cpus == 1.0 and ray.num_gpus is None
+    # A training driver reserves nothing: its Ray Train workers reserve their own CPUs.
+    assert ray.num_cpus == 0.0 and ray.num_gpus is None
+    assert ray.env_vars["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
     with session_factory() as s:
         # The token in the Ray job's environment opens this job, and only this job.
         assert repository.verify_job_token(s, ids[0], ray.env_vars["RAMP_JOB_TOKEN"])

@@ -144,17 +144,21 @@ def _relative(path: Path, root: Path) -> str:
 
 def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter, resume: bool, *,
                   resources: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``spec`` into ``out_dir`` in this process, reporting through ``reporter``.
+    """Train ``spec`` into ``out_dir`` as a Ray Train run, reporting through ``reporter``.
 
-    The one step a distributed runner (Ray Train's TorchTrainer, ``workers.ray_entry.train``)
-    replaces: same arguments, same result (the final metrics), same files in ``out_dir``. When it
-    does, the dispatcher's ``entrypoint_resources`` must stop reserving the training CPUs/GPU for
-    the driver (the Train workers take them).
+    The TorchTrainer workers (``workers.ray_entry.train``) take the job's ``resources``
+    (workers, CPUs each, GPU); this driver only relays their per-epoch events. A stop (SIGTERM
+    from Ray's job stop) ends the run at the workers' next optimiser step, keeping the last
+    checkpoint, and surfaces here as ``JobStopped``.
     """
-    from workers.training.loop import run_training
+    from workers.ray_entry.train import TrainingCancelled
+    from workers.ray_entry.train import run_train_job as run_on_ray_train
 
-    return run_training(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)], resume=resume,
-                        device=job_device(resources or {}))
+    try:
+        return run_on_ray_train(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)],
+                                resume=resume, resources=resources or None)
+    except TrainingCancelled as e:
+        raise JobStopped(str(e)) from e
 
 
 def run_eval_job(
@@ -173,7 +177,7 @@ def _train_kind(ctx: JobContext) -> dict[str, Any]:
     spec = TrainSpec.model_validate(ctx.work_spec)
     if ctx.resume:
         ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
-    # Looked up at call time, so swapping `run_train_job` (e.g. for Ray Train) takes effect here.
+    # Looked up at call time so tests can substitute an in-process runner.
     runner = globals()["run_train_job"]
     return runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources)
 

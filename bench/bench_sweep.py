@@ -1,0 +1,109 @@
+"""Sweep orchestration overhead: a sweep's wall time against its trials' own training time.
+
+    .venv/bin/python -m bench.bench_sweep                          # 2x2 grid, nt, 2 epochs, 2 at once
+    .venv/bin/python -m bench.bench_sweep --method at-linf --train-n 2048 --epochs 2
+
+The same sweep runs twice on one local Ray (``--cpus``), with ``reuse_actors`` on and off. Per
+run the table shows:
+
+- wall: ``run_sweep`` from call to return (Ray already up);
+- train: the sum over trials of their own work: the epochs' seconds (``EpochReport.seconds``, the
+  training loop alone) plus the final evaluation's;
+- span: the sum over trials of trial start -> trial end as the driver saw it;
+- ideal: train / concurrency, the wall time if orchestration cost nothing;
+- overhead: wall - ideal, and per trial: (span - train) / trials, i.e. Tune trial actor, Ray Train
+  controller and workers start-up, per-epoch monitor evaluation, checkpoint copies, teardown.
+
+Timings on a shared machine are noisy; ``--out FILE`` also writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+
+def _sweep_spec(args: argparse.Namespace, reuse: bool) -> dict[str, Any]:
+    base = {"kind": "train", "method": args.method, "dataset": "mnist-5k", "model": "small-cnn",
+            "epochs": args.epochs, "train_n": args.train_n, "batch_size": args.batch_size,
+            "monitor_n": args.monitor_n, "monitor_steps": 2, "eval_n": args.eval_n, "seed": 0,
+            "resources": {"num_workers": args.workers, "cpus_per_worker": 1}}
+    space = {"lr": {"grid": [0.01, 0.05]}, "seed": {"grid": [0, 1]}}
+    return {"kind": "sweep", "base": base, "param_space": space, "metric": "union", "mode": "max",
+            "max_concurrent_trials": args.concurrent, "reuse_actors": reuse}
+
+
+def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, Any]:
+    from workers.ray_entry.sweep import run_sweep
+
+    seen: dict[str, dict[str, float]] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        seen.setdefault(event["trial_id"], {})[event["type"]] = time.perf_counter()
+
+    started = time.perf_counter()
+    result = run_sweep(_sweep_spec(args, reuse), out_dir, on_trial_event=on_event, handle_signals=False)
+    wall = time.perf_counter() - started
+    # a trial's own work: its epochs (the training loop) and its final evaluation
+    train = sum(m["seconds"] for t in result.trials for m in t["metrics"])
+    train += sum((t["final"] or {}).get("seconds", 0.0) for t in result.trials)
+    ended = [s for s in seen.values() if {"trial_start", "trial_end"} <= set(s)]
+    span = sum(s["trial_end"] - s["trial_start"] for s in ended)
+    n = len(result.trials)
+    for t in result.trials:
+        if t["status"] != "succeeded":
+            print(f"[reuse_actors={reuse}] {t['trial_id']} {t['status']}: {(t['error'] or '')[-600:]}")
+    ideal = train / args.concurrent
+    return {
+        "reuse_actors": reuse, "trials": n, "statuses": sorted({t["status"] for t in result.trials}),
+        "wall_s": wall, "train_s": train, "span_s": span, "ideal_s": ideal, "overhead_s": wall - ideal,
+        "overhead_per_trial_s": (span - train) / n, "wall_over_train": wall / train if train else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="nt")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-n", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--monitor-n", type=int, default=32)
+    parser.add_argument("--eval-n", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    parser.add_argument("--concurrent", type=int, default=2, help="max concurrent trials")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
+    args = parser.parse_args()
+
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    rows = []
+    try:
+        for reuse in (True, False):
+            rows.append(_measure(args, reuse, os.path.join(tmp, f"sweep-reuse-{reuse}")))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"{args.method}, {args.epochs} epochs x {args.train_n} points, 4 trials, "
+          f"{args.concurrent} at once, {args.workers} worker(s) each, {args.cpus} CPUs")
+    header = ("reuse_actors", "wall_s", "train_s", "span_s", "ideal_s", "overhead_s", "overhead_per_trial_s")
+    print(" | ".join(f"{h:>20}" for h in header))
+    for row in rows:
+        cells = (f"{row[h]:>20.2f}" if isinstance(row[h], float) else f"{row[h]!s:>20}" for h in header)
+        print(" | ".join(cells))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Run a training spec as a Ray Train ``TorchTrainer`` and hear its progress in the driver.
+
+``run_train_job(spec, out_dir, ...)`` is the Ray counterpart of
+``workers.training.loop.run_training(spec, out_dir, ...)``: same spec, same files in ``out_dir``
+(``checkpoint/``, ``history.jsonl``, ``metrics.json``), same callbacks, same final metrics; it runs
+on ``resources["num_workers"]`` Ray Train workers (gloo on CPU, nccl with ``use_gpu``).
+
+How the per-epoch reports reach the caller's callbacks: rank 0 sends every callback event to a
+``RunChannel`` actor owned by the driver; ``fit()`` runs in a helper thread while the calling
+thread polls the channel and replays the events, in order, into the callbacks. Chosen over a Ray
+Train ``UserCallback`` (it runs in the Train controller actor, not the driver, and only sees
+``ray.train.report`` calls, not steps or the final evaluation) and over the result's
+``metrics_dataframe`` (only after the run ends). Callbacks therefore run in the caller's thread,
+live, and a callback that raises stops the run cooperatively, as it would locally.
+
+Ray Train keeps its own copy of every epoch's checkpoint under ``storage_path/train`` (default
+``out_dir/ray``); Train V2 restores a run with the same storage path and name automatically, so a
+fresh (``resume=False``) run first forgets the previous one, and a resumed run picks up the newest
+reported checkpoint (``workers.ray_entry.runtime.stage_resume``).
+
+Cancel: set ``stop_event`` (or send SIGINT/SIGTERM with ``handle_signals=True``): the workers stop
+at their next optimiser step, Ray releases the workers' placement group, and
+``TrainingCancelled`` is raised with the last epoch's checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from workers.ray_entry.runtime import (
+    CANCELLED,
+    CHANNEL_NAMESPACE,
+    TRAIN_END,
+    Event,
+    RunChannel,
+    TrainingCancelled,
+    replay_event,
+    train_worker,
+)
+from workers.ray_entry.sweep_spec import Resources, is_unresolved_init, split_base
+from workers.spec import TrainSpec
+from workers.training.callbacks import Callback, CallbackList
+
+RUN_NAME = "train"  # the Ray Train run's name under its storage path
+CHECKPOINTS_KEPT = 2
+
+
+class TrainingFailed(RuntimeError):
+    """The Ray Train run failed; the message carries the workers' errors."""
+
+
+def ensure_ray() -> None:
+    """Connect to Ray (RAY_ADDRESS, or a Ray job's cluster) or start a local instance."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def open_channel() -> tuple[Any, str]:
+    """A fresh named ``RunChannel`` actor (0 CPUs): (handle, name)."""
+    name = f"ramp-channel-{uuid.uuid4().hex}"
+    handle = (
+        ray.remote(num_cpus=0)(RunChannel)
+        .options(name=name, namespace=CHANNEL_NAMESPACE, max_restarts=0)
+        .remote()
+    )
+    return handle, name
+
+
+def scaling_config(resources: Resources, *, cpus_per_worker: float | None = None) -> ray.train.ScalingConfig:
+    per_worker: dict[str, float] = {"CPU": cpus_per_worker or resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = 1
+    return ray.train.ScalingConfig(
+        num_workers=resources.num_workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
+    )
+
+
+def check_fits(resources: Resources) -> None:
+    """Fail now, with the numbers, rather than wait forever for workers the cluster cannot hold."""
+    total = ray.cluster_resources()
+    cpus = resources.num_workers * resources.cpus_per_worker
+    if cpus > total.get("CPU", 0) + 1e-9:
+        raise ValueError(
+            f"{resources.num_workers} workers x {resources.cpus_per_worker} CPUs = {cpus} CPUs; "
+            f"the Ray cluster has {total.get('CPU', 0)}"
+        )
+    if resources.use_gpu and resources.num_workers > total.get("GPU", 0):
+        raise ValueError(
+            f"use_gpu needs {resources.num_workers} GPUs; the Ray cluster has {total.get('GPU', 0)}"
+        )
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def worker_spec(spec: TrainSpec) -> dict[str, Any]:
+    """The spec as JSON for the workers, paths made absolute (workers run in another cwd)."""
+    if spec.init_from is not None and is_unresolved_init(spec.model_dump()):
+        raise ValueError(f"init_from {spec.init_from!r} must be resolved to a checkpoint path first")
+    fixed = spec.model_copy(
+        update={"init_from": _absolute(spec.init_from), "data_root": _absolute(spec.data_root)}
+    )
+    return fixed.model_dump(mode="json")
+
+
+def forget_ray_run(storage_path: str, name: str = RUN_NAME) -> None:
+    """Drop a previous Ray Train run's state, so Train V2 does not restore it into a fresh run."""
+    if "://" not in storage_path:
+        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
+
+
+def build_trainer(
+    spec: TrainSpec,
+    out_dir: Path,
+    *,
+    resume: bool,
+    channel_name: str,
+    key: str,
+    scaling: ray.train.ScalingConfig,
+    storage_path: str,
+    max_failures: int = 0,
+) -> TorchTrainer:
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "spec": worker_spec(spec), "out_dir": str(out_dir), "resume": resume,
+            "channel": channel_name, "key": key,
+        },
+        scaling_config=scaling,
+        run_config=ray.train.RunConfig(
+            storage_path=storage_path,
+            name=RUN_NAME,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+    )
+
+
+class FitThread(threading.Thread):
+    """``trainer.fit()`` off the calling thread (which keeps serving events and cancels)."""
+
+    def __init__(self, trainer: TorchTrainer) -> None:
+        super().__init__(name="ray-train-fit", daemon=True)
+        self.trainer = trainer
+        self.result: ray.train.Result | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.trainer.fit()
+        except BaseException as e:  # handed to the calling thread
+            self.error = e
+
+
+@dataclass
+class PumpOutcome:
+    final: dict[str, Any] | None = None
+    cancelled: bool = False
+    callback_error: BaseException | None = None
+
+
+def pump_events(
+    channel: Any,
+    key: str,
+    fit: FitThread,
+    on_event: Callable[[Event], None],
+    *,
+    stop_event: threading.Event | None = None,
+    poll_s: float = 0.1,
+) -> PumpOutcome:
+    """Replay the run's events into ``on_event`` until ``fit`` ends; cancel on ``stop_event``.
+
+    A raising ``on_event`` cancels the run; later events are drained but not replayed.
+    """
+    outcome = PumpOutcome()
+    cancel_sent = False
+    while True:
+        alive = fit.is_alive()
+        wants_stop = stop_event is not None and stop_event.is_set()
+        if (wants_stop or outcome.callback_error is not None) and not cancel_sent:
+            ray.get(channel.cancel.remote(key))
+            cancel_sent = True
+        for event in ray.get(channel.take.remote(key)):
+            kind, payload = event
+            if kind == TRAIN_END:
+                outcome.final = payload
+            elif kind == CANCELLED:
+                outcome.cancelled = True
+            if outcome.callback_error is None:
+                try:
+                    on_event(event)
+                except Exception as e:  # re-raised by the caller once the workers have stopped
+                    outcome.callback_error = e
+        if not alive:  # the take above ran after fit ended: nothing is left behind
+            return outcome
+        fit.join(poll_s)
+
+
+@contextlib.contextmanager
+def signals_set(event: threading.Event, enabled: bool = True) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set ``event`` (main thread only; handlers restored after)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _as_train_spec(spec: TrainSpec | Mapping[str, Any]) -> tuple[TrainSpec, Resources | None]:
+    if isinstance(spec, TrainSpec):
+        return spec, None
+    train, resources = split_base(spec)
+    return TrainSpec.model_validate(train), resources if "resources" in spec else None
+
+
+def run_train_job(
+    spec: TrainSpec | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+    resources: Resources | Mapping[str, Any] | None = None,
+    stop_event: threading.Event | None = None,
+    handle_signals: bool = True,
+    storage_path: str | None = None,
+    max_failures: int = 0,
+) -> dict[str, Any]:
+    """Train ``spec`` on Ray Train workers into ``out_dir``; returns the final metrics.
+
+    ``spec`` is a ``TrainSpec`` or a job spec dict (service fields such as ``kind`` and
+    ``resources`` allowed). ``resources``: ``{"num_workers", "cpus_per_worker", "use_gpu"}``
+    (default: the spec's, else 1 worker with 1 CPU). ``callbacks`` run in this thread, in order.
+    ``resume=True`` continues from the newest checkpoint (Ray Train's, else ``out_dir/checkpoint``).
+    ``max_failures``: Ray Train restarts of failed workers, from the latest checkpoint.
+    ``stop_event`` (or SIGINT/SIGTERM while this runs, with ``handle_signals`` on the main thread)
+    stops the run at the workers' next optimiser step.
+    Raises ``TrainingCancelled`` when stopped, ``TrainingFailed`` when a worker failed.
+    """
+    train_spec, spec_resources = _as_train_spec(spec)
+    res = Resources.model_validate(resources if resources is not None else spec_resources or {})
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    check_fits(res)
+    storage = storage_path or str(out / "ray")
+    if not resume:
+        forget_ray_run(storage)
+    channel, channel_name = open_channel()
+    key = "run"
+    stop = stop_event or threading.Event()
+    cb = CallbackList(list(callbacks))
+    try:
+        trainer = build_trainer(
+            train_spec, out, resume=resume, channel_name=channel_name, key=key,
+            scaling=scaling_config(res), storage_path=storage, max_failures=max_failures,
+        )
+        with signals_set(stop, enabled=handle_signals):
+            fit = FitThread(trainer)
+            fit.start()
+            outcome = pump_events(channel, key, fit, lambda event: replay_event(cb, event), stop_event=stop)
+    finally:
+        ray.kill(channel)
+    if fit.error is not None:
+        raise TrainingFailed(f"Ray Train run in {out} failed: {fit.error}") from fit.error
+    if outcome.callback_error is not None:
+        raise outcome.callback_error
+    if outcome.cancelled:
+        raise TrainingCancelled(f"training in {out} was cancelled; its last checkpoint is kept")
+    if outcome.final is None:
+        raise TrainingFailed(f"Ray Train run in {out} ended without reporting final metrics")
+    return outcome.final
