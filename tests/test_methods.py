@@ -14,6 +14,7 @@ from workers import catalog
 from workers.attacks import AttackResult, project, steepest_step
 from workers.methods import METHODS, MethodContext, build_method
 from workers.methods.avg import AVG
+from workers.methods.common import batched_forward
 from workers.methods.eat import EAT
 from workers.methods.max import MAX, select_max
 from workers.methods.msd import MSD, l1_split, msd_attack, msd_steps
@@ -141,6 +142,16 @@ def test_max_computes_ce_on_the_per_sample_highest_loss_example() -> None:
             assert out.robust_correct[norm].item() == (model(xs[norm]).argmax(1) == y).sum().item()
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
     assert out.attacked == {n: 4 for n in NORMS}
+
+
+def test_batched_forward_concatenated_equals_separate() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    xs = torch.rand(3, 5, 1, 2, 2)
+    separate = batched_forward(model, xs, concat=False)
+    assert separate.shape == (3, 5, 3)
+    assert torch.allclose(batched_forward(model, xs, concat=True), separate, atol=1e-6)
+    assert torch.allclose(separate[1], model(xs[1]), atol=1e-6)
 
 
 # --- SAT and E-AT sampling ---------------------------------------------------------------------------

@@ -64,6 +64,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def batched_forward(model: nn.Module, xs: Tensor, *, concat: bool | None = None) -> Tensor:
+    """``model`` on each of the K batches in ``xs`` (K, N, ...) -> (K, N, classes), no autograd.
+
+    For eval-mode forwards only (then one concatenated forward equals K separate ones). ``concat``
+    defaults to "not on a CPU": on a GPU one large batch uses the device better; on a CPU the K
+    separate batches stay in cache and run ~25% faster (measured: small-cnn, batch 128).
+    """
+    if concat is None:
+        concat = xs.device.type != "cpu"
+    with torch.no_grad():
+        if concat:
+            return model(xs.flatten(0, 1)).unflatten(0, xs.shape[:2])
+        return torch.stack([model(batch) for batch in xs])
+
+
 def correct_count(logits: Tensor, y: Tensor) -> Tensor:
     """Detached number of rows whose argmax is the label (stays on the device)."""
     return (logits.detach().argmax(dim=1) == y).sum()

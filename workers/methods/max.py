@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from workers.attacks.common import eval_mode
 from workers.methods.base import StepOutput
-from workers.methods.common import AdversarialMethod, correct_count, unwrap
+from workers.methods.common import AdversarialMethod, batched_forward, correct_count, unwrap
 from workers.methods.registry import METHODS
 from workers.norms import NORMS
 
@@ -44,8 +44,8 @@ class MAX(AdversarialMethod):
         loss = F.cross_entropy(logits, y)
         out = StepOutput(loss=loss, parts={"ce": loss.detach()})
         n = int(y.shape[0])
-        with torch.no_grad(), eval_mode(unwrap(model)) as bare:
-            per_norm = bare(candidates.flatten(0, 1)).view(len(NORMS), n, -1)
+        with eval_mode(unwrap(model)) as bare:
+            per_norm = batched_forward(bare, candidates)
         for i, norm in enumerate(NORMS):
             out.robust_correct[norm] = correct_count(per_norm[i], y)
             out.attacked[norm] = n
