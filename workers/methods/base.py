@@ -25,6 +25,7 @@ class MethodContext:
     finetune: bool = False
     momentum: float = 0.9
     weight_decay: float = 0.0
+    seed: int = 0  # the run's seed: methods derive their own generators from it
 
 
 @dataclass

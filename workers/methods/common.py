@@ -84,11 +84,10 @@ def correct_count(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.detach().argmax(dim=1) == y).sum()
 
 
-def method_seed(salt: str) -> int:
-    """A seed derived from the global torch seed (the loop seeds torch from the spec before
-    building the method), so a run's random choices follow its spec seed, and different
-    consumers (``salt``) get different streams."""
-    digest = hashlib.sha256(f"{torch.initial_seed()}:{salt}".encode()).digest()
+def method_seed(seed: int, salt: str) -> int:
+    """A seed derived from the run's seed, so a run's random choices follow its spec seed and
+    different consumers (``salt``) get different streams."""
+    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 

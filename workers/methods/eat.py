@@ -40,7 +40,7 @@ class EAT(AdversarialMethod):
     def __init__(self, ctx: MethodContext, *, attack: AttackFn | None = None) -> None:
         super().__init__(ctx, attack=attack)
         self.norms: tuple[Norm, ...] = parse_norms(str(param(ctx, "eat.norms")))
-        self.sampler = NormSampler(method_seed("eat"))
+        self.sampler = NormSampler(method_seed(self.ctx.seed, "eat"))
         self.correct = torch.zeros(len(self.norms), dtype=torch.float64)  # moved to the batch's device
         self.attacked = [0] * len(self.norms)
 

@@ -123,7 +123,7 @@ class MSD(Method):
         if missing:
             raise KeyError(f"MSD needs an epsilon for every norm; missing {missing}")
         self.epsilons: dict[Norm, float] = {n: float(ctx.epsilons[n]) for n in NORMS}
-        self.sampler = NormSampler(method_seed("msd"))
+        self.sampler = NormSampler(method_seed(self.ctx.seed, "msd"))
 
     def draw_k_ref(self) -> int:
         return self.sampler.randint(*REF_L1_K)

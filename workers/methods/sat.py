@@ -23,7 +23,7 @@ class SAT(AdversarialMethod):
 
     def __init__(self, ctx: MethodContext, *, attack: AttackFn | None = None) -> None:
         super().__init__(ctx, attack=attack)
-        self.sampler = NormSampler(method_seed("sat"))
+        self.sampler = NormSampler(method_seed(self.ctx.seed, "sat"))
 
     def draw_norm(self) -> Norm:
         return self.norms[self.sampler.draw([1.0] * len(self.norms))]

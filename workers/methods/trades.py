@@ -96,7 +96,7 @@ class TRADES(Method):
             self.eps = float(ctx.epsilons[self.norm])
         except KeyError:
             raise KeyError(f"no epsilon for trades.norm {self.norm!r}; have {sorted(ctx.epsilons)}") from None
-        self.sampler = NormSampler(method_seed("trades"))
+        self.sampler = NormSampler(method_seed(self.ctx.seed, "trades"))
 
     def noise(self, x: Tensor) -> Tensor:
         return (INIT_SCALE * torch.randn(x.shape, generator=self.sampler.generator)).to(x.device, x.dtype)
