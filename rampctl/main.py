@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rampctl import science, service_cmds
+from rampctl import science, service_cmds, sweep_cmds
 
 app = typer.Typer(
     name="rampctl",
@@ -17,14 +17,9 @@ app = typer.Typer(
 # Science commands: run locally, no service needed.
 science.register(app)
 
-# ---- Service commands ------------------------------------------------------------------------
-# The service client commands (serve, submit, jobs, results, cancel, ...) are registered here by
-# the service's CLI module, in the same way:
-#     from rampctl import service_cmds
-#     service_cmds.register(app)
-# -----------------------------------------------------------------------------------------------
+# ---- Service and sweep commands (serve, submit, jobs, status, results, cancel, sweep, ...) ------
 service_cmds.register(app)
-
+sweep_cmds.register(app)
 
 if __name__ == "__main__":
     app()

@@ -339,8 +339,12 @@ def results(job_ids: Annotated[list[int], typer.Argument(help="one or more job i
     rows, unfinished = [], []
     for jid in job_ids:
         job = client.get(f"/v1/jobs/{jid}")
+        if job["kind"] == "sweep":
+            from rampctl.sweep_cmds import print_sweep  # lazy: sweep_cmds imports this module
+
+            print_sweep(client, job)  # the trial table and, for a 2-D grid, the union grid
         spec = job["spec"]
-        name = f"#{jid} " + (spec.get("method") or job["kind"])
+        name = f"#{jid} " + (spec.get("method") or spec.get("base", {}).get("method") or job["kind"])
         if job.get("metrics"):
             rows.append({"name": name, **job["metrics"]})
         else:

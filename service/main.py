@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import repository
 from service.api import metrics
-from service.api.routes import health, internal, jobs
+from service.api.routes import health, internal, jobs, trials
 from service.core.config import Settings
 from service.core.logging import configure_logging
 from service.core.security import generate_token
@@ -275,5 +275,6 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(trials.router)
     app.include_router(internal.router)
     return app

@@ -21,12 +21,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import trials_repository
 from service.core.security import hash_token, token_matches
 from service.db.base import utcnow
 from service.db.models import ApiToken, IdempotencyKey, Job, JobEvent
 from service.state import (
     ACTIVE,
     RETRYABLE,
+    TERMINAL,
     IllegalTransition,
     JobStatus,
     check_transition,
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 
 # Ids beyond a signed 64-bit integer cannot exist (and SQLite's driver overflows on them).
 MAX_ID = 2**63 - 1
-EVENT_TYPES = frozenset({"progress", "metrics", "log", "artifact", "status"})
+# "trial": a sweep trial's progress (service.trials_repository applies it to the trial rows).
+EVENT_TYPES = frozenset({"progress", "metrics", "log", "artifact", "status", "trial"})
 _CAS_ATTEMPTS = 20
 
 # Called after every committed status change as (job, from_status, to_status); used for metrics.
@@ -75,11 +78,18 @@ def request_fingerprint(payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _spec_method(spec: dict[str, Any]) -> str | None:
+    # A sweep is listed under its base spec's method (GET /v1/jobs?method=ramp finds RAMP sweeps).
+    base = spec.get("base")
+    method = spec.get("method", base.get("method") if isinstance(base, dict) else None)
+    return method if isinstance(method, str) else None
+
+
 def _new_job(spec: dict[str, Any], kind: str, token_id: int | None) -> Job:
     now = utcnow()
     return Job(
         kind=kind,
-        method=spec.get("method") if isinstance(spec.get("method"), str) else None,
+        method=_spec_method(spec),
         spec=spec,
         status=JobStatus.QUEUED.value,
         attempt=1,
@@ -99,15 +109,20 @@ def create_job_idempotent(
     idempotency_key: str | None,
     token_id: int | None,
     request_hash: str | None = None,
+    children: Callable[[Session, Job], None] | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job; returns (job, created). A repeated key returns the first job.
 
     The unique (scope, key) constraint is the arbiter under a race: the loser's insert fails, it
-    rolls back its job too, and returns the winner's.
+    rolls back its job too, and returns the winner's. ``children(session, job)`` adds rows that
+    belong to the new job (a sweep's trials) in the same transaction.
     """
     if idempotency_key is None:
         job = _new_job(spec, kind, token_id)
         session.add(job)
+        if children is not None:
+            session.flush()
+            children(session, job)
         session.commit()
         return job, True
     scope = token_id or 0
@@ -122,6 +137,8 @@ def create_job_idempotent(
         session.add(
             IdempotencyKey(scope=scope, key=idempotency_key, request_hash=fingerprint, job_id=job.id)
         )
+        if children is not None:
+            children(session, job)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -338,6 +355,8 @@ def _cas(
             session.rollback()
             continue
         _add_status_event(session, job_id, current, target, reason=reason, error=error)
+        if JobStatus(target) in TERMINAL:
+            trials_repository.close_open_trials(session, job, target)
         session.commit()
         job = get_job(session, job_id)
         session.commit()
@@ -498,6 +517,7 @@ def add_events(session: Session, job_id: int, events: list[dict[str, Any]]) -> N
             ).all()
             seen = {(a, s) for a, s in rows}
         progress = None
+        trial_events: list[tuple[int, dict[str, Any]]] = []
         now = utcnow()
         for attempt, seq, etype, data in prepared:
             if seq is not None:
@@ -509,6 +529,9 @@ def add_events(session: Session, job_id: int, events: list[dict[str, Any]]) -> N
             )
             if etype == "progress" and attempt == job.attempt:
                 progress = data
+            elif etype == "trial":
+                trial_events.append((attempt, data))
+        trials_repository.apply_trial_events(session, job, trial_events)
         if progress is not None:
             session.execute(update(Job).where(Job.id == job_id).values(progress=progress, updated_at=now))
         try:

@@ -3,18 +3,34 @@
 A job request is a discriminated union on ``kind``. The science fields are validated by the very
 same torch-free models the CLI uses (``workers.spec.TrainSpec`` / ``EvalSpec``): each job kind
 subclasses one of them and adds the service's fields (``resources``, ``max_retries``). A new kind
-(e.g. "sweep") is one more class in ``JOB_KINDS``.
+is one more class in ``JOB_KINDS``. Sweeps (``SweepJob``) subclass the sweep runner's own
+``workers.ray_entry.sweep_spec.SweepSpec`` (torch-free), so what the API accepts is exactly what
+the runner expands; their base spec is checked as a train / finetune job first (strictly, with
+the fields named ``body.base.<field>``), and every swept value is checked against it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
+from workers.ray_entry.sweep_spec import SweepSpec, apply_overrides
 from workers.spec import EvalSpec, TrainSpec
 
 SERVICE_FIELDS = ("kind", "resources", "max_retries")
@@ -36,14 +52,35 @@ class _ServiceFields(BaseModel):
     max_retries: int = Field(default=0, ge=0, le=10)
 
 
+TrialRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class InitFromJob(BaseModel):
+    """A succeeded train/finetune job's checkpoint, or a sweep's: its best trial's (the sweep must
+    have succeeded) or, with ``trial``, that trial's (the trial must have finished)."""
+
     model_config = ConfigDict(extra="forbid")
     job_id: int = Field(ge=1, le=2**63 - 1)
+    trial: TrialRef | None = None
 
 
 class InitFromCheckpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(min_length=1, max_length=4096)
+
+
+def _init_from_kind(value: Any) -> str:
+    # Choose the branch by the keys given, so errors speak of that branch only.
+    if isinstance(value, dict):
+        return "InitFromCheckpoint" if "checkpoint" in value and "job_id" not in value else "InitFromJob"
+    return type(value).__name__
+
+
+InitFrom = Annotated[
+    Annotated[InitFromJob, Tag("InitFromJob")] | Annotated[InitFromCheckpoint, Tag("InitFromCheckpoint")],
+    Discriminator(_init_from_kind),
+]
+_UNION_TAGS = frozenset({"InitFromJob", "InitFromCheckpoint"})
 
 
 class TrainJob(TrainSpec, _ServiceFields):
@@ -58,27 +95,49 @@ class TrainJob(TrainSpec, _ServiceFields):
 
 class FinetuneJob(TrainSpec, _ServiceFields):
     kind: Literal["finetune"]
-    init_from: InitFromJob | InitFromCheckpoint  # type: ignore[assignment]
+    init_from: InitFrom  # type: ignore[assignment]
 
 
 class EvalJob(EvalSpec, _ServiceFields):
     kind: Literal["eval"]
     checkpoint: str | None = Field(default=None, min_length=1, max_length=4096)  # type: ignore[assignment]
     job_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    trial: TrialRef | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalJob:
         if (self.checkpoint is None) == (self.job_id is None):
             raise ValueError("give exactly one of 'checkpoint' or 'job_id'")
+        if self.trial is not None and self.job_id is None:
+            raise ValueError("'trial' names a trial of the sweep given as 'job_id'")
         return self
 
 
-JOB_KINDS: tuple[type[BaseModel], ...] = (TrainJob, FinetuneJob, EvalJob)
-JobRequest = Annotated[TrainJob | FinetuneJob | EvalJob, Field(discriminator="kind")]
-_job_request_adapter: TypeAdapter[TrainJob | FinetuneJob | EvalJob] = TypeAdapter(JobRequest)
+class SweepJob(SweepSpec):
+    """kind "sweep": a base train/finetune spec, a parameter space, how to search it."""
 
-# Resolves a job id to the checkpoint it produced, or raises ValueError saying why it cannot.
-CheckpointResolver = Callable[[int], str]
+    kind: Literal["sweep"]  # type: ignore[assignment]
+    max_retries: int = Field(default=0, ge=0, le=10)
+    # The base as a train/finetune job (set by parse_sweep_request; its init_from may name a job).
+    _base_request: TrainJob | FinetuneJob | None = PrivateAttr(default=None)
+
+
+SingleJob = TrainJob | FinetuneJob | EvalJob
+AnyJob = TrainJob | FinetuneJob | EvalJob | SweepJob
+JOB_KINDS: tuple[type[BaseModel], ...] = (TrainJob, FinetuneJob, EvalJob, SweepJob)
+JobRequest = Annotated[SingleJob, Field(discriminator="kind")]
+_job_request_adapter: TypeAdapter[SingleJob] = TypeAdapter(JobRequest)
+BASE_KINDS = ("train", "finetune")
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    path: str
+    trial: str | None = None  # the sweep trial it came from
+
+
+# Resolves (job id, trial or None) to a checkpoint, or raises ValueError saying why it cannot.
+CheckpointResolver = Callable[[int, str | None], ResolvedCheckpoint]
 
 
 class SpecError(ValueError):
@@ -94,7 +153,7 @@ _PARAM_MSG = re.compile(r"^param '([^']+)'")
 
 def _field_name(loc: tuple[int | str, ...], tagged: bool, msg: str) -> str:
     # Drop the union tag pydantic puts first ("train", "finetune", ...): users never wrote it.
-    parts = [str(p) for p in (loc[1:] if tagged and loc else loc)]
+    parts = [str(p) for p in (loc[1:] if tagged and loc else loc) if p not in _UNION_TAGS]
     if not parts:
         # TrainSpec checks params in a model-level validator; point at the key it names.
         m = _PARAM_MSG.match(msg)
@@ -121,14 +180,20 @@ def validation_errors(exc: ValidationError, *, tagged: bool = True) -> list[tupl
     return out
 
 
-def parse_job_request(payload: Any) -> TrainJob | FinetuneJob | EvalJob:
+def _kinds() -> list[str]:
+    return [k.model_fields["kind"].annotation.__args__[0] for k in JOB_KINDS]  # type: ignore[union-attr]
+
+
+def parse_job_request(payload: Any) -> AnyJob:
     """Validate a decoded JSON body; raises SpecError naming the offending fields."""
     if not isinstance(payload, dict):
         raise SpecError([("body", f"expected a JSON object, got {type(payload).__name__}")])
     kind = payload.get("kind")
-    kinds = [k.model_fields["kind"].annotation.__args__[0] for k in JOB_KINDS]  # type: ignore[union-attr]
+    kinds = _kinds()
     if kind not in kinds:
         raise SpecError([("body.kind", f"unknown kind {kind!r}; available: {', '.join(kinds)}")])
+    if kind == "sweep":
+        return parse_sweep_request(payload)
     try:
         # Strict: JSON has real types, so "epochs": true or "5" is a client bug worth a 422.
         return _job_request_adapter.validate_python(payload, strict=True)
@@ -136,42 +201,202 @@ def parse_job_request(payload: Any) -> TrainJob | FinetuneJob | EvalJob:
         raise SpecError(validation_errors(exc)) from None
 
 
-def _service_part(req: TrainJob | FinetuneJob | EvalJob) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------- sweeps
+
+_PLACEHOLDER_INIT = "<checkpoint of job {}>"  # sweep_spec's marker of a not-yet-resolved init_from
+_SWEEP_MSG = re.compile(r"^param_space key '([^']+)'")
+
+
+def _prefixed(errors: list[tuple[str, str]], prefix: str) -> list[tuple[str, str]]:
+    return [(prefix + f.removeprefix("body"), m) for f, m in errors]
+
+
+def _base_request(payload: dict[str, Any]) -> tuple[dict[str, Any], TrainJob | FinetuneJob]:
+    """The sweep's base checked as a train/finetune job (strictly); returns (base with kind, job)."""
+    base = payload.get("base")
+    if not isinstance(base, dict):
+        raise SpecError([("body.base", "expected a train or finetune job spec (a JSON object)")])
+    base = {"kind": "train"} | base
+    if base["kind"] not in BASE_KINDS:
+        reason = f"a sweep's base is a train or finetune spec, got {base['kind']!r}"
+        raise SpecError([("body.base.kind", reason)])
+    if base.get("max_retries", 0) != 0:
+        reason = "retries apply to the whole sweep: set max_retries at the top level"
+        raise SpecError([("body.base.max_retries", reason)])
+    try:
+        req = _job_request_adapter.validate_python(base, strict=True)
+    except ValidationError as exc:
+        raise SpecError(_prefixed(validation_errors(exc), "body.base")) from None
+    assert isinstance(req, TrainJob | FinetuneJob)
+    return base, req
+
+
+def _sweep_field(msg: str) -> str:
+    """Where a SweepSpec model-level error points (its validator names the key in the message)."""
+    m = _SWEEP_MSG.match(msg)
+    if m:
+        return f"body.param_space.{m.group(1)}"
+    for prefix, field in (("base", "body.base"), ("metric", "body.metric"), ("trial ", "body.param_space"),
+                          ("the sweep expands", "body.param_space"), ("invalid sweep", "body")):
+        if msg.startswith(prefix):
+            return field
+    return "body"
+
+
+def _check_axes(base: dict[str, Any], sweep: SweepJob) -> None:
+    """Every value a domain can produce, applied to the base, is a valid job spec -- checked as
+    strictly as a submitted job (so ``"epochs": {"grid": ["5"]}`` is refused like ``"epochs": "5"``)."""
+    errors: list[tuple[str, str]] = []
+    for key, domain in sweep.param_space.items():
+        field = f"body.param_space.{key}"
+        for value in domain.boundary_values():
+            try:
+                candidate = apply_overrides(base, {key: value})
+            except ValueError as exc:
+                errors.append((field, str(exc)))
+                break
+            try:
+                _job_request_adapter.validate_python(candidate, strict=True)
+            except ValidationError as exc:
+                reasons = "; ".join(f"{f.removeprefix('body.')}: {m}" for f, m in validation_errors(exc))
+                errors.append((field, f"value {value!r} gives an invalid spec: {reasons}"))
+                break
+    if errors:
+        raise SpecError(errors)
+
+
+def parse_sweep_request(payload: dict[str, Any]) -> SweepJob:
+    """A sweep request: the base first (as a job), then the sweep's own fields (the runner's model:
+    domains, trial expansion, every trial's spec), then every swept value against the base."""
+    base, base_req = _base_request(payload)
+    checked_base = dict(base)
+    if isinstance(base_req, FinetuneJob) and isinstance(base_req.init_from, InitFromJob):
+        # Validated with a placeholder; build_stored_spec resolves the real path (it needs the DB).
+        checked_base["init_from"] = _PLACEHOLDER_INIT.format(base_req.init_from.job_id)
+    body = dict(payload) | {"base": checked_base}
+    try:
+        # JSON-mode strictness: real JSON types only, but arrays are fine for [low, high] pairs.
+        sweep = SweepJob.model_validate_json(json.dumps(body), strict=True)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            msg = _message(e)
+            loc = tuple(e.get("loc", ()))
+            errors.append((".".join(["body", *map(str, loc)]) if loc else _sweep_field(msg), msg))
+        raise SpecError(errors) from None
+    _check_axes({k: v for k, v in base.items() if k != "max_retries"}, sweep)
+    sweep._base_request = base_req
+    return sweep
+
+
+def _base_stored(base_req: TrainJob | FinetuneJob, init_from: str | None) -> dict[str, Any]:
+    """The base as stored: the fields the user set (trials resolve their defaults each, since a
+    swept method or dataset changes them), the init_from path, the trial resources in full."""
+    given = base_req.model_dump(mode="json", exclude_unset=True, exclude=set(SERVICE_FIELDS))
+    given.pop("init_from", None)
+    out: dict[str, Any] = {"kind": base_req.kind, **given}
+    if init_from is not None:
+        out["init_from"] = init_from
+    out["resources"] = base_req.resources.model_dump(mode="json")
+    return out
+
+
+def build_sweep_spec(
+    req: SweepJob, *, resolve_checkpoint: CheckpointResolver
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the stored sweep spec, its trials: trial_id / index / config / resolved spec)."""
+    base_req = req._base_request
+    if base_req is None:
+        raise ValueError("build_sweep_spec needs a SweepJob from parse_sweep_request")
+    source: ResolvedCheckpoint | None = None
+    source_job: int | None = None
+    init_from: str | None = None
+    if isinstance(base_req, FinetuneJob):
+        init = base_req.init_from
+        if isinstance(init, InitFromJob):
+            source_job = init.job_id
+            fields = ("body.base.init_from.job_id", "body.base.init_from.trial")
+            source = _resolve(init.job_id, init.trial, fields, resolve_checkpoint)
+            init_from = source.path
+        else:
+            init_from = init.checkpoint
+    base = _base_stored(base_req, init_from)
+    sweep_fields = req.model_dump(mode="json", exclude={"kind", "base", "max_retries", "param_space"})
+    stored: dict[str, Any] = {
+        "kind": "sweep",
+        "base": base,
+        "param_space": {k: d.model_dump(mode="json", exclude_none=True) for k, d in req.param_space.items()},
+        **sweep_fields,
+        "seed": req.sampling_seed(),
+        "max_retries": req.max_retries,
+    }
+    # The runner's model again, on exactly what is stored: the trials shown are the trials run.
+    runnable = _validated_sweep(stored)
+    trials = [
+        {"trial_id": t.trial_id, "index": t.index, "config": t.overrides,
+         "spec": TrainSpec.model_validate(t.spec).resolve().model_dump(mode="json")}
+        for t in runnable.trials()
+    ]
+    stored["num_trials"] = len(trials)
+    if source_job is not None:
+        stored["source_job_id"] = source_job
+        if source is not None and source.trial is not None:
+            stored["source_trial"] = source.trial
+    return stored, trials
+
+
+def _validated_sweep(stored: dict[str, Any]) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(work_spec(stored))
+    except ValidationError as exc:
+        raise SpecError([(_sweep_field(m), m) for _, m in validation_errors(exc, tagged=False)]) from None
+
+
+def _service_part(req: SingleJob) -> dict[str, Any]:
     return {"resources": req.resources.model_dump(mode="json"), "max_retries": req.max_retries}
 
 
-def build_stored_spec(
-    req: TrainJob | FinetuneJob | EvalJob, *, resolve_checkpoint: CheckpointResolver
-) -> dict[str, Any]:
+def build_stored_spec(req: SingleJob, *, resolve_checkpoint: CheckpointResolver) -> dict[str, Any]:
     """The spec stored with the job: kind + the resolved science spec (every default filled in)
-    + resources / max_retries. ``source_job_id`` records where a checkpoint came from."""
+    + resources / max_retries. ``source_job_id`` (and ``source_trial``) record where a
+    checkpoint came from."""
     science = req.model_dump(exclude=set(SERVICE_FIELDS))
-    source: int | None = None
+    source: ResolvedCheckpoint | None = None
+    source_job: int | None = None
     if isinstance(req, EvalJob):
-        source = science.pop("job_id")
-        if source is not None:
-            science["checkpoint"] = _resolve(source, "body.job_id", resolve_checkpoint)
+        source_job = science.pop("job_id")
+        trial = science.pop("trial")
+        if source_job is not None:
+            source = _resolve(source_job, trial, ("body.job_id", "body.trial"), resolve_checkpoint)
+            science["checkpoint"] = source.path
         resolved = _validated(EvalSpec, science).model_dump(mode="json")
     else:
         if isinstance(req, FinetuneJob):
             init = req.init_from
             if isinstance(init, InitFromJob):
-                source = init.job_id
-                science["init_from"] = _resolve(source, "body.init_from.job_id", resolve_checkpoint)
+                source_job = init.job_id
+                fields = ("body.init_from.job_id", "body.init_from.trial")
+                source = _resolve(source_job, init.trial, fields, resolve_checkpoint)
+                science["init_from"] = source.path
             else:
                 science["init_from"] = init.checkpoint
         resolved = _validated(TrainSpec, science).resolve().model_dump(mode="json")
     out = {"kind": req.kind, **resolved, **_service_part(req)}
-    if source is not None:
-        out["source_job_id"] = source
+    if source_job is not None:
+        out["source_job_id"] = source_job
+        if source is not None and source.trial is not None:
+            out["source_trial"] = source.trial
     return out
 
 
-def _resolve(job_id: int, field: str, resolver: CheckpointResolver) -> str:
+def _resolve(
+    job_id: int, trial: str | None, fields: tuple[str, str], resolver: CheckpointResolver
+) -> ResolvedCheckpoint:
+    """``fields``: (where the job id was given, where the trial was given)."""
     try:
-        return resolver(job_id)
+        return resolver(job_id, trial)
     except ValueError as exc:
-        raise SpecError([(field, str(exc))]) from None
+        raise SpecError([(fields[0] if trial is None else fields[1], str(exc))]) from None
 
 
 def _validated(model: type[TrainSpec] | type[EvalSpec], data: dict[str, Any]) -> Any:
@@ -181,9 +406,13 @@ def _validated(model: type[TrainSpec] | type[EvalSpec], data: dict[str, Any]) ->
         raise SpecError(validation_errors(exc, tagged=False)) from None
 
 
+_WORK_MODELS: dict[str, type[BaseModel]] = {"eval": EvalSpec, "sweep": SweepSpec}
+
+
 def work_spec(stored: dict[str, Any]) -> dict[str, Any]:
-    """The part of a stored spec that ``TrainSpec(**...)`` / ``EvalSpec(**...)`` accepts."""
-    model = EvalSpec if stored.get("kind") == "eval" else TrainSpec
+    """The part of a stored spec that ``TrainSpec(**...)`` / ``EvalSpec(**...)`` /
+    ``SweepSpec(**...)`` accepts."""
+    model = _WORK_MODELS.get(str(stored.get("kind")), TrainSpec)
     return {k: v for k, v in stored.items() if k in model.model_fields}
 
 
@@ -283,6 +512,34 @@ class ArtifactListOut(BaseModel):
     artifacts: list[ArtifactOut]
 
 
+class TrialOut(BaseModel):
+    trial_id: str
+    index: int
+    attempt: int = Field(description="the sweep attempt that ran it")
+    status: str = Field(description="pending, running, succeeded, stopped (by ASHA), failed, cancelled")
+    config: dict[str, Any] = Field(description="the swept values, by param_space key")
+    score: float | None = Field(description="the sweep's metric in the trial's last recorded epoch")
+    metrics: list[dict[str, Any]] | None = Field(description="per-epoch metrics, oldest first")
+    final: dict[str, Any] | None = Field(description="final evaluation: clean, linf, l2, l1, union, ...")
+    checkpoint: str | None = Field(description="artifact name of its checkpoint, under the sweep's job")
+    error: str | None
+    spec: dict[str, Any] | None = Field(description="the trial's training spec, defaults filled in")
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime
+
+
+class TrialListOut(BaseModel):
+    job_id: int
+    status: str = Field(description="the sweep job's status")
+    metric: str
+    mode: str
+    param_keys: list[str] = Field(description="the param_space keys, in order")
+    best_trial_id: str | None = Field(description="best by the recorded metrics (same rule as the sweep)")
+    best_score: float | None
+    trials: list[TrialOut]
+
+
 # ------------------------------------------------------------------------ internal (drivers)
 
 
@@ -290,7 +547,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seq: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    type: Literal["progress", "metrics", "log", "artifact", "status"]
+    type: Literal["progress", "metrics", "log", "artifact", "status", "trial"]
     data: dict[str, Any] = Field(default_factory=dict)
     attempt: int | None = Field(default=None, ge=1, le=1000)
 
@@ -317,5 +574,5 @@ class DriverSpecOut(BaseModel):
     resume: bool = Field(description="a checkpoint from an earlier attempt exists in job_dir")
     job_dir: str
     spec: dict[str, Any] = Field(description="the stored spec, as GET /v1/jobs/{id} shows it")
-    work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec")
+    work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec / SweepSpec")
     resources: dict[str, Any]

@@ -106,3 +106,37 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Trial(Base):
+    """One trial of a sweep job (``jobs.kind == 'sweep'``): its swept values, status and results.
+
+    ``trial_id`` is the sweep's own deterministic name (``trial_0000``, ...), unique per sweep;
+    ``attempt`` is the sweep attempt that last wrote the row (a retried sweep re-runs every trial).
+    ``metrics`` holds one flat dict per reported epoch, oldest first; ``checkpoint`` is relative to
+    the sweep's job directory (``storage_dir/jobs/<id>/``), so it is served as an artifact.
+    """
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("job_id", "trial_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[str] = mapped_column(String(64))
+    trial_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    final: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    tune_trial_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"Trial(job_id={self.job_id}, trial_id={self.trial_id!r}, status={self.status!r})"

@@ -67,7 +67,7 @@ def test_a_minimal_spec_gets_every_default(api) -> None:
         ({"max_retries": 11}, "body.max_retries", "less than or equal to 10"),
         ({"params": {"ramp.lambda": "big"}}, "body.params.ramp.lambda", "expects a number"),
         ({"params": {"trades.beta": 1}}, "body.params.trades.beta", "does not apply to method 'ramp'"),
-        ({"kind": "sweep"}, "body.kind", "unknown kind 'sweep'; available: train, finetune, eval"),
+        ({"kind": "bake"}, "body.kind", "unknown kind 'bake'; available: train, finetune, eval, sweep"),
         ({"init_from": "/ckpt"}, "body", "only valid for kind 'finetune'"),
         ({"epochs": "many"}, "body.epochs", "valid integer"),
         ({"surprise": 1}, "body.surprise", "Extra inputs are not permitted"),

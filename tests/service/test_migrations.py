@@ -18,7 +18,7 @@ from service.db.models import Job  # noqa: F401  (registers the tables)
 from service.db.session import make_engine
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "job_events", "api_tokens", "idempotency_keys"}
+TABLES = {"jobs", "job_events", "api_tokens", "idempotency_keys", "trials"}
 
 
 def _diff(url: str) -> list:

@@ -39,6 +39,7 @@ from workers.jobs.reporter import (
     ReportError,
     ServiceClient,
 )
+from workers.jobs.sweep_job import sweep_kind  # torch- and Ray-free at import
 from workers.registry import Registry
 from workers.spec import EvalSpec, TrainSpec
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
@@ -191,6 +192,7 @@ JOB_KINDS: Registry[Callable[[JobContext], dict[str, Any]]] = Registry("job kind
 JOB_KINDS.add("train", _train_kind)
 JOB_KINDS.add("finetune", _train_kind)
 JOB_KINDS.add("eval", _eval_kind)
+JOB_KINDS.add("sweep", sweep_kind)
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import repository
+from service import repository, trials_repository
 from service.api.deps import SessionDep, SettingsDep, TokenDep, get_backend, get_current_token
 from service.core.config import Settings
 from service.db.models import Job, JobEvent
@@ -30,8 +30,11 @@ from service.schemas import (
     JobListOut,
     JobOut,
     MetricsOut,
+    ResolvedCheckpoint,
     SpecError,
+    SweepJob,
     build_stored_spec,
+    build_sweep_spec,
     check_json_value,
     parse_job_request,
     sanitize_json,
@@ -118,18 +121,58 @@ async def json_body(request: Request) -> Any:
 
 
 def checkpoint_resolver(session: Session, settings: Settings):  # noqa: ANN201 - a closure
-    def resolve(job_id: int) -> str:
+    """(job id, trial or None) -> the checkpoint a finetune/eval job starts from."""
+
+    def resolve(job_id: int, trial: str | None) -> ResolvedCheckpoint:
         try:
             src = repository.get_job(session, job_id)
         except repository.JobNotFound:
             raise ValueError(f"job {job_id} does not exist") from None
+        if src.kind == trials_repository.SWEEP_KIND:
+            return _sweep_checkpoint(session, settings, src, trial)
+        if trial is not None:
+            raise ValueError(f"job {job_id} is a {src.kind} job; 'trial' names a trial of a sweep")
         if src.kind not in ("train", "finetune"):
-            raise ValueError(f"job {job_id} is a {src.kind} job; only train/finetune jobs make checkpoints")
+            raise ValueError(
+                f"job {job_id} is a {src.kind} job; only train/finetune jobs and sweeps make checkpoints"
+            )
         if src.status != JobStatus.SUCCEEDED.value:
             raise ValueError(f"job {job_id} is {src.status}; its checkpoint is usable once it succeeded")
-        return str(settings.job_dir(job_id) / "checkpoint")
+        return ResolvedCheckpoint(str(settings.job_dir(job_id) / "checkpoint"))
 
     return resolve
+
+
+def _sweep_checkpoint(
+    session: Session, settings: Settings, sweep: Job, trial: str | None
+) -> ResolvedCheckpoint:
+    """A named trial's checkpoint (once that trial finished), else the best trial's (once the
+    sweep succeeded: the best is only final then)."""
+    if trial is None:
+        if sweep.status != JobStatus.SUCCEEDED.value:
+            raise ValueError(
+                f"sweep {sweep.id} is {sweep.status}; its best checkpoint is usable once it succeeded "
+                "(or name a finished trial with 'trial')"
+            )
+        trial = (sweep.result or {}).get("best_trial_id")
+        if not isinstance(trial, str):
+            rows = trials_repository.list_trials(session, sweep.id)
+            metric, mode = sweep.spec.get("metric", "union"), sweep.spec.get("mode", "max")
+            chosen = trials_repository.best(rows, metric, mode)
+            if chosen is None:
+                raise ValueError(f"sweep {sweep.id} has no trial that reported its metric")
+            trial = chosen.trial_id
+    try:
+        row = trials_repository.get_trial(session, sweep.id, trial)
+    except trials_repository.TrialNotFound as exc:
+        raise ValueError(str(exc)) from None
+    if row.status not in trials_repository.FINISHED_WITH_CHECKPOINT or not row.checkpoint:
+        raise ValueError(
+            f"trial {trial} of sweep {sweep.id} is {row.status}; its checkpoint is usable once it "
+            "finished (succeeded, or stopped early by the scheduler)"
+        )
+    path = Path(row.checkpoint)
+    return ResolvedCheckpoint(str(path if path.is_absolute() else settings.job_dir(sweep.id) / path), trial)
 
 
 # ------------------------------------------------------------------------------------- routes
@@ -158,7 +201,15 @@ def submit_job(
     if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
         raise HTTPException(400, detail="Idempotency-Key must be 1-255 printable ASCII characters")
     req = parse_job_request(payload)
-    spec = build_stored_spec(req, resolve_checkpoint=checkpoint_resolver(session, settings))
+    resolver = checkpoint_resolver(session, settings)
+    children = None
+    if isinstance(req, SweepJob):
+        spec, trials = build_sweep_spec(req, resolve_checkpoint=resolver)
+
+        def children(s: Session, job: Job) -> None:
+            trials_repository.create_trials(s, job.id, trials)
+    else:
+        spec = build_stored_spec(req, resolve_checkpoint=resolver)
     job, created = repository.create_job_idempotent(
         session,
         spec,
@@ -166,6 +217,7 @@ def submit_job(
         idempotency_key=idempotency_key,
         token_id=token.id,
         request_hash=repository.request_fingerprint(payload),
+        children=children,
     )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -1,0 +1,153 @@
+"""The sweep job kind of the driver (workers.jobs.sweep_job) with a stand-in for Ray Tune: what it
+reports, what it returns, the best checkpoint link, cancel and total failure. No Ray, no torch."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from workers.jobs.sweep_job import (
+    SweepCancelled,
+    SweepFailed,
+    relative_to,
+    run_sweep_job,
+)
+from workers.ray_entry.sweep_spec import SweepSpec, best_trial
+
+SPEC = {
+    "kind": "sweep",
+    "base": {"method": "ramp", "dataset": "mnist-5k", "epochs": 2, "max_steps": 4, "monitor_n": 8},
+    "param_space": {"params.ramp.lambda": {"grid": [0.5, 5]}, "lr": {"grid": [0.01, 0.1]}},
+}
+
+
+class FakeReporter:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, type_: str, data: dict[str, Any]) -> int:
+        self.events.append((type_, data))
+        return len(self.events) - 1
+
+    def progress(self, step: int, total_steps: int, *, force: bool = False, **extra: Any) -> int:
+        return self.emit("progress", {"step": step, "total_steps": total_steps} | extra)
+
+    def log(self, message: str, *, level: str = "info", **extra: Any) -> int:
+        return self.emit("log", {"message": message, "level": level})
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [d for t, d in self.events if t == type_]
+
+
+def fake_runner(unions: dict[int, list[float] | None], *, cancel_after: int | None = None):  # noqa: ANN201
+    """A run_sweep stand-in: trial i reports the epochs' union values (None: it fails)."""
+
+    def run(spec: SweepSpec, out_dir: Path, *, on_trial_event: Any, stop_event: Any) -> Any:
+        rows = []
+        for t in spec.trials():
+            if cancel_after is not None and t.index >= cancel_after:
+                rows.append({"trial_id": t.trial_id, "status": "cancelled", "metrics": [], "final": None,
+                             "checkpoint": None, "error": None, "config": t.overrides})
+                continue
+            base = {"trial_id": t.trial_id, "index": t.index, "config": t.overrides}
+            on_trial_event(base | {"type": "trial_start", "status": "running"})
+            ckpt = out_dir / "trials" / t.trial_id / "checkpoint"
+            values = unions[t.index]
+            history = []
+            for e, u in enumerate(values or []):
+                ckpt.mkdir(parents=True, exist_ok=True)
+                (ckpt / "model.safetensors").write_bytes(b"w" * (t.index + 1))
+                m = {"epoch": e + 1, "union": u}
+                history.append(m)
+                on_trial_event(base | {"type": "trial_result", "epoch": e + 1, "metrics": m,
+                                       "checkpoint": str(ckpt)})
+            ok = values is not None
+            final = {"clean": 0.9, "union": values[-1]} if ok else None
+            on_trial_event(base | {"type": "trial_end", "status": "succeeded" if ok else "failed",
+                                   "error": None if ok else "worker died", "final": final,
+                                   "checkpoint": str(ckpt) if ok else None})
+            rows.append({"trial_id": t.trial_id, "status": "succeeded" if ok else "failed",
+                         "metrics": history, "final": final, "checkpoint": str(ckpt) if ok else None,
+                         "error": None if ok else "worker died", "config": t.overrides})
+        best = best_trial(rows, spec.metric, spec.mode)
+        return SimpleNamespace(
+            trials=rows, best_trial_id=best,
+            best_checkpoint=next((r["checkpoint"] for r in rows if r["trial_id"] == best), None),
+            metric=spec.metric, mode=spec.mode, cancelled=cancel_after is not None, seconds=1.5,
+        )
+
+    return run
+
+
+def test_trials_are_reported_and_the_best_is_the_result(tmp_path: Path) -> None:
+    reporter = FakeReporter()
+    runner = fake_runner({0: [0.1, 0.2], 1: [0.6, 0.3], 2: [0.2, 0.45], 3: None})
+    result = run_sweep_job(SPEC, tmp_path, reporter, runner=runner)
+    trial_events = reporter.of("trial")
+    start = trial_events[0]
+    assert start["event"] == "sweep_start" and [t["trial_id"] for t in start["trials"]] == [
+        "trial_0000", "trial_0001", "trial_0002", "trial_0003"]
+    assert start["trials"][2]["config"] == {"params.ramp.lambda": 5, "lr": 0.01}
+    results = [e for e in trial_events if e["event"] == "trial_result"]
+    assert len(results) == 6
+    assert {e["checkpoint"] for e in results} == {f"trials/trial_000{i}/checkpoint" for i in range(3)}
+    ends = {e["trial_id"]: e for e in trial_events if e["event"] == "trial_end"}
+    assert ends["trial_0003"]["status"] == "failed" and ends["trial_0003"]["error"] == "worker died"
+    assert ends["trial_0000"]["config"] == {"params.ramp.lambda": 0.5, "lr": 0.01}
+    # Best by the last epoch: trial_0002 (0.45), not trial_0001 (peak 0.6, last 0.3).
+    assert result["best_trial_id"] == "trial_0002" and result["best_score"] == 0.45
+    assert result["union"] == 0.45 and result["clean"] == 0.9  # the best trial's final metrics
+    assert result["best_checkpoint"] == "trials/trial_0002/checkpoint"
+    assert result["trials"] == {"succeeded": 3, "failed": 1} and result["num_trials"] == 4
+    assert result["best_config"] == {"params.ramp.lambda": 5, "lr": 0.01}
+    best = tmp_path / "checkpoint" / "model.safetensors"
+    assert best.read_bytes() == b"www" and not best.is_symlink()
+    source = tmp_path / "trials" / "trial_0002" / "checkpoint" / "model.safetensors"
+    assert best.stat().st_ino == source.stat().st_ino  # a hard link: no second copy
+    progress = reporter.of("progress")
+    assert progress[0]["step"] == 0 and progress[-1] == {"step": 4, "total_steps": 4, "phase": "sweep",
+                                                          "trials_done": 4, "trials_total": 4}
+    assert any(e["level"] == "warning" and "trial_0003 failed" in e["message"] for e in reporter.of("log"))
+
+
+def test_a_rerun_replaces_the_previous_best_link(tmp_path: Path) -> None:
+    first = fake_runner({0: [0.9], 1: [0.1], 2: [0.1], 3: [0.1]})
+    run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=first)
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"w"
+    second = fake_runner({0: [0.1], 1: [0.1], 2: [0.1], 3: [0.9]})
+    run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=second)
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"wwww"
+
+
+def test_a_cancelled_sweep_raises_and_links_nothing(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "model.safetensors").write_bytes(b"old")  # an earlier attempt's best
+    reporter = FakeReporter()
+    with pytest.raises(SweepCancelled, match="1 of 4"):
+        run_sweep_job(SPEC, tmp_path, reporter, stop_event=threading.Event(),
+                      runner=fake_runner({0: [0.5]}, cancel_after=1))
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_a_sweep_where_every_trial_failed_fails_with_the_errors(tmp_path: Path) -> None:
+    with pytest.raises(SweepFailed, match="worker died"):
+        run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=fake_runner(dict.fromkeys(range(4))))
+
+
+def test_invalid_specs_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    def never(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the runner must not be called")
+
+    with pytest.raises(ValueError, match="unknown field 'lamda'"):
+        bad = SPEC | {"param_space": {"lamda": {"grid": [1]}}}
+        run_sweep_job(bad, tmp_path, FakeReporter(), runner=never)
+
+
+def test_paths_outside_the_job_dir_stay_absolute(tmp_path: Path) -> None:
+    assert relative_to(str(tmp_path / "a" / "b"), tmp_path) == "a/b"
+    assert relative_to("/elsewhere/ckpt", tmp_path) == "/elsewhere/ckpt"
+    assert relative_to(None, tmp_path) is None
