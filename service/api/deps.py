@@ -76,6 +76,14 @@ def get_backend(request: Request) -> Any:
     return backend
 
 
+def wake_dispatcher(request: Request) -> None:
+    """Ask the dispatcher (when this process runs one) for a pass now instead of at its next tick:
+    a new or retried job then starts without waiting out the dispatch interval."""
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 TokenDep = Annotated[ApiToken, Depends(get_current_token)]

@@ -226,3 +226,23 @@ def test_the_api_on_postgresql(pg_api) -> None:
     assert r.status_code == 409 and r.json()["status"] == "cancelled"
     got = pg_api.client.get(f"/v1/jobs/{job_id}", headers=pg_api.auth).json()
     assert got["timings"]["cancelled_at"] is not None and got["spec"]["epochs"] == 1
+
+
+def test_a_new_or_retried_job_wakes_the_dispatcher_but_a_replay_does_not(api) -> None:
+    class Waker:
+        calls = 0
+
+        def wake(self) -> None:
+            self.calls += 1
+
+    api.app.state.dispatcher = waker = Waker()
+    try:
+        job_id = _submit(api, TRAIN, **{"Idempotency-Key": "wake-1"}).json()["id"]
+        assert waker.calls == 1
+        assert _submit(api, TRAIN, **{"Idempotency-Key": "wake-1"}).status_code == 200
+        assert waker.calls == 1  # a replay creates nothing to dispatch
+        api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth)
+        assert api.client.post(f"/v1/jobs/{job_id}/retry", headers=api.auth).status_code == 200
+        assert waker.calls == 2
+    finally:
+        api.app.state.dispatcher = None

@@ -19,7 +19,14 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository, trials_repository
-from service.api.deps import SessionDep, SettingsDep, TokenDep, get_backend, get_current_token
+from service.api.deps import (
+    SessionDep,
+    SettingsDep,
+    TokenDep,
+    get_backend,
+    get_current_token,
+    wake_dispatcher,
+)
 from service.core.config import Settings
 from service.db.models import Job, JobEvent
 from service.schemas import (
@@ -191,6 +198,7 @@ def _sweep_checkpoint(
     },
 )
 def submit_job(
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -223,6 +231,7 @@ def submit_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if created:
         log.info("job submitted", extra={"job_id": job.id, "kind": job.kind, "method": job.method})
+        wake_dispatcher(request)
     return job_out(job, settings)
 
 
@@ -262,9 +271,10 @@ def cancel_job(job_id: int, session: SessionDep, settings: SettingsDep) -> JobOu
 
 
 @router.post("/{job_id}/retry", response_model=JobOut)
-def retry_job(job_id: int, session: SessionDep, settings: SettingsDep) -> JobOut:
+def retry_job(job_id: int, request: Request, session: SessionDep, settings: SettingsDep) -> JobOut:
     job = repository.retry_job(session, job_id)
     log.info("retry requested", extra={"job_id": job_id, "attempt": job.attempt})
+    wake_dispatcher(request)
     return job_out(job, settings)
 
 
