@@ -115,7 +115,7 @@ def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load(path: str | os.PathLike[str], device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
     # Imported here: reading metadata or training state must not pull in the model registry.
-    from workers.models import build_model
+    from workers.models import build_from_metadata
     from workers.registry import UnknownNameError
 
     ckpt = resolve_dir(path)
@@ -125,13 +125,7 @@ def load(path: str | os.PathLike[str], device: torch.device | str | None = None)
     # Building a model draws initial weights; keep that from shifting the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         try:
-            model = build_model(
-                meta["model"],
-                num_classes=meta["num_classes"],
-                in_channels=meta["in_channels"],
-                input_size=meta["input_size"],
-                **meta["model_args"],
-            )
+            model = build_from_metadata(meta)
         except (UnknownNameError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"checkpoint {ckpt}: cannot rebuild model {meta['model']!r} ({e})"

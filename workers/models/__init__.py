@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -73,8 +73,18 @@ def build_model(name: str, *, num_classes: int, in_channels: int, input_size: in
     return Normalized(model, mean, std)
 
 
+def build_from_metadata(meta: Mapping[str, Any]) -> nn.Module:
+    """The model a checkpoint's or a run's metadata describes (``model``, ``model_args``,
+    ``num_classes``, ``in_channels``, ``input_size``), with fresh weights."""
+    return build_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                       input_size=meta["input_size"], **meta["model_args"])
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "Normalize", "Normalized", "build_model", "count_parameters", "model_arg_names"]
+__all__ = [
+    "MODELS", "Normalize", "Normalized", "build_from_metadata", "build_model", "count_parameters",
+    "model_arg_names",
+]

@@ -34,7 +34,7 @@ from workers import catalog, checkpoint
 from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
 from workers.methods import Method, MethodContext, build_method
-from workers.models import build_model
+from workers.models import build_from_metadata
 from workers.spec import TrainSpec
 from workers.training.accumulate import EpochStats
 from workers.training.artifacts import write_history, write_metrics
@@ -110,13 +110,7 @@ def _model_meta(spec: TrainSpec) -> dict[str, Any]:
 
 def _build_model(meta: dict[str, Any], init_from: str | None) -> nn.Module:
     try:
-        model = build_model(
-            meta["model"],
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            input_size=meta["input_size"],
-            **meta["model_args"],
-        )
+        model = build_from_metadata(meta)
     except TypeError as e:  # build_model's way of rejecting model_args
         raise ValueError(str(e)) from None
     if init_from is not None:
