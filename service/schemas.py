@@ -31,20 +31,9 @@ from pydantic import (
 )
 
 from workers.ray_entry.sweep_spec import SweepSpec, apply_overrides
-from workers.spec import EvalSpec, TrainSpec
+from workers.spec import SERVICE_FIELDS, EvalSpec, Resources, TrainSpec
 
-SERVICE_FIELDS = ("kind", "resources", "max_retries")
 MAX_JSON_DEPTH = 32
-
-
-class Resources(BaseModel):
-    """What the job asks Ray for (Ray Train workers, not DataLoader workers)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_workers: int = Field(default=1, ge=1, le=64)
-    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
-    use_gpu: bool = False
 
 
 class _ServiceFields(BaseModel):

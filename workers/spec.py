@@ -16,6 +16,19 @@ from workers.norms import NORMS
 
 ParamValue = float | int | str | bool
 
+# Job-spec fields that are the service's business (where and how often to run), not the science's.
+SERVICE_FIELDS = ("kind", "resources", "max_retries")
+
+
+class Resources(BaseModel):
+    """What a training run asks Ray for: Ray Train workers (not DataLoader workers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(default=1, ge=1, le=64)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
+    use_gpu: bool = False
+
 
 def _check_epsilons(value: dict[str, float]) -> dict[str, float]:
     for norm, eps in value.items():

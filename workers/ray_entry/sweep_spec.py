@@ -41,28 +41,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.norms import NORMS
-from workers.spec import TrainSpec
+from workers.spec import SERVICE_FIELDS, Resources, TrainSpec  # noqa: F401  (re-exported)
 
 MAX_TRIALS = 1000
 MONITOR_METRICS = ("clean", "linf", "l2", "l1", "union")
 # Result keys a sweep can rank trials by, besides the held-out monitor metrics (see
 # ``workers.ray_entry.sweep.epoch_result``): training loss parts and training robust accuracy.
 _OTHER_METRIC = re.compile(rf"^(loss_[a-z][a-z0-9_]*|train_acc_({'|'.join(NORMS)}))$")
-# Job-spec fields that are the service's business, not the training's.
-SERVICE_FIELDS = ("kind", "resources", "max_retries")
 _DICT_FIELDS = frozenset({"epsilons", "model_args"})
 # A placeholder for validation only: an ``init_from`` given as a job id is resolved by the service.
 _UNRESOLVED_INIT = "<checkpoint of job {}>"
-
-
-class Resources(BaseModel):
-    """Ray Train workers of one training run (one sweep trial)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_workers: int = Field(default=1, ge=1, le=64)
-    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
-    use_gpu: bool = False
 
 
 class Domain(BaseModel):
