@@ -186,6 +186,8 @@ def ray_local():
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_ADDRESS")}
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmp)
     os.environ.pop("RAY_ADDRESS", None)
+    if ray.is_initialized():  # a connection left by an earlier test would be reused silently
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -254,9 +254,22 @@ def test_a_revoked_token_stops_delivery(service: dict[str, Any], tmp_path: Path)
 # --------------------------------------------------------------------- the driver, without Ray
 
 
-def test_driver_runs_a_training_job_and_reports_everything(service: dict[str, Any], tmp_path: Path) -> None:
+def _train_in_process(spec: Any, out_dir: Path, reporter: Any, resume: bool, *,
+                      resources: Any = None) -> dict:
+    """The driver's training step without Ray Train (the Ray path is tested in test_dispatcher_ray)."""
+    from workers.jobs.driver import ReportingCallback
+    from workers.training.loop import run_training
+
+    return run_training(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)], resume=resume)
+
+
+def test_driver_runs_a_training_job_and_reports_everything(
+    service: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.jobs import driver
     from workers.jobs.driver import run_job
 
+    monkeypatch.setattr(driver, "run_train_job", _train_in_process)
     app, job_id = service["app"], service["job_id"]
     storage = tmp_path / "storage"
     with app.state.session_factory() as s:
