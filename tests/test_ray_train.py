@@ -10,13 +10,13 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from ray_support import wait_all_cpus_free
 from torch.utils.data import DataLoader, TensorDataset
 
 from workers import checkpoint
@@ -175,35 +175,6 @@ SPEC = {"method": "at-linf", "dataset": "mnist-5k", "model": "small-cnn", "epoch
 FINAL_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite", "checkpoint"}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmp)
-    os.environ.pop("RAY_ADDRESS", None)
-    if ray.is_initialized():  # a connection left by an earlier test would be reused silently
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait_all_cpus_free(ray, timeout: float = 30.0) -> float:
-    total = ray.cluster_resources()["CPU"]
-    deadline = time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return ray.available_resources().get("CPU", 0.0)
-
-
 def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
@@ -240,7 +211,7 @@ def test_one_worker_run_reports_like_a_local_run(ray_local, one_worker):
     # Ray Train holds its own copies of the reported checkpoints (the newest two)
     reported = sorted(p for p in (out / "ray" / "train").glob("checkpoint_*") if p.is_dir())
     assert 1 <= len(reported) <= 2 and all((p / "meta.json").is_file() for p in reported)
-    assert _wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
 
 
 @pytest.mark.slow
@@ -259,7 +230,7 @@ def test_two_workers_cancel_then_resume_from_ray_checkpoint(ray_local, one_worke
     assert [r["epoch"] for r in _history(out)] == [1]
     meta = checkpoint.load_metadata(out)
     assert (meta["epoch"], meta["step"]) == (1, 32)  # the last finished epoch's checkpoint is intact
-    assert _wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
     # same data order and global batch as the single worker: the same epoch (up to reduction order)
     a, b = single.reports[0], rec.reports[0]
     assert (set(b.losses), set(b.train_robust_acc), set(b.monitor)) == (
@@ -277,4 +248,4 @@ def test_two_workers_cancel_then_resume_from_ray_checkpoint(ray_local, one_worke
     assert [r["epoch"] for r in _history(out)] == [1, 2]
     # it continued the same trajectory: epoch 2 matches the uninterrupted single-worker run
     assert resumed.reports[0].losses["ce"] == pytest.approx(single.reports[1].losses["ce"], rel=1e-3)
-    assert _wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]

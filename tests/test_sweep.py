@@ -6,10 +6,7 @@ recorded numbers, and a cancel that frees every CPU.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import NoopStopper
+from ray_support import wait_all_cpus_free
 
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, STEP, TRAIN_END
 from workers.ray_entry.sweep import (
@@ -178,35 +176,6 @@ BASE = {"kind": "train", "method": "nt", "dataset": "mnist-5k", "model": "small-
 GRID = {"lr": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1]}}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmp)
-    os.environ.pop("RAY_ADDRESS", None)
-    if ray.is_initialized():  # a connection left by an earlier test would be reused silently
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait_all_cpus_free(ray, timeout: float = 30.0) -> float:
-    total = ray.cluster_resources()["CPU"]
-    deadline = time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return ray.available_resources().get("CPU", 0.0)
-
-
 @pytest.mark.slow
 def test_grid_sweep_records_every_trial_and_picks_the_best(ray_local, tmp_path):
     events: list[dict] = []
@@ -240,7 +209,7 @@ def test_grid_sweep_records_every_trial_and_picks_the_best(ray_local, tmp_path):
     assert result.best_checkpoint == trials[expected]["checkpoint"]
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == json.loads(json.dumps(result.to_dict()))
     assert (tmp_path / "tune" / "sweep").is_dir()
-    assert _wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
 
 
 @pytest.mark.slow
@@ -265,5 +234,5 @@ def test_cancel_stops_all_trials_and_frees_resources(ray_local, tmp_path):
     ends = [e for e in events if e["type"] == "trial_end"]
     assert sorted(e["trial_id"] for e in ends) == [t["trial_id"] for t in result.trials]
     assert all(e["status"] == "cancelled" for e in ends)
-    assert _wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
     assert time.monotonic() - started < 300
