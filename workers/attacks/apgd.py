@@ -111,6 +111,15 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(as_image(mask, new), new, old)
 
 
+def _assess(p: _Problem, x_adv: Tensor, last: bool, x_best: Tensor, loss_best: Tensor
+            ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """Loss at ``x_adv`` (and its gradient, except after the last iteration, where none is
+    needed) and the best iterate so far: ``(loss, grad, improved, x_best, loss_best)``."""
+    loss, grad = (p.loss(x_adv), None) if last else p.loss_grad(x_adv)
+    improved = loss > loss_best
+    return loss, grad, improved, _where(improved, x_adv, x_best), torch.where(improved, loss, loss_best)
+
+
 def _apgd_momentum(
     p: _Problem, n_iter: int, l1_sparsity: float, *, norm: str, direction: Callable[..., Tensor]
 ) -> AttackResult:
@@ -134,12 +143,7 @@ def _apgd_momentum(
         moved = x_adv + a * (stepped - x_adv) + (1 - a) * displacement
         x_adv = (x + project(norm, x, moved - x, eps)).clamp(0, 1)
         last = i == n_iter - 1
-        if last:
-            loss = p.loss(x_adv)
-        else:
-            loss, grad = p.loss_grad(x_adv)
-        improved = loss > loss_best
-        x_best, loss_best = _where(improved, x_adv, x_best), torch.where(improved, loss, loss_best)
+        loss, grad, improved, x_best, loss_best = _assess(p, x_adv, last, x_best, loss_best)
         if last:
             break
         grad_best = _where(improved, grad, grad_best)
@@ -180,12 +184,7 @@ def _apgd_l1(p: _Problem, n_iter: int, l1_sparsity: float) -> AttackResult:
         per_coordinate = step / (flat(signs).abs().sum(1) + 1e-10)
         x_adv = (x + project_l1_box(x, x_adv - x + as_image(per_coordinate, x) * signs, eps)).clamp(0, 1)
         last = i == n_iter - 1
-        if last:
-            loss = p.loss(x_adv)
-        else:
-            loss, grad = p.loss_grad(x_adv)
-        improved = loss > loss_best
-        x_best, loss_best = _where(improved, x_adv, x_best), torch.where(improved, loss, loss_best)
+        loss, grad, improved, x_best, loss_best = _assess(p, x_adv, last, x_best, loss_best)
         if last:
             break
         grad_best = _where(improved, grad, grad_best)
