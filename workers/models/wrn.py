@@ -9,26 +9,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from workers.models.activations import make_activation
+from workers.models.preact_resnet import PreActBlock  # a wide block is the same pre-activation block
 from workers.models.registry import MODELS
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, activation: nn.Module) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.act = activation
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.act(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(self.act(self.bn2(self.conv1(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -48,7 +30,7 @@ class WideResNet(nn.Module):
         for planes, stride in zip(channels[1:], (1, 2, 2), strict=True):
             blocks = []
             for i in range(n):
-                blocks.append(WideBlock(in_planes, planes, stride if i == 0 else 1, act))
+                blocks.append(PreActBlock(in_planes, planes, stride if i == 0 else 1, act))
                 in_planes = planes
             groups.append(nn.Sequential(*blocks))
         self.groups = nn.Sequential(*groups)
