@@ -8,6 +8,7 @@ developers who want to call the ``alembic`` command itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -32,24 +33,22 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the schema at ``database_url`` to ``revision``."""
-    engine = make_engine(database_url)
-    try:
-        with engine.begin() as conn:
-            cfg = alembic_config(database_url)
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    finally:
-        engine.dispose()
+    _run(command.upgrade, database_url, revision)
     log.info("database schema upgraded", extra={"revision": revision})
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:
+    _run(command.downgrade, database_url, revision)
+
+
+def _run(alembic_command: Callable[[Config, str], None], database_url: str, revision: str) -> None:
+    # One transaction on our own engine (same URL handling as the service), handed to env.py.
     engine = make_engine(database_url)
     try:
         with engine.begin() as conn:
             cfg = alembic_config(database_url)
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+            alembic_command(cfg, revision)
     finally:
         engine.dispose()
 
