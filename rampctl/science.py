@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from rampctl.tables import format_fraction, print_results_table
+from workers.catalog import DEFAULT_SUITE
 from workers.registry import UnknownNameError
 from workers.spec import EvalSpec, TrainSpec
 from workers.training.callbacks import Callback, EpochReport, TrainInfo  # torch-free
@@ -74,14 +75,15 @@ def parse_pairs(items: Sequence[str], option: str, convert: Callable[[str], Any]
 
 
 class RichProgress(Callback):
-    """A progress bar over optimiser steps and one summary line per epoch."""
+    """A progress bar over optimiser steps, one summary line per epoch, then the final evaluation's bar."""
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console, transient=True,
         )
         self.task: TaskID | None = None
+        self.eval_task: TaskID | None = None
 
     def on_train_start(self, info: TrainInfo) -> None:
         if info.start_epoch:
@@ -97,9 +99,18 @@ class RichProgress(Callback):
         parts = [f"epoch {report.epoch}/{report.epochs}", f"lr {report.lr:.4g}"]
         parts += [f"{k} {v:.4f}" for k, v in report.losses.items()]
         parts += [f"train-{k} {format_fraction(v)}" for k, v in report.train_robust_acc.items()]
-        parts += [f"mon-{k} {format_fraction(v)}" for k, v in report.monitor.items()]
+        if report.monitor:
+            parts.append("monitor (upper bound): " + " ".join(
+                f"{k} {format_fraction(v)}" for k, v in report.monitor.items()))
         parts.append(f"{report.seconds:.1f}s")
         self.progress.console.print("  ".join(parts), highlight=False)
+
+    def on_eval_progress(self, done: int, total: int) -> None:
+        if self.eval_task is None:
+            if self.task is not None:
+                self.progress.update(self.task, visible=False)
+            self.eval_task = self.progress.add_task("evaluate", total=total)
+        self.progress.update(self.eval_task, completed=done, total=total)
 
     def on_train_end(self, metrics: dict[str, Any]) -> None:
         self.stop()
@@ -123,6 +134,10 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     train_n: Annotated[int | None, typer.Option(help="use only the first N training points")] = None,
     eval_n: Annotated[int | None, typer.Option(help="test points of the final evaluation (0: none)")] = None,
+    checks_n: Annotated[int | None, typer.Option(help="points of the final evaluation the rigour checks "
+                                                      "run on (0: none)")] = None,
+    precision: Annotated[str | None, typer.Option(help="evaluation attacks' arithmetic: auto | fp32 | "
+                                                       "bf16")] = None,
     monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch (0: none)")] = None,
     init_from: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter KEY=VALUE")] = None,
@@ -135,7 +150,8 @@ def train(
     fields: dict[str, Any] = {
         "method": method, "dataset": dataset, "model": model, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
-        "seed": seed, "train_n": train_n, "eval_n": eval_n, "monitor_n": monitor_n,
+        "seed": seed, "train_n": train_n, "eval_n": eval_n, "checks_n": checks_n, "precision": precision,
+        "monitor_n": monitor_n,
         "init_from": str(init_from) if init_from else None,
         "data_root": str(data_root) if data_root else None,
         "params": parse_pairs(set_ or [], "--set"),
@@ -160,8 +176,11 @@ def train(
 def eval_(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="checkpoint (or training output) dir")],
     out: Annotated[Path, typer.Option("--out", help="output directory for metrics.json")],
-    suite: Annotated[str, typer.Option(help="fast | autoattack")] = "fast",
+    suite: Annotated[str, typer.Option(help="standard (AutoAttack-grade, the default) | monitor (upper "
+                                            "bound) | autoattack (pyautoattack, full)")] = DEFAULT_SUITE,
     n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    checks_n: Annotated[int, typer.Option(help="points the rigour checks run on (0: none)")] = 100,
+    precision: Annotated[str, typer.Option(help="attacks' arithmetic: auto | fp32 | bf16")] = "auto",
     attacks: Annotated[str | None, typer.Option(help="custom suite: comma-separated attacks")] = None,
     eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
     data_file: Annotated[Path | None, typer.Option(help=".npz with x (N,C,H,W) in [0,1] and y")] = None,
@@ -179,7 +198,7 @@ def eval_(
         spec = EvalSpec(
             checkpoint=str(checkpoint), suite=chosen, n=n, epsilons=parse_pairs(eps or [], "--eps", float),
             data_file=str(data_file) if data_file else None, batch_size=batch_size, seed=seed,
-            corruptions=corruptions,
+            corruptions=corruptions, checks_n=checks_n, precision=precision,
         )
 
     from workers.checkpoint import CheckpointError

@@ -1,7 +1,9 @@
 """Result tables: one row per run (a training run, an evaluation, a service job). Torch-free.
 
 ``print_results_table(rows)`` prints clean / per-norm / union accuracy side by side; a row is a
-``metrics.json``-style mapping plus an optional ``"name"``. Missing metrics print as "-".
+``metrics.json``-style mapping plus an optional ``"name"``. Missing metrics print as "-". A row
+from an upper-bound suite (``monitor``) says so in its suite column, and every row's failed
+evaluation-rigour checks print as warnings under the table.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from workers.catalog import UPPER_BOUND_SUITES
 
 # (metric key, column header)
 ACCURACY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -31,6 +35,25 @@ def format_epsilons(epsilons: Any) -> str:
     return " ".join(f"{norm}={eps:.4g}" for norm, eps in epsilons.items())
 
 
+def suite_label(row: Mapping[str, Any]) -> str:
+    """The suite's name, marked when its numbers are an upper bound on robustness."""
+    suite = row.get("suite", "-")
+    name = ",".join(suite) if isinstance(suite, list) else str(suite)
+    upper = row.get("upper_bound", isinstance(suite, str) and suite in UPPER_BOUND_SUITES)
+    return f"{name} (upper bound)" if upper else name
+
+
+def check_lines(row: Mapping[str, Any]) -> list[str]:
+    """One line on the rigour checks of a metrics row: passed, or one line per warning."""
+    checks = row.get("checks")
+    if not isinstance(checks, Mapping):
+        return []
+    warnings = [str(w) for w in checks.get("warnings") or []]
+    if not warnings:
+        return [f"rigour checks on {checks.get('n', '?')} points: passed"]
+    return [f"warning: {w}" for w in warnings]
+
+
 def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
     table = Table(title=title)
     table.add_column("run")
@@ -40,12 +63,11 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None
     table.add_column("suite")
     table.add_column("epsilons")
     for i, row in enumerate(rows):
-        suite = row.get("suite", "-")
         table.add_row(
             str(row.get("name", i + 1)),
             *(format_fraction(row.get(key)) for key, _ in ACCURACY_COLUMNS),
             str(row.get("n", "-")),
-            ",".join(suite) if isinstance(suite, list) else str(suite),
+            suite_label(row),
             format_epsilons(row.get("epsilons")),
         )
     return table
@@ -54,4 +76,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None
 def print_results_table(
     rows: Sequence[Mapping[str, Any]], *, title: str | None = None, console: Console | None = None
 ) -> None:
-    (console or Console()).print(results_table(rows, title=title))
+    out = console or Console()
+    out.print(results_table(rows, title=title))
+    for i, row in enumerate(rows):
+        for line in check_lines(row):
+            style = "yellow" if line.startswith("warning") else None
+            out.print(f"{row.get('name', i + 1)}: {line}", style=style, highlight=False)

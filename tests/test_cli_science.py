@@ -20,7 +20,7 @@ runner = CliRunner()
 EVAL_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite"}
 TRAIN = ["train", "--method", "nt", "--dataset", "mnist-5k", "--model", "small-cnn", "--epochs", "2",
          "--max-steps", "6", "--train-n", "128", "--batch-size", "32", "--eval-n", "24", "--monitor-n", "16",
-         "--seed", "1"]
+         "--checks-n", "8", "--seed", "1"]
 
 
 def _run(*args: str):
@@ -42,8 +42,9 @@ def trained(tmp_path_factory) -> Path:
 def test_train_writes_run_and_prints_table(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics) >= EVAL_KEYS
-    assert metrics["n"] == 24 and metrics["suite"] == "fast"
+    assert metrics["n"] == 24 and metrics["suite"] == "standard" and metrics["upper_bound"] is False
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("clean", "linf", "l2", "l1", "union"))
+    assert metrics["checks"]["n"] == 8 and set(metrics["checks"]["curves"]) == {"linf", "l2", "l1"}
     history = [json.loads(line) for line in (trained / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and history[-1]["step"] == 6
     meta = json.loads((trained / "checkpoint" / "meta.json").read_text())
@@ -52,7 +53,7 @@ def test_train_writes_run_and_prints_table(trained):
 
 def test_train_resume_of_a_finished_run_keeps_its_state(trained, tmp_path):
     before = (trained / "checkpoint" / "model.safetensors").read_bytes()
-    result = _run(*TRAIN, "--out", str(trained), "--resume", "--eval-n", "8")
+    result = _run(*TRAIN, "--out", str(trained), "--resume", "--eval-n", "8", "--checks-n", "0")
     assert result.exit_code == 0, result.output
     assert "resuming after epoch 2" in result.output
     assert (trained / "checkpoint" / "model.safetensors").read_bytes() == before
@@ -62,7 +63,7 @@ def test_train_resume_of_a_finished_run_keeps_its_state(trained, tmp_path):
 def test_eval_defaults_overrides_and_custom_suite(trained, tmp_path):
     out = tmp_path / "ev"
     result = _run("eval", "--checkpoint", str(trained), "--n", "16", "--out", str(out),
-                  "--eps", "linf=0.1", "--attacks", "apgd,pgd", "--corruptions")
+                  "--eps", "linf=0.1", "--attacks", "apgd,pgd", "--corruptions", "--checks-n", "0")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= EVAL_KEYS
@@ -75,12 +76,28 @@ def test_eval_defaults_overrides_and_custom_suite(trained, tmp_path):
     assert "union" in result.output and "%" in result.output
 
 
+def test_eval_without_a_suite_flag_runs_the_default_suite_and_the_checks(trained, tmp_path):
+    out = tmp_path / "ev"
+    result = _run("eval", "--checkpoint", str(trained), "--n", "12", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["suite"] == catalog.DEFAULT_SUITE == "standard" and metrics["n"] == 12
+    checks = metrics["checks"]
+    assert checks["n"] == 12 and set(checks) >= {"curves", "iterations", "square", "ordering", "warnings", "passed"}
+    for norm, curve in checks["curves"].items():
+        assert curve["radius"][0] == 0.0 and curve["eps"] in curve["radius"], norm
+        assert len(curve["radius"]) == len(curve["accuracy"])
+        assert curve["accuracy"][0] == metrics["clean"]
+        assert curve["accuracy"][curve["radius"].index(curve["eps"])] == metrics[norm]
+    assert "rigour checks on 12 points" in result.output or "warning:" in result.output
+
+
 def test_eval_on_user_points(trained, tmp_path):
     rng = np.random.default_rng(0)
     good = tmp_path / "pts.npz"
     np.savez(good, x=rng.random((6, 1, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 6))
     result = _run("eval", "--checkpoint", str(trained), "--data-file", str(good), "--n", "100",
-                  "--out", str(tmp_path / "ev"), "--attacks", "apgd")
+                  "--out", str(tmp_path / "ev"), "--attacks", "apgd", "--checks-n", "0")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == 6 and metrics["data"] == str(good)
@@ -101,6 +118,8 @@ def test_eval_on_user_points(trained, tmp_path):
          "its model is 'small-cnn'"),
         (["eval", "--checkpoint", "MISSING", "--out", "X"], 1, "no such directory"),
         (["eval", "--checkpoint", "CKPT", "--out", "X", "--suite", "slow"], 2, "unknown suite"),
+        (["eval", "--checkpoint", "CKPT", "--out", "X", "--suite", "fast"], 2, "now 'monitor'"),
+        (["eval", "--checkpoint", "CKPT", "--out", "X", "--precision", "fp8"], 2, "unknown precision"),
         (["eval", "--checkpoint", "CKPT", "--out", "X", "--attacks", "apgd,zap"], 2, "zap"),
         (["eval", "--checkpoint", "CKPT", "--out", "X", "--data-file", "BAD"], 1, "not a readable .npz"),
         (["eval", "--checkpoint", "CKPT", "--out", "X", "--data-file", "WRONG"], 1, "the checkpoint's model"),
@@ -125,7 +144,8 @@ def test_console_script_runs_eval(trained, tmp_path):
     out = tmp_path / "ev"
     env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     proc = subprocess.run(
-        [str(exe), "eval", "--checkpoint", str(trained), "--n", "8", "--attacks", "apgd", "--out", str(out)],
+        [str(exe), "eval", "--checkpoint", str(trained), "--n", "8", "--attacks", "apgd", "--checks-n", "0",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=180, env=env,
     )
     assert proc.returncode == 0, proc.stderr
@@ -144,7 +164,7 @@ def test_parse_pairs_converts_and_strips():
 def test_results_table_rows_side_by_side():
     rows = [
         {"name": "ramp", "clean": 0.812, "linf": 0.46, "l2": 0.658, "l1": 0.483, "union": 0.446, "n": 1000,
-         "suite": "fast", "epsilons": {"linf": 8 / 255}},
+         "suite": "monitor", "epsilons": {"linf": 8 / 255}},
         {"name": "eat", "clean": 0.822, "union": None, "suite": ["apgd", "pgd"]},
     ]
     table = results_table(rows, title="cmp")
@@ -152,5 +172,5 @@ def test_results_table_rows_side_by_side():
     cells = [list(col.cells) for col in table.columns]
     assert cells[0] == ["ramp", "eat"]
     assert cells[1] == ["81.2%", "82.2%"] and cells[5] == ["44.6%", "-"]
-    assert cells[7] == ["fast", "apgd,pgd"]
+    assert cells[7] == ["monitor (upper bound)", "apgd,pgd"]
     assert format_fraction(True) == "-" and format_fraction(1) == "100.0%"

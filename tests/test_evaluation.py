@@ -1,4 +1,5 @@
-"""evaluate(): exact per-sample bookkeeping, suites (ours, AutoAttack, custom), RNG isolation, files.
+"""evaluate(): exact per-sample bookkeeping, suites (standard, monitor, AutoAttack, custom), RNG isolation,
+files.
 
 Most tests use a "mean-pixel" classifier whose robustness is known in closed form: it predicts the
 class whose centre (k + 0.5) / 10 is nearest to the image's mean pixel. A perturbation moves the
@@ -33,7 +34,8 @@ SMALL_EPS = {"linf": 0.02, "l2": 0.2, "l1": 1.0}
 LARGE_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 # The package re-exports the function under the module's name; fetch the module itself.
 evaluate_module = importlib.import_module("workers.evaluation.evaluate")
-METRIC_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite", "seconds"}
+METRIC_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite", "upper_bound", "precision",
+               "seconds"}
 
 
 class MeanPixelModel(nn.Module):
@@ -96,9 +98,10 @@ def points() -> tuple[Tensor, Tensor, dict[str, np.ndarray]]:
     return mixed_points()
 
 
-def test_fast_suite_breaks_exactly_the_breakable_points(points) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_standard_suite_breaks_exactly_the_breakable_points(points, precision) -> None:
     x, y, expected = points
-    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, suite="fast", steps=20)
+    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=20, precision=precision)
     assert_consistent(result)
     np.testing.assert_array_equal(result.clean, expected["clean"])
     for norm in ("linf", "l2", "l1"):
@@ -106,12 +109,23 @@ def test_fast_suite_breaks_exactly_the_breakable_points(points) -> None:
     np.testing.assert_array_equal(result.union, expected["robust"])
     m = result.metrics()
     assert (m["clean"], m["linf"], m["union"]) == (8 / 12, 4 / 12, 4 / 12)
+    assert m["attacks"] == {norm: {"apgd-ce": 4 / 12, "apgd-t": 4 / 12} for norm in ("linf", "l2", "l1")}
+    assert m["suite"] == "standard" and m["upper_bound"] is False and m["precision"] == precision
+
+
+def test_monitor_suite_is_labelled_an_upper_bound(points) -> None:
+    x, y, expected = points
+    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, suite="monitor", steps=20)
+    for norm in ("linf", "l2", "l1"):
+        np.testing.assert_array_equal(result.robust[norm], expected["robust"], err_msg=norm)
+    m = result.metrics()
+    assert m["suite"] == "monitor" and m["upper_bound"] is True
     assert m["attacks"] == {norm: {"apgd": 4 / 12} for norm in ("linf", "l2", "l1")}
 
 
 def test_large_radii_break_everything_and_unattacked_norms_are_none(points) -> None:
     x, y, expected = points
-    result = evaluate(MeanPixelModel(), (x, y), LARGE_EPS, suite="fast", steps=20)
+    result = evaluate(MeanPixelModel(), (x, y), LARGE_EPS, suite="monitor", steps=20)
     assert result.metrics()["union"] == 0.0 and result.metrics()["clean"] == 8 / 12
     only_linf = evaluate(MeanPixelModel(), (x, y), {"linf": 0.02}, steps=20)
     m = only_linf.metrics()
@@ -133,13 +147,14 @@ def test_only_still_correct_points_are_attacked() -> None:
     x = torch.rand(8, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([3, 0, 3, 1, 3, 2, 3, 4])
     model = ConstantModel(3)
-    result = evaluate(model, (x, y), {"linf": 0.1}, steps=5, batch_size=8)
+    result = evaluate(model, (x, y), {"linf": 0.1}, steps=5, batch_size=8, precision="fp32")
     assert model.batch_sizes[0] == 8  # the clean pass sees every point
-    assert set(model.batch_sizes[1:]) == {4}  # the attack only the 4 correct ones
+    # APGD-CE, then APGD-T's first target alone, then its other targets as one batch (2 x 4 = 8)
+    assert set(model.batch_sizes[1:]) <= {4, 8} and 4 in model.batch_sizes[1:]
     np.testing.assert_array_equal(result.robust["linf"], (y == 3).numpy())
 
     model = ConstantModel(9)
-    evaluate(model, (x, y), {"linf": 0.1}, steps=5, batch_size=8)
+    evaluate(model, (x, y), {"linf": 0.1}, steps=5, batch_size=8, precision="fp32")
     assert model.batch_sizes == [8]  # nothing correct: no attack at all
 
 
@@ -237,7 +252,7 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-@pytest.mark.parametrize("suite", ["autoattack", ["pgd", "square"]])
+@pytest.mark.parametrize("suite", ["autoattack", ["pgd", "aa-square"], "standard"])
 def test_caller_rng_streams_are_untouched(points, suite) -> None:
     x, y, _ = points
     _seed_all(123)
@@ -264,7 +279,7 @@ def test_trace_function_survives_autoattack(points) -> None:
 
     sys.settrace(tracer)
     try:
-        evaluate(MeanPixelModel(), (x[:4], y[:4]), {"linf": 0.02}, suite=["apgd-ce"], steps=3)
+        evaluate(MeanPixelModel(), (x[:4], y[:4]), {"linf": 0.02}, suite=["aa-apgd-ce"], steps=3)
         assert sys.gettrace() is tracer
     finally:
         sys.settrace(None)
@@ -294,9 +309,9 @@ def test_progress_reaches_total(points) -> None:
     evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=5, batch_size=5,
              progress=lambda done, total: seen.append((done, total)))
     totals = {t for _, t in seen}
-    assert totals == {12 * 4}  # clean pass + one stage per norm
+    assert totals == {12 * 7}  # clean pass + two stages per norm
     done = [d for d, _ in seen]
-    assert done == sorted(done) and done[-1] == 12 * 4
+    assert done == sorted(done) and done[-1] == 12 * 7
 
 
 def test_save_writes_documented_files(points, tmp_path) -> None:
@@ -304,7 +319,7 @@ def test_save_writes_documented_files(points, tmp_path) -> None:
     result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=10, out_dir=tmp_path, corruptions=True)
     metrics = json.loads((tmp_path / METRICS_FILE).read_text())
     assert METRIC_KEYS | {"corruptions"} <= set(metrics)
-    assert metrics["epsilons"] == SMALL_EPS and metrics["n"] == 12 and metrics["suite"] == "fast"
+    assert metrics["epsilons"] == SMALL_EPS and metrics["n"] == 12 and metrics["suite"] == "standard"
     with np.load(tmp_path / PER_SAMPLE_FILE) as archive:
         arrays = {k: archive[k] for k in archive.files}
     corruption_keys = {f"corruption_{name}" for name in CORRUPTIONS.names()}

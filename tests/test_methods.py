@@ -26,16 +26,17 @@ EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 
 
 class FakeAttack:
-    """Returns fixed adversarial batches and per-sample losses per norm; records its calls."""
+    """Returns fixed adversarial batches and per-sample losses (and, when the table gives them,
+    "robust at every iterate" flags) per norm; records its calls."""
 
-    def __init__(self, table: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, table: dict[str, tuple[torch.Tensor, ...]]) -> None:
         self.table = table
         self.calls: list[tuple] = []
 
     def __call__(self, model, x, y, norm, eps, n_iter, *, l1_sparsity):
         self.calls.append((norm, eps, n_iter, l1_sparsity))
-        x_adv, loss = self.table[norm]
-        return AttackResult(x_adv=x_adv, loss=loss)
+        x_adv, loss, *robust = self.table[norm]
+        return AttackResult(x_adv=x_adv, loss=loss, robust=robust[0] if robust else None)
 
 
 def _ctx(method: str, *, seed: int = 0, **params) -> MethodContext:
@@ -214,14 +215,20 @@ def test_eat_weights_are_one_minus_cumulative_robust_accuracy() -> None:
     assert method.probabilities()[0] == pytest.approx((1 - 230 / 400) / ((1 - 230 / 400) + 0.2))
 
 
-def test_eat_step_records_the_training_robust_accuracy_and_resumes() -> None:
+def test_eat_step_records_the_attacks_any_iterate_robust_accuracy_and_resumes() -> None:
+    """The statistic is the training attack's own eval-mode "misclassified at any iterate" flags
+    (as in the reference's apgd_train), not the train-mode prediction on the returned point."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, bias=False))
     with torch.no_grad():
         model[1].weight.copy_(torch.eye(3, 4))  # predicts the hottest of the first three pixels
     y = torch.tensor([0, 1, 2, 0])
     onehot = F.one_hot(torch.tensor([0, 1, 2, 0]), 4).float().view(4, 1, 2, 2)
     wrong = F.one_hot(torch.tensor([1, 2, 2, 2]), 4).float().view(4, 1, 2, 2)
-    table = {"linf": (onehot, torch.ones(4)), "l1": (wrong, torch.ones(4))}  # robust: 4/4 and 1/4
+    # The returned l_inf points are all classified correctly, but an earlier iterate fooled two of
+    # them; the l_1 points fool three, yet the attack saw all four robust at every iterate.
+    robust_linf = torch.tensor([True, False, True, False])
+    robust_l1 = torch.ones(4, dtype=torch.bool)
+    table = {"linf": (onehot, torch.ones(4), robust_linf), "l1": (wrong, torch.ones(4), robust_l1)}
     torch.manual_seed(2)
     method = EAT(_ctx("eat"), attack=FakeAttack(table))
     seen = []
@@ -231,8 +238,11 @@ def test_eat_step_records_the_training_robust_accuracy_and_resumes() -> None:
     n_linf, n_l1 = seen.count("linf"), seen.count("l1")
     assert method.attacked == [4 * n_linf, 4 * n_l1]
     assert n_linf > 0 and n_l1 > 0
-    assert method.correct.tolist() == [4.0 * n_linf, 1.0 * n_l1]
-    assert method.probabilities() == pytest.approx([0.0, 1.0])  # l_inf is fully robust so far
+    assert method.correct.tolist() == [2.0 * n_linf, 4.0 * n_l1]
+    assert method.probabilities() == pytest.approx([1.0, 0.0])  # l_1 looks fully robust to the attack
+    # The step's own train-mode robust count (reported per epoch) is still the prediction's.
+    out = method.compute_loss(model, torch.zeros(4, 1, 2, 2), y)
+    assert list(out.attacked) == ["linf"] and out.robust_correct["linf"].item() == 4
 
     restored = EAT(_ctx("eat"), attack=FakeAttack(table))
     restored.load_state_dict(_roundtrip(method.state_dict()))
@@ -242,6 +252,13 @@ def test_eat_step_records_the_training_robust_accuracy_and_resumes() -> None:
     other = EAT(_ctx("eat", **{"eat.norms": "linf,l2"}), attack=FakeAttack({}))
     with pytest.raises(ValueError, match="norms"):
         other.load_state_dict(method.state_dict())
+
+
+def test_eat_needs_an_attack_that_tracks_misclassification() -> None:
+    x_adv = torch.zeros(4, 1, 2, 2)
+    method = EAT(_ctx("eat"), attack=FakeAttack({n: (x_adv, torch.ones(4)) for n in ("linf", "l1")}))
+    with pytest.raises(ValueError, match="misclassified at any iterate"):
+        method.compute_loss(_model(), x_adv, torch.zeros(4, dtype=torch.long))
 
 
 def test_eat_norms_are_validated() -> None:

@@ -225,17 +225,28 @@ def test_ramp_pairing_is_zero_when_no_sample_is_q_correct() -> None:
     assert torch.isfinite(out.loss) and out.loss.item() == pytest.approx(out.parts["ce"].item())
 
 
-def test_ramp_trades_term_adds_beta_kl_clean_to_max() -> None:
+def test_ramp_trades_form_is_clean_ce_plus_beta_kl_plus_pairing_by_hand() -> None:
+    """The reference WRN-28-10 recipe: L = CE(f(x), y) + 6 KL(p_clean || p_max) + lambda * pairing;
+    the clean cross-entropy replaces CE(z_max). Every term computed by hand from the logits."""
     model = _model()
     x, y, x_q, l_q, x_r, l_r = _batches(model)
     attack = FakeAttack({"linf": (x_q, l_q), "l1": (x_r, l_r)})
     out = RAMP(_ctx(**{"ramp.lambda": 2.0, "ramp.trades_beta": 6.0}), attack=attack).compute_loss(model, x, y)
-    x_max = select_pair_max(x_q, l_q, x_r, l_r)
+    take_r = torch.tensor([False, True, True, False, True, True])
+    x_max = torch.where(take_r.view(-1, 1, 1, 1), x_r, x_q)
     with torch.no_grad():
-        trades = kl_batchmean(model(x), model(x_max)).item()
-    assert out.parts["trades"].item() == pytest.approx(trades, rel=1e-5)
-    expected = out.parts["ce"].item() + 2.0 * out.parts["pairing"].item() + 6.0 * trades
-    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+        z_clean, z_max, z_q, z_r = model(x), model(x_max), model(x_q), model(x_r)
+    ce_clean = sum(-math.log(_softmax(z_clean[i].tolist())[int(y[i])]) for i in range(6)) / 6
+    kl_clean_max = sum(_kl(_softmax(z_clean[i].tolist()), _softmax(z_max[i].tolist())) for i in range(6)) / 6
+    gamma = [i for i in range(6) if int(z_q[i].argmax()) == int(y[i])]
+    pairing = sum(_kl(_softmax(z_q[i].tolist()), _softmax(z_r[i].tolist())) for i in gamma) / len(gamma)
+    assert out.parts["ce"].item() == pytest.approx(ce_clean, rel=1e-5)
+    assert out.parts["trades"].item() == pytest.approx(kl_clean_max, rel=1e-5)
+    assert out.parts["pairing"].item() == pytest.approx(pairing, rel=1e-5)
+    assert out.loss.item() == pytest.approx(ce_clean + 6.0 * kl_clean_max + 2.0 * pairing, rel=1e-5)
+    ce_max = F.cross_entropy(z_max, y).item()
+    assert abs(out.loss.item() - (ce_max + 6.0 * kl_clean_max + 2.0 * pairing)) > 1e-3  # not the max CE
+    assert kl_batchmean(z_clean, z_max).item() == pytest.approx(kl_clean_max, rel=1e-5)
 
 
 def test_ramp_uses_the_configured_pair_and_pairing_variant() -> None:
@@ -252,14 +263,44 @@ def test_ramp_uses_the_configured_pair_and_pairing_variant() -> None:
     assert set(out.robust_correct) == {"l2", "linf"}
 
 
-def test_ramp_runs_three_train_mode_forwards_updating_bn_three_times() -> None:
+class Recorder(nn.Module):
+    """Records every train-mode input it sees, then applies ``inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("trades", [0.0, 6.0])
+def test_ramp_train_mode_forwards_run_r_then_q_then_max_like_the_reference(trades) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model = Recorder(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)))
     model.train()
     x, y, x_q, l_q, x_r, l_r = _batches(model)
-    before = model[2].num_batches_tracked.item()
-    RAMP(_ctx(), attack=FakeAttack({"linf": (x_q, l_q), "l1": (x_r, l_r)})).compute_loss(model, x, y)
-    assert model[2].num_batches_tracked.item() == before + 3
+    model.seen.clear()  # _batches labelled the points with a forward of its own
+    model.inner[2].reset_running_stats()
+    attack = FakeAttack({"linf": (x_q, l_q), "l1": (x_r, l_r)})
+    RAMP(_ctx(**{"ramp.trades_beta": trades}), attack=attack).compute_loss(model, x, y)
+    x_max = select_pair_max(x_q, l_q, x_r, l_r)
+    expected = [x_r, x_q, x, x_max] if trades else [x_r, x_q, x_max]
+    assert len(model.seen) == len(expected)
+    for seen, batch in zip(model.seen, expected, strict=True):
+        assert torch.equal(seen, batch)
+
+    # The running statistics are those of that order of updates (BN's are order-dependent).
+    torch.manual_seed(0)
+    twin = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
+    for batch in expected:
+        twin(batch)
+    bn = model.inner[2]
+    torch.testing.assert_close(bn.running_mean, twin[2].running_mean)
+    torch.testing.assert_close(bn.running_var, twin[2].running_var)
+    assert bn.num_batches_tracked.item() == len(expected)
 
 
 def test_ramp_rejects_equal_pair() -> None:

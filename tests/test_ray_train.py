@@ -170,7 +170,7 @@ def test_signals_set_the_stop_event_and_are_restored():
 # 512 points, batch 16 -> 32 steps per epoch (16 per rank-batch of 8 with two workers): an epoch
 # lasts long enough for a cancel sent at the end of epoch 1 to land inside epoch 2.
 SPEC = {"method": "at-linf", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2, "train_n": 512,
-        "batch_size": 16, "seed": 1, "monitor_n": 16, "monitor_steps": 2, "eval_n": 16,
+        "batch_size": 16, "seed": 1, "monitor_n": 16, "monitor_steps": 2, "eval_n": 16, "checks_n": 0,
         "params": {"attack.steps_linf": 2}}
 FINAL_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite", "checkpoint"}
 

@@ -178,7 +178,7 @@ def test_epoch_stats_means_and_robust_accuracy():
 
 # Tiny and fast: 256 mnist-5k points, batch 32 -> 8 steps per epoch.
 TINY = dict(method="nt", dataset="mnist-5k", model="small-cnn", train_n=256, batch_size=32,
-            monitor_n=32, monitor_steps=2, eval_n=64, seed=3)
+            monitor_n=32, monitor_steps=2, eval_n=64, checks_n=0, seed=3)
 
 
 class Recorder(Callback):
@@ -254,7 +254,7 @@ def test_run_writes_checkpoint_metrics_history_and_reports(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite"} <= set(saved)
-    assert saved["n"] == 64 and saved["suite"] == "fast"
+    assert saved["n"] == 64 and saved["suite"] == "standard" and "checks" not in saved
     assert saved["epsilons"] == catalog.DATASETS["mnist-5k"].epsilons
     assert all(0.0 <= saved[k] <= 1.0 for k in ("clean", "linf", "l2", "l1", "union"))
     assert saved["union"] <= min(saved["clean"], saved["linf"], saved["l2"], saved["l1"])

@@ -78,7 +78,21 @@ METHODS: tuple[str, ...] = (
 ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt"}
 
 SCHEDULES: tuple[str, ...] = ("constant", "piecewise", "multistep", "cyclic")
-SUITES: tuple[str, ...] = ("fast", "autoattack")
+SUITES: dict[str, str] = {
+    "standard": "APGD-CE + APGD-T with AutoAttack's standard settings (ours; the default, what results "
+                "report)",
+    "monitor": "one APGD-CE run per norm from the clean point: cheap, an optimistic upper bound "
+               "(per-epoch curves only, never a result)",
+    "autoattack": "full AutoAttack, standard version, through pyautoattack (APGD-CE, APGD-T, FAB-T, "
+                  "Square): the yardstick",
+}
+"""Evaluation suites: name -> what it runs (shown by the CLI, the API and the docs)."""
+DEFAULT_SUITE = "standard"
+UPPER_BOUND_SUITES = frozenset({"monitor"})
+"""Suites whose numbers over-state robustness by design: labelled as upper bounds everywhere."""
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+"""Arithmetic of the evaluation's gradient attacks (decisions always in float32; see
+``workers.evaluation.precision``)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,8 @@ PARAMS: dict[str, Param] = {
     "ramp.r": Param(str, "l1", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: target norm"),
     "ramp.pairing": Param(str, "kl", _RAMP, choices=("kl", "mse", "cos"), help="pairing loss"),
     "ramp.trades_beta": Param(float, 0.0, _RAMP, minimum=0.0, maximum=1e4,
-                              help="TRADES outer loss weight on KL(p_clean || p_max); 0 = off"),
+                              help="> 0: the TRADES form CE(clean) + beta * KL(p_clean || p_max) "
+                                   "+ lambda * pairing (reference WRN recipe: 6); 0 = off"),
     "gp.enabled": Param(bool, None, _AT, help="gradient projection (default: on for RAMP from scratch)"),
     "gp.beta": Param(float, 0.5, _AT, minimum=0.0, maximum=1.0, help="GP mixing weight"),
     "gp.formula": Param(str, "reference", _AT, choices=("reference", "projection"),
@@ -145,5 +160,8 @@ def param_defaults(method: str, dataset: str, finetune: bool) -> dict[str, Any]:
             out[key] = info.attack_steps[norm]
     return out
 
-# Attacks a custom evaluation suite may list: ours ("apgd", "pgd") and AutoAttack's components.
-EVAL_ATTACKS: tuple[str, ...] = ("apgd", "pgd", "apgd-ce", "apgd-t", "fab-t", "square")
+# Attacks a custom evaluation suite may list: ours ("apgd-ce", "apgd-t" with AutoAttack's standard
+# settings; "apgd", the monitor's single run; "pgd") and pyautoattack's components ("aa-...").
+EVAL_ATTACKS: tuple[str, ...] = (
+    "apgd-ce", "apgd-t", "apgd", "pgd", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square",
+)

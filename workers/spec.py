@@ -39,6 +39,12 @@ def _check_epsilons(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+def _check_precision(value: str) -> str:
+    if value not in catalog.PRECISIONS:
+        raise ValueError(f"unknown precision {value!r}; use one of {', '.join(catalog.PRECISIONS)}")
+    return value
+
+
 def coerce_param(key: str, value: Any) -> ParamValue:
     """Validate one ``params`` entry against the catalog; strings from the CLI are converted."""
     if key not in catalog.PARAMS:
@@ -101,6 +107,9 @@ class TrainSpec(BaseModel):
     monitor_n: int = Field(default=200, ge=0, le=100_000, description="held-out points evaluated per epoch")
     monitor_steps: int = Field(default=20, ge=1, le=1000, description="APGD steps of the per-epoch check")
     eval_n: int = Field(default=1000, ge=0, le=1_000_000, description="points in the final evaluation")
+    checks_n: int = Field(default=100, ge=0, le=100_000,
+                          description="points of the final evaluation the rigour checks run on (0: none)")
+    precision: str = Field(default="auto", description="arithmetic of the evaluation's gradient attacks")
     data_root: str | None = None
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
 
@@ -136,6 +145,11 @@ class TrainSpec(BaseModel):
     @classmethod
     def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
         return _check_epsilons(v)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        return _check_precision(v)
 
     @model_validator(mode="after")
     def _params(self) -> TrainSpec:
@@ -187,8 +201,11 @@ class EvalSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str
-    suite: str | list[str] = "fast"
+    suite: str | list[str] = catalog.DEFAULT_SUITE
     n: int = Field(default=1000, ge=1, le=1_000_000)
+    checks_n: int = Field(default=100, ge=0, le=100_000,
+                          description="points the evaluation-rigour checks run on (0: none)")
+    precision: str = Field(default="auto", description="arithmetic of the gradient attacks")
     epsilons: dict[str, float] = Field(default_factory=dict)
     data_file: str | None = None
     batch_size: int = Field(default=256, ge=1, le=4096)
@@ -200,9 +217,19 @@ class EvalSpec(BaseModel):
     def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
         return _check_epsilons(v)
 
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        return _check_precision(v)
+
     @field_validator("suite")
     @classmethod
     def _suite(cls, v: str | list[str]) -> str | list[str]:
+        if v == "fast":
+            raise ValueError(
+                "the 'fast' suite is now 'monitor' and is an optimistic upper bound, not a result; "
+                f"the default, {catalog.DEFAULT_SUITE!r}, is AutoAttack-grade"
+            )
         if isinstance(v, str) and v not in catalog.SUITES:
             raise ValueError(
                 f"unknown suite {v!r}; use one of {', '.join(catalog.SUITES)} or a list of attack names"

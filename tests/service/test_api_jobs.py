@@ -104,7 +104,7 @@ def test_finetune_from_a_job_resolves_its_checkpoint_and_requires_success(api) -
 def test_eval_takes_a_checkpoint_or_a_succeeded_training_job(api) -> None:
     src = _submit(api, TRAIN).json()["id"]
     _finish(api, src)
-    r = _submit(api, {"kind": "eval", "job_id": src, "suite": "fast", "n": 100})
+    r = _submit(api, {"kind": "eval", "job_id": src, "suite": "monitor", "n": 100})
     assert r.status_code == 201, r.text
     spec = r.json()["spec"]
     assert spec["checkpoint"] == str(api.settings.job_dir(src) / "checkpoint")

@@ -302,7 +302,7 @@ def test_driver_reports_a_failure_with_its_reason(service: dict[str, Any], tmp_p
 
     app = service["app"]
     token = generate_token(DRIVER_TOKEN_PREFIX)
-    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "fast", "n": 8}
+    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "monitor", "n": 8}
     with app.state.session_factory() as s:
         job = repository.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
         repository.set_job_token(s, job.id, hash_token(token))

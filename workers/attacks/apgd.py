@@ -1,9 +1,18 @@
-"""APGD in its training form (docs: ramp-spec.md, "Training-time attack: APGD").
+"""APGD (Croce & Hein 2020; l_1: "Mind the box", 2021), one run on a batch.
 
-Start at x (no random init, no restarts) and return, per sample, the iterate with the highest
-loss together with that loss. Everything per-sample (step sizes, restarts, sparsity) is a tensor
-updated with masks, and the checkpoint schedule depends only on ``n_iter``, so the loop never
-reads a value on the host.
+Used in two forms (docs: ramp-spec.md):
+- training: start at x (no random init, no restarts), 10 iterations, return the highest-loss
+  iterate and its loss (``apgd(...)``);
+- evaluation: AutoAttack's runs start at a random point ``x_init`` (and l_1 walks down a radius
+  schedule), see ``workers.attacks.standard``. Both forms share this loop.
+
+Every run also tracks, per sample, whether *any* iterate it evaluated (the start included) was
+misclassified (``AttackResult.robust``) and keeps the most confidently misclassified iterate
+(``x_fooled``): an evaluation counts a point as robust only if no iterate fooled it, and E-AT's
+norm sampling reads that same statistic.
+
+Everything per-sample (step sizes, restarts, sparsity) is a tensor updated with masks, and the
+checkpoint schedule depends only on ``n_iter``, so the loop never reads a value on the host.
 
 Choices where the reference code (AutoAttack / robust-finetuning ``apgd_train``) is looser than
 the spec:
@@ -11,9 +20,10 @@ the spec:
   iterations, then the window shrinks by max(int(0.03 n), 1) down to max(int(0.06 n), 1). For the
   training form (n = 10) this is "after 2 iterations, then every iteration". l_1 adapts every
   max(int(0.04 n), 1) iterations (every iteration for n <= 49).
-- "Recent steps that increased the loss" compares consecutive losses including the loss at x;
-  the reference compares the first step with a zero-initialised slot (always an increase for CE).
+- "Recent steps that increased the loss" compares consecutive losses including the loss at the
+  start; the reference compares the first step with a zero-initialised slot.
 - l_2 projects exactly onto ball ∩ box (see projections.py); the reference clips after the ball.
+- The last iterate gets a forward pass only: its gradient would never be used.
 """
 
 from __future__ import annotations
@@ -25,7 +35,16 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from workers.attacks.common import Objective, as_image, eval_mode, flat, loss_and_grad, loss_only, per_sample
+from workers.attacks.common import (
+    Objective,
+    as_image,
+    eval_mode,
+    flat,
+    logits_and_loss,
+    logits_loss_and_grad,
+    margin,
+    per_sample,
+)
 from workers.attacks.losses import LOSSES
 from workers.attacks.projections import project, project_l1_box
 from workers.attacks.registry import ATTACKS
@@ -50,14 +69,52 @@ class _Problem:
     y_target: Tensor | None
     eps: Tensor  # (N,)
 
-    def loss_grad(self, x_adv: Tensor) -> tuple[Tensor, Tensor]:
-        return loss_and_grad(self.model, self.objective, x_adv, self.y, self.y_target)
 
-    def loss(self, x_adv: Tensor) -> Tensor:
-        return loss_only(self.model, self.objective, x_adv, self.y, self.y_target)
+class _Iterates:
+    """The best iterate by loss, and the misclassification record, updated without host reads."""
+
+    def __init__(self, p: _Problem, x_adv: Tensor, last: bool) -> None:
+        self.p = p
+        loss, self.grad, logits = self._evaluate(x_adv, last)
+        self.x_best, self.loss_best, self.grad_best = x_adv, loss, self.grad
+        self.loss = loss
+        self.robust = torch.ones_like(loss, dtype=torch.bool)
+        self.margin_best = torch.full_like(loss, float("-inf"))
+        self.x_fooled = x_adv
+        self._record_predictions(x_adv, logits)
+
+    def _evaluate(self, x_adv: Tensor, last: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        p = self.p
+        if last:
+            loss, logits = logits_and_loss(p.model, p.objective, x_adv, p.y, p.y_target)
+            return loss, None, logits
+        return logits_loss_and_grad(p.model, p.objective, x_adv, p.y, p.y_target)
+
+    def _record_predictions(self, x_adv: Tensor, logits: Tensor) -> None:
+        wrong = logits.argmax(dim=1) != self.p.y
+        m = margin(logits, self.p.y).to(self.margin_best.dtype)
+        better = wrong & (m > self.margin_best)
+        self.robust = self.robust & ~wrong
+        self.x_fooled = _where(better, x_adv, self.x_fooled)
+        self.margin_best = torch.where(better, m, self.margin_best)
+
+    def step(self, x_adv: Tensor, last: bool) -> Tensor:
+        """Evaluate a new iterate (no gradient after the last one); returns "loss improved"."""
+        self.loss, self.grad, logits = self._evaluate(x_adv, last)
+        self._record_predictions(x_adv, logits)
+        improved = self.loss > self.loss_best
+        self.x_best = _where(improved, x_adv, self.x_best)
+        self.loss_best = torch.where(improved, self.loss, self.loss_best)
+        if self.grad is not None:
+            self.grad_best = _where(improved, self.grad, self.grad_best)
+        return improved
+
+    def result(self) -> AttackResult:
+        x_fooled = _where(self.robust, self.x_best, self.x_fooled)
+        return AttackResult(self.x_best.detach(), self.loss_best.detach(), self.robust, x_fooled.detach())
 
 
-Runner = Callable[[_Problem, int, float], AttackResult]
+Runner = Callable[[_Problem, int, Tensor, "float | None"], AttackResult]
 _RUNNERS: Registry[Runner] = Registry("APGD norm")
 
 
@@ -71,24 +128,29 @@ def apgd(
     n_iter: int = 10,
     *,
     loss: str = "ce",
-    l1_sparsity: float = 0.05,
+    l1_sparsity: float | None = 0.05,
     y_target: Tensor | None = None,
+    x_init: Tensor | None = None,
 ) -> AttackResult:
-    """The highest-loss point APGD finds in the ``norm`` ball of radius ``eps`` (float or (N,))
-    around x, intersected with [0,1]; ``loss`` is the per-sample objective there (detached).
+    """APGD on the ``norm`` ball of radius ``eps`` (float or (N,)) around x, intersected with
+    [0,1], for ``n_iter`` iterations from ``x_init`` (default: x itself).
 
-    ``l1_sparsity`` is the initial top-k fraction of l1-APGD (0.05 in training, 0.2 in fast
-    evaluation). With ``y_target`` the loss is the targeted form.
+    ``l1_sparsity`` is the initial top-k fraction of l1-APGD (0.05 in training); None derives it
+    from the start point as AutoAttack does for a given start: ||x_init - x||_0 / (1.5 d). With
+    ``y_target`` the loss is the targeted form.
     """
     if n_iter < 1:
         raise ValueError(f"APGD needs n_iter >= 1, got {n_iter}")
-    if not 0 < l1_sparsity <= 1:
-        raise ValueError(f"l1_sparsity must be in (0, 1], got {l1_sparsity}")
+    if l1_sparsity is not None and not 0 < l1_sparsity <= 1:
+        raise ValueError(f"l1_sparsity must be in (0, 1] or None, got {l1_sparsity}")
     run = _RUNNERS.get(norm)
     x = x.detach()
+    start = x if x_init is None else x_init.detach()
+    if start.shape != x.shape:
+        raise ValueError(f"x_init has shape {tuple(start.shape)}, x has {tuple(x.shape)}")
     problem = _Problem(model, LOSSES.get(loss), x, y, y_target, per_sample(eps, x))
     with eval_mode(model):
-        return run(problem, n_iter, l1_sparsity)
+        return run(problem, n_iter, start.clamp(0, 1), l1_sparsity)
 
 
 def checkpoint_schedule(n_iter: int) -> dict[int, int]:
@@ -111,28 +173,20 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(as_image(mask, new), new, old)
 
 
-def _assess(p: _Problem, x_adv: Tensor, last: bool, x_best: Tensor, loss_best: Tensor
-            ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """Loss at ``x_adv`` (and its gradient, except after the last iteration, where none is
-    needed) and the best iterate so far: ``(loss, grad, improved, x_best, loss_best)``."""
-    loss, grad = (p.loss(x_adv), None) if last else p.loss_grad(x_adv)
-    improved = loss > loss_best
-    return loss, grad, improved, _where(improved, x_adv, x_best), torch.where(improved, loss, loss_best)
-
-
 def _apgd_momentum(
-    p: _Problem, n_iter: int, l1_sparsity: float, *, norm: str, direction: Callable[..., Tensor]
+    p: _Problem, n_iter: int, start: Tensor, l1_sparsity: float | None, *, norm: str,
+    direction: Callable[..., Tensor],
 ) -> AttackResult:
     del l1_sparsity
     x, eps = p.x, p.eps
     step = 2 * eps
-    x_adv = x.clamp(0, 1)
-    loss, grad = p.loss_grad(x_adv)
-    x_best, loss_best, grad_best = x_adv, loss, grad
+    x_adv = start
+    it = _Iterates(p, x_adv, last=False)
+    grad = it.grad
     x_prev = x_adv
-    history = [loss]
-    best_at_check = loss_best
-    cut_at_check = torch.ones_like(loss, dtype=torch.bool)  # no "no improvement" cut at the first check
+    history = [it.loss]
+    best_at_check = it.loss_best
+    cut_at_check = torch.ones_like(it.loss, dtype=torch.bool)  # no "no improvement" cut at the first check
     schedule = checkpoint_schedule(n_iter)
     for i in range(n_iter):
         a = _MOMENTUM if i > 0 else 1.0
@@ -143,21 +197,21 @@ def _apgd_momentum(
         moved = x_adv + a * (stepped - x_adv) + (1 - a) * displacement
         x_adv = (x + project(norm, x, moved - x, eps)).clamp(0, 1)
         last = i == n_iter - 1
-        loss, grad, improved, x_best, loss_best = _assess(p, x_adv, last, x_best, loss_best)
+        it.step(x_adv, last)
         if last:
             break
-        grad_best = _where(improved, grad, grad_best)
-        history.append(loss)
+        grad = it.grad
+        history.append(it.loss)
         window = schedule.get(i)
         if window is None:
             continue
         recent = torch.stack(history[-window - 1 :])
         increases = (recent[1:] > recent[:-1]).sum(0)
-        cut = (increases <= _RHO * window) | (~cut_at_check & (best_at_check >= loss_best))
-        cut_at_check, best_at_check = cut, loss_best
+        cut = (increases <= _RHO * window) | (~cut_at_check & (best_at_check >= it.loss_best))
+        cut_at_check, best_at_check = cut, it.loss_best
         step = torch.where(cut, step / 2, step)
-        x_adv, grad = _where(cut, x_best, x_adv), _where(cut, grad_best, grad)
-    return AttackResult(x_best.detach(), loss_best.detach())
+        x_adv, grad = _where(cut, it.x_best, x_adv), _where(cut, it.grad_best, grad)
+    return it.result()
 
 
 def _sparse_sign(grad: Tensor, fraction: Tensor) -> Tensor:
@@ -169,34 +223,43 @@ def _sparse_sign(grad: Tensor, fraction: Tensor) -> Tensor:
     return torch.sign(grad) * (magnitude >= threshold).view_as(grad)
 
 
-def _apgd_l1(p: _Problem, n_iter: int, l1_sparsity: float) -> AttackResult:
+def _support(delta: Tensor) -> Tensor:
+    return (flat(delta) != 0).sum(1)
+
+
+def _apgd_l1(p: _Problem, n_iter: int, start: Tensor, l1_sparsity: float | None) -> AttackResult:
     x, eps = p.x, p.eps
     d = x[0].numel()
     step = eps.clone()
-    fraction = torch.full_like(eps, l1_sparsity)
-    support_before = torch.full_like(eps, float(d))
-    x_adv = x.clamp(0, 1)
-    loss, grad = p.loss_grad(x_adv)
-    x_best, loss_best, grad_best = x_adv, loss, grad
+    x_adv = start
+    if l1_sparsity is None:
+        # AutoAttack with a given start point: sparsity from the start's own support.
+        support_before = _support(x_adv - x).to(eps.dtype)
+        fraction = support_before / (_L1_SPARSITY_SLACK * d)
+    else:
+        fraction = torch.full_like(eps, l1_sparsity)
+        support_before = torch.full_like(eps, float(d))
+    it = _Iterates(p, x_adv, last=False)
+    grad = it.grad
     every = l1_adapt_every(n_iter)
     for i in range(n_iter):
         signs = _sparse_sign(grad, fraction)
         per_coordinate = step / (flat(signs).abs().sum(1) + 1e-10)
         x_adv = (x + project_l1_box(x, x_adv - x + as_image(per_coordinate, x) * signs, eps)).clamp(0, 1)
         last = i == n_iter - 1
-        loss, grad, improved, x_best, loss_best = _assess(p, x_adv, last, x_best, loss_best)
+        it.step(x_adv, last)
         if last:
             break
-        grad_best = _where(improved, grad, grad_best)
+        grad = it.grad
         if (i + 1) % every:
             continue
-        support = (flat(x_best - x) != 0).sum(1).to(eps.dtype)
+        support = _support(it.x_best - x).to(eps.dtype)
         shrank = support < _L1_SHRINK * support_before
         fraction, support_before = support / (_L1_SPARSITY_SLACK * d), support
         step = torch.where(shrank, eps, step / _L1_STEP_DECAY)
         step = torch.minimum(torch.maximum(step, _L1_MIN_STEP * eps), eps)
-        x_adv, grad = _where(shrank, x_best, x_adv), _where(shrank, grad_best, grad)
-    return AttackResult(x_best.detach(), loss_best.detach())
+        x_adv, grad = _where(shrank, it.x_best, x_adv), _where(shrank, it.grad_best, grad)
+    return it.result()
 
 
 _RUNNERS.add("linf", partial(_apgd_momentum, norm="linf", direction=linf_direction))

@@ -52,21 +52,45 @@ def flat(x: Tensor) -> Tensor:
 def loss_and_grad(
     model: nn.Module, objective: Objective, x_adv: Tensor, y: Tensor, y_target: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample loss at x_adv and its gradient w.r.t. the input only.
+    """Per-sample loss at x_adv and its gradient w.r.t. the input only."""
+    loss, grad, _ = logits_loss_and_grad(model, objective, x_adv, y, y_target)
+    return loss, grad
+
+
+def logits_loss_and_grad(
+    model: nn.Module, objective: Objective, x_adv: Tensor, y: Tensor, y_target: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample loss at x_adv, its gradient w.r.t. the input only, and the logits (detached).
 
     ``torch.autograd.grad`` with the input as the only target leaves every parameter's ``.grad``
     untouched, so an attack can run in the middle of a training step.
     """
     with torch.enable_grad():
         x_adv = x_adv.detach().requires_grad_(True)
-        loss = objective(model(x_adv), y, y_target)
+        logits = model(x_adv)
+        loss = objective(logits, y, y_target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    return loss.detach(), grad.detach()
+    return loss.detach(), grad.detach(), logits.detach()
 
 
 def loss_only(
     model: nn.Module, objective: Objective, x_adv: Tensor, y: Tensor, y_target: Tensor | None
 ) -> Tensor:
     """The loss without a backward pass (the last iterate's gradient is never used)."""
+    return logits_and_loss(model, objective, x_adv, y, y_target)[0]
+
+
+def logits_and_loss(
+    model: nn.Module, objective: Objective, x_adv: Tensor, y: Tensor, y_target: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``(loss, logits)`` at x_adv without a backward pass."""
     with torch.no_grad():
-        return objective(model(x_adv), y, y_target)
+        logits = model(x_adv)
+        return objective(logits, y, y_target), logits
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Largest wrong-class logit minus the true-class logit, per sample (> 0: misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(dim=1) - true

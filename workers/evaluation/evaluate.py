@@ -2,31 +2,32 @@
 
 For each norm the suite's attacks run in order, each only on the points still classified
 correctly (clean and under the previous attacks); the per-sample flags stay exact because a point
-that is skipped is already wrong. Every attack runs in an isolated RNG (seeded from ``seed``, the
-norm, the attack and the batch), so results are reproducible and the caller's random stream is
-left as it was.
+that is skipped is already wrong (see ``runner``). With ``checks`` > 0 the evaluation-rigour checks
+run on that many points (``checks.py``) and land in the result's ``checks``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.catalog import DEFAULT_SUITE
 from workers.datasets import load_tensors
+from workers.evaluation.checks import check_units, run_checks
 from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES
+from workers.evaluation.precision import attack_model, resolve_precision
 from workers.evaluation.result import CorruptionResult, EvalResult
-from workers.evaluation.rng import derive_seed, generator, isolated_rng
-from workers.evaluation.suites import AttackSettings, Stage, resolve_suite, threat_model_violation
+from workers.evaluation.rng import generator
+from workers.evaluation.runner import Progress, Ticker, predict, run_stages
+from workers.evaluation.suites import AttackSettings, Models, resolve_suite
 from workers.norms import NORMS, Norm
 
-Progress = Callable[[int, int], None]
-"""progress(done, total), in units of point-evaluations; ``done`` reaches ``total`` at the end."""
 Data = str | tuple[Tensor, Tensor]
 
 
@@ -91,51 +92,8 @@ def _inference(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(requires_grad)
 
 
-class _Ticker:
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.done, self.total, self.progress = 0, total, progress
-
-    def __call__(self, k: int) -> None:
-        self.done += k
-        if self.progress is not None and k:
-            self.progress(self.done, self.total)
-
-
-def _predict(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int,
-             tick: _Ticker) -> np.ndarray:
-    correct = torch.empty(len(x), dtype=torch.bool)
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
-            correct[start:start + batch_size] = (model(xb).argmax(dim=1) == yb).cpu()
-            tick(len(xb))
-    return correct.numpy()
-
-
-def _run_stage(model: nn.Module, stage: Stage, settings: AttackSettings, x: Tensor, y: Tensor,
-               alive: np.ndarray, device: torch.device, tick: _Ticker) -> np.ndarray:
-    """Attack the points still ``alive``; returns the new flags (alive AND survived the stage)."""
-    alive = alive.copy()
-    todo = np.flatnonzero(alive)
-    for start in range(0, len(todo), settings.batch_size):
-        index = torch.from_numpy(todo[start:start + settings.batch_size])
-        xb, yb = x[index].to(device), y[index].to(device)
-        with isolated_rng(derive_seed(settings.seed, settings.norm, stage.name, int(index[0]))):
-            x_adv = stage.run(model, xb, yb)
-        problem = threat_model_violation(xb, x_adv, settings.norm, settings.eps)
-        if problem is not None:
-            raise RuntimeError(f"attack {stage.name!r} ({settings.norm}, eps {settings.eps:g}) "
-                               f"returned invalid points: {problem}")
-        with torch.no_grad():
-            survived = (model(x_adv).argmax(dim=1) == yb).cpu().numpy()
-        alive[index.numpy()] = survived
-        tick(len(index))
-    tick(len(alive) - len(todo))  # skipped points count as done
-    return alive
-
-
 def _corruption_flags(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch_size: int,
-                      seed: int, tick: _Ticker) -> CorruptionResult:
+                      seed: int, tick: Ticker) -> CorruptionResult:
     """Correctness on every corruption and severity. One generator per (corruption, severity),
     consumed batch after batch: reproducible for a given seed and batch size."""
     flags: dict[str, np.ndarray] = {}
@@ -160,13 +118,15 @@ def evaluate(
     model: nn.Module,
     data: Data,
     epsilons: Mapping[str, float],
-    suite: str | Sequence[str] = "fast",
+    suite: str | Sequence[str] = DEFAULT_SUITE,
     n: int | None = 1000,
     *,
     batch_size: int = 256,
     device: torch.device | str | None = None,
     seed: int = 0,
     steps: int | None = None,
+    precision: str = "auto",
+    checks: int = 0,
     out_dir: str | os.PathLike[str] | None = None,
     corruptions: bool = False,
     progress: Progress | None = None,
@@ -175,9 +135,12 @@ def evaluate(
     """Evaluate ``model`` on the first ``n`` points of ``data`` (all when ``n`` is None).
 
     ``data`` is a dataset name (its test split) or an ``(x, y)`` pair; ``epsilons`` maps norms to
-    radii (only those norms are attacked); ``suite`` is "fast", "autoattack" or a list of attack
-    names; ``steps`` overrides the suite's iteration counts. ``device`` defaults to the model's;
-    given, the model is moved there. With ``out_dir`` the result is also saved there.
+    radii (only those norms are attacked); ``suite`` is "standard" (the default), "monitor",
+    "autoattack" or a list of attack names; ``steps`` overrides the suite's iteration counts;
+    ``precision`` is the arithmetic of our gradient attacks ("auto", "fp32", "bf16"; decisions are
+    always float32). ``checks`` > 0 runs the evaluation-rigour checks on that many of the points.
+    ``device`` defaults to the model's; given, the model is moved there. With ``out_dir`` the
+    result is also saved there.
     """
     eps = _check_epsilons(epsilons)
     build_stages = resolve_suite(suite)  # unknown attack names fail before any work
@@ -185,36 +148,46 @@ def evaluate(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
+    if checks < 0:
+        raise ValueError(f"checks must be >= 0, got {checks}")
     started = time.perf_counter()
     x, y = _load(data, n, data_root)
     dev = _resolve_device(model, device)
     if device is not None:
         model.to(dev)
+    arithmetic = resolve_precision(precision, dev)
 
     settings = {norm: AttackSettings(norm, e, seed=seed, steps=steps, batch_size=batch_size)
                 for norm, e in eps.items()}
     plan = {norm: build_stages(s) for norm, s in settings.items()}
-    units = 1 + sum(len(stages) for stages in plan.values())
-    units += len(CORRUPTIONS.names()) * len(SEVERITIES) if corruptions else 0
-    tick = _Ticker(units * len(x), progress)
+    n_checks = min(checks, len(x))
+    units = (1 + sum(len(stages) for stages in plan.values())) * len(x)
+    units += len(CORRUPTIONS.names()) * len(SEVERITIES) * len(x) if corruptions else 0
+    units += check_units(plan, n_checks)
+    tick = Ticker(units, progress)
 
     with _inference(model):
-        clean = _predict(model, x, y, dev, batch_size, tick)
+        models = Models(model, attack_model(model, arithmetic, dev))
+        clean = predict(models, x, y, dev, batch_size, tick)
         robust: dict[str, np.ndarray] = {}
         stage_accuracy: dict[str, dict[str, float]] = {}
         for norm, stages in plan.items():
-            alive = clean
-            stage_accuracy[norm] = {}
-            for stage in stages:
-                alive = _run_stage(model, stage, settings[norm], x, y, alive, dev, tick)
-                stage_accuracy[norm][stage.name] = float(alive.mean())
-            robust[norm] = alive
+            robust[norm], stage_accuracy[norm] = run_stages(
+                models, stages, settings[norm], x, y, clean, dev, tick)
+        check_report = None
+        if n_checks:
+            check_report = run_checks(
+                models, plan, build_stages, settings, x[:n_checks], y[:n_checks], clean[:n_checks],
+                {norm: flags[:n_checks] for norm, flags in robust.items()}, dev, tick,
+            )
         corruption = _corruption_flags(model, x, y, dev, batch_size, seed, tick) if corruptions else None
+    tick.finish()
 
     result = EvalResult(
         clean=clean, robust=robust, epsilons=dict(eps),
         suite=suite if isinstance(suite, str) else list(suite),
         seconds=time.perf_counter() - started, stages=stage_accuracy, corruptions=corruption,
+        precision=arithmetic, checks=check_report,
     )
     if out_dir is not None:
         result.save(out_dir)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.catalog import UPPER_BOUND_SUITES
 from workers.norms import NORMS
 
 METRICS_FILE = "metrics.json"
@@ -63,6 +64,8 @@ class EvalResult:
     # norm -> attack -> accuracy after that attack (cumulative, in suite order)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     corruptions: CorruptionResult | None = None
+    precision: str = "fp32"  # arithmetic of our gradient attacks; decisions are always float32
+    checks: dict[str, Any] | None = None  # the evaluation-rigour checks (see checks.py)
 
     def __post_init__(self) -> None:
         self.clean = np.asarray(self.clean, dtype=bool)
@@ -86,7 +89,11 @@ class EvalResult:
         return out
 
     def metrics(self) -> dict[str, Any]:
-        """Accuracies as fractions in [0, 1]; a norm that was not evaluated is None."""
+        """Accuracies as fractions in [0, 1]; a norm that was not evaluated is None.
+
+        ``upper_bound`` is True for a suite that over-states robustness by design (``monitor``):
+        such numbers are curves, never results.
+        """
         out: dict[str, Any] = {"clean": _fraction(self.clean)}
         for norm in NORMS:
             out[norm] = _fraction(self.robust[norm]) if norm in self.robust else None
@@ -95,9 +102,13 @@ class EvalResult:
             "n": self.n,
             "epsilons": dict(self.epsilons),
             "suite": self.suite if isinstance(self.suite, str) else list(self.suite),
+            "upper_bound": isinstance(self.suite, str) and self.suite in UPPER_BOUND_SUITES,
+            "precision": self.precision,
             "seconds": self.seconds,
             "attacks": {norm: dict(stages) for norm, stages in self.stages.items()},
         }
+        if self.checks is not None:
+            out["checks"] = self.checks
         if self.corruptions is not None:
             out["corruptions"] = self.corruptions.metrics()
         return out
@@ -139,4 +150,6 @@ class EvalResult:
             seconds=metrics.get("seconds", 0.0),
             stages=metrics.get("attacks", {}),
             corruptions=CorruptionResult(corruption) if corruption else None,
+            precision=metrics.get("precision", "fp32"),
+            checks=metrics.get("checks"),
         )

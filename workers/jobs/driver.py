@@ -112,6 +112,9 @@ class ReportingCallback(Callback):
     def on_checkpoint(self, path: str) -> None:
         self.reporter.artifact(_relative(Path(path), self.out_dir), kind="checkpoint")
 
+    def on_eval_progress(self, done: int, total: int) -> None:
+        self.reporter.progress(done, total, epochs=self._epochs, phase="eval")
+
     def on_train_end(self, metrics: dict[str, Any]) -> None:
         total = self._total_steps
         self.reporter.progress(total, total, force=True, epochs=self._epochs, phase="done")

@@ -3,9 +3,12 @@
 The norms come from ``eat.norms`` (default ``linf,l1``: the extremes, whose AT models cover l_2
 too). Sampling weight of a norm = 1 - (its cumulative training robust accuracy so far), normalised;
 uniform until every norm has been sampled at least once (0.5/0.5 for two norms), and uniform if
-every weight is 0. The robust accuracy is that of the train-mode forward on the training attack's
-examples (the same forward the loss uses, so it is free), accumulated over the whole run (not
-reset per epoch) -- the statistics and the generator state are in ``state_dict`` for resume.
+every weight is 0. The robust accuracy is, as in the reference (robust-finetuning's
+``apgd_train``), the training attack's own eval-mode statistic: a sample counts as robust only if
+no iterate of the attack (the start included) was misclassified (``AttackResult.robust``). It is
+accumulated over the whole run (not reset per epoch) -- the statistics and the generator state are
+in ``state_dict`` for resume. (The per-epoch ``train_robust_acc`` report stays the train-mode
+prediction on the returned point, like every other method's.)
 
 Cost: one attack per batch, like single-norm AT. Reading the statistics to choose the next norm
 is one small host synchronisation per step, inherent to the method: the next batch's attack
@@ -66,8 +69,12 @@ class EAT(AdversarialMethod):
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         index = self.sampler.draw(self.probabilities())
         norm = self.norms[index]
-        out = adversarial_ce(model, self.run_attack(model, x, y, norm).x_adv, y, norm)
-        self.record(index, out.robust_correct[norm], out.attacked[norm])
+        result = self.run_attack(model, x, y, norm)
+        if result.robust is None:
+            raise ValueError("E-AT's norm sampling needs the training attack's 'misclassified at any "
+                             "iterate' flags (AttackResult.robust); this attack does not report them")
+        out = adversarial_ce(model, result.x_adv, y, norm)
+        self.record(index, result.robust.sum(), int(y.shape[0]))
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -5,26 +5,32 @@ One step, exactly as in ``ramp-spec.md``:
 1. Eval-mode APGD on q and on r (``ramp.q`` / ``ramp.r``, default l_inf / l_1): ``x_q, l_q``
    and ``x_r, l_r`` (per-sample best losses).
 2. ``x_max`` = ``x_r`` where ``l_r >= l_q`` (ties go to r), else ``x_q``.
-3. Train-mode forwards ``z_q = f(x_q)``, ``z_r = f(x_r)``, ``z_max = f(x_max)``.
+3. Train-mode forwards ``z_r = f(x_r)``, ``z_q = f(x_q)``, ``z_max = f(x_max)``, in that order.
 4. gamma = samples with ``argmax z_q == y`` (a detached mask).
 5. pairing = mean over gamma of KL(p_q || p_r) (``ramp.pairing``: ``kl`` | ``mse`` | ``cos``,
    see ``losses.py``), gradients through both sides, 0 when gamma is empty.
-6. ``L = CE(z_max, y) + lambda * pairing`` (+ ``ramp.trades_beta * KL(p_clean || p_max)`` with a
-   fourth train-mode forward of the clean batch when ``ramp.trades_beta > 0``: the WRN-28-10
-   recipe's "TRADES 6 * KL(p_clean||p_max)" term).
+6. ``L = CE(z_max, y) + lambda * pairing``.
 
-Batch norm: like the reference, the three batches get three separate train-mode forwards, in the
-order q, r, max. Each batch is normalised with its own statistics (as a plain AT forward would
-be) and the running statistics are updated three times per step, so they end up weighted towards
-the later batches (mostly x_max). A single concatenated forward would instead mix the three
-batches' statistics into one normalisation -- a different model -- so we keep the reference's.
+With ``ramp.trades_beta = beta > 0``, the TRADES form of the reference's WRN-28-10 recipe (beta 6
+there): ``L = CE(z_clean, y) + beta * KL(p_clean || p_max) + lambda * pairing`` -- the clean
+cross-entropy *replaces* CE(z_max); ``z_clean = f(x)`` is a fourth train-mode forward, after
+z_r and z_q and before z_max, as in the reference. (The reference calls f(x) twice, for the CE
+and for the KL; in train mode both give the same logits, so we forward once. Its second call
+only adds one more running-statistics update with the same batch statistics.)
+
+Batch norm: like the reference, the batches get separate train-mode forwards in the reference's
+order: r (the l_1 batch by default) first, then q, then max. Each batch is normalised with its own
+statistics (as a plain AT forward would be) and the running statistics are updated once per
+forward, so the order decides them: they end up weighted towards the later batches (mostly
+x_max). A single concatenated forward would instead mix the batches' statistics into one
+normalisation -- a different model -- so we keep the reference's.
 
 lambda: ``ramp.lambda`` (catalog default: the reference scripts' 5 from scratch, 1.5 fine-tuning;
 the paper text's 2 / 0.5 are a ``--set ramp.lambda=...`` away). Fine-tuning changes nothing in the
 step itself: the loop's schedule and the catalog's defaults (lambda, GP off) make the difference.
 
-``parts``: ``ce``, ``pairing`` (unweighted) and ``trades`` when on; robust counts of q and r from
-the train-mode forwards of ``x_q`` and ``x_r``.
+``parts``: ``ce`` (of z_max; of z_clean in the TRADES form), ``pairing`` (unweighted) and
+``trades`` when on; robust counts of q and r from the train-mode forwards of ``x_q`` and ``x_r``.
 """
 
 from __future__ import annotations
@@ -65,18 +71,21 @@ class RAMP(AdversarialMethod):
         res_q = self.run_attack(model, x, y, self.q)
         res_r = self.run_attack(model, x, y, self.r)
         x_max = select_pair_max(res_q.x_adv, res_q.loss, res_r.x_adv, res_r.loss)
+        z_r = model(res_r.x_adv)  # the reference's order: r, q, (clean,) max
         z_q = model(res_q.x_adv)
-        z_r = model(res_r.x_adv)
+        z_clean = model(x) if self.trades_beta > 0 else None
         z_max = model(x_max)
         gamma = (z_q.detach().argmax(dim=1) == y)
-        ce = F.cross_entropy(z_max, y)
         pairing = self.pairing(z_q, z_r, gamma)
-        loss = ce + self.lam * pairing
-        parts = {"ce": ce.detach(), "pairing": pairing.detach()}
-        if self.trades_beta > 0:
-            trades = kl_batchmean(model(x), z_max)
-            loss = loss + self.trades_beta * trades
-            parts["trades"] = trades.detach()
+        if z_clean is None:
+            ce = F.cross_entropy(z_max, y)
+            loss = ce + self.lam * pairing
+            parts = {"ce": ce.detach(), "pairing": pairing.detach()}
+        else:
+            ce = F.cross_entropy(z_clean, y)
+            trades = kl_batchmean(z_clean, z_max)
+            loss = ce + self.trades_beta * trades + self.lam * pairing
+            parts = {"ce": ce.detach(), "pairing": pairing.detach(), "trades": trades.detach()}
         n = int(y.shape[0])
         return StepOutput(
             loss=loss,

@@ -51,8 +51,8 @@ from workers.training.runtime import Runtime
 CHANNEL_NAMESPACE = "ramp"
 
 # Event kinds sent from rank 0 to the driver (see ``EventForwarder`` and ``replay_event``).
-TRAIN_START, STEP, CHECKPOINT, EPOCH_END, TRAIN_END, CANCELLED = (
-    "train_start", "step", "checkpoint", "epoch_end", "train_end", "cancelled",
+TRAIN_START, STEP, CHECKPOINT, EPOCH_END, EVAL_PROGRESS, TRAIN_END, CANCELLED = (
+    "train_start", "step", "checkpoint", "epoch_end", "eval_progress", "train_end", "cancelled",
 )
 
 Event = tuple[str, Any]
@@ -184,10 +184,16 @@ class EventForwarder(Callback):
         self.send(TRAIN_START, asdict(info))
 
     def on_step(self, step: int, total_steps: int) -> None:
+        self._throttled(STEP, step, total_steps)
+
+    def on_eval_progress(self, done: int, total: int) -> None:
+        self._throttled(EVAL_PROGRESS, done, total)
+
+    def _throttled(self, kind: str, done: int, total: int) -> None:
         now = time.monotonic()
-        if step >= total_steps or now - self._last_step_sent >= self.step_interval_s:
+        if done >= total or now - self._last_step_sent >= self.step_interval_s:
             self._last_step_sent = now
-            self.send(STEP, (step, total_steps))
+            self.send(kind, (done, total))
 
     def on_checkpoint(self, path: str) -> None:
         self.send(CHECKPOINT, path)
@@ -241,6 +247,7 @@ def replay_event(callback: Callback, event: Event) -> None:
         STEP: lambda p: callback.on_step(*p),
         CHECKPOINT: callback.on_checkpoint,
         EPOCH_END: lambda p: callback.on_epoch_end(EpochReport.from_dict(p)),
+        EVAL_PROGRESS: lambda p: callback.on_eval_progress(*p),
         TRAIN_END: callback.on_train_end,
         CANCELLED: lambda p: None,
     }

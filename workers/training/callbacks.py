@@ -3,7 +3,8 @@
 The loop calls, in order: ``on_train_start(info)``; per optimiser step ``on_step(step, total)``;
 per epoch ``on_checkpoint(path)`` (the rank that writes only) then ``on_epoch_end(report)``
 (every rank, so a distributed reporter can call its collective report there; ``report.monitor``
-is only filled on the writing rank); finally ``on_train_end(metrics)``. The CLI plugs a progress
+is only filled on the writing rank); during the final evaluation ``on_eval_progress(done, total)``
+(the writing rank); finally ``on_train_end(metrics)``. The CLI plugs a progress
 bar, the job driver an HTTP reporter, Ray Train a ``ray.train.report`` bridge.
 """
 
@@ -35,7 +36,8 @@ class EpochReport:
     ``epoch`` counts completed epochs (1 after the first). ``losses`` are batch means of the
     method's loss parts (``ce``, ``pairing``, ...). ``train_robust_acc`` is, per attacked norm, the
     fraction of training adversarial examples still classified correctly. ``monitor`` holds the
-    held-out check (``clean``, ``linf``, ``l2``, ``l1``, ``union``) or is empty when disabled.
+    held-out check (``clean``, ``linf``, ``l2``, ``l1``, ``union``) or is empty when disabled: the
+    ``monitor`` suite, an optimistic upper bound on robustness (curves, never results).
     """
 
     epoch: int
@@ -71,6 +73,9 @@ class Callback:
     def on_checkpoint(self, path: str) -> None:
         pass
 
+    def on_eval_progress(self, done: int, total: int) -> None:
+        """The final evaluation's progress, in point-evaluations."""
+
     def on_train_end(self, metrics: dict[str, Any]) -> None:
         pass
 
@@ -96,6 +101,10 @@ class CallbackList(Callback):
     def on_checkpoint(self, path: str) -> None:
         for cb in self.callbacks:
             cb.on_checkpoint(path)
+
+    def on_eval_progress(self, done: int, total: int) -> None:
+        for cb in self.callbacks:
+            cb.on_eval_progress(done, total)
 
     def on_train_end(self, metrics: dict[str, Any]) -> None:
         for cb in self.callbacks:

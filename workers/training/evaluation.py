@@ -48,14 +48,15 @@ def default_epsilons(dataset: str) -> dict[str, float]:
 
 def evaluate_and_record(
     model: nn.Module, data: tuple[Tensor, Tensor], epsilons: dict[str, float], out_dir: Path, *,
-    suite: str | list[str] = "fast", n: int | None = None, batch_size: int = 256,
+    suite: str | list[str] = catalog.DEFAULT_SUITE, n: int | None = None, batch_size: int = 256,
     device: torch.device | str | None = None, seed: int = 0, steps: int | None = None,
-    corruptions: bool = False, progress: Progress | None = None, extra: dict[str, Any] | None = None,
+    precision: str = "auto", checks: int = 0, corruptions: bool = False, progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``evaluate`` into ``out_dir`` (per-sample flags too) and write ``metrics.json`` with ``extra``."""
     result = evaluate(
         model, data, epsilons, suite, n=n, batch_size=batch_size, device=device, seed=seed, steps=steps,
-        out_dir=out_dir, corruptions=corruptions, progress=progress,
+        precision=precision, checks=checks, out_dir=out_dir, corruptions=corruptions, progress=progress,
     )
     metrics = result.metrics() | (extra or {})
     write_metrics(out_dir, metrics)
@@ -86,6 +87,6 @@ def run_evaluation(
     out = Path(out_dir)
     return evaluate_and_record(
         model, (x, y), epsilons, out, suite=spec.suite, n=spec.n, batch_size=spec.batch_size, device=dev,
-        seed=spec.seed, corruptions=spec.corruptions, progress=progress,
-        extra={"checkpoint": str(ckpt_dir), "data": label},
+        seed=spec.seed, precision=spec.precision, checks=spec.checks_n, corruptions=spec.corruptions,
+        progress=progress, extra={"checkpoint": str(ckpt_dir), "data": label},
     )

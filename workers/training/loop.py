@@ -5,8 +5,12 @@
     checkpoint/      the latest checkpoint (``workers.checkpoint`` layout), rewritten every epoch,
                      with ``train_state.pt`` so ``resume=True`` continues exactly where it stopped
     history.jsonl    one ``EpochReport`` per line
-    metrics.json     the final evaluation (``evaluate(..., suite="fast", n=spec.eval_n)``; the keys
-                     ``rampctl eval`` writes), plus per_sample.npz from the evaluation
+    metrics.json     the final evaluation (the default suite on ``spec.eval_n`` test points, with the
+                     rigour checks on ``spec.checks_n`` of them; the keys ``rampctl eval`` writes),
+                     plus per_sample.npz from the evaluation
+
+Per epoch, ``spec.monitor_n`` held-out points are checked with the ``monitor`` suite: a cheap
+curve that over-states robustness (an upper bound, labelled so wherever it is shown).
 
 Reproducibility: everything is seeded from ``spec.seed``; the data order depends only on
 (seed, epoch) (see ``runtime``); held-out monitoring runs with isolated RNG so turning it on or off
@@ -48,7 +52,8 @@ from workers.training.state import Progress, pack_train_state, restore_train_sta
 
 MONITOR_KEYS = ("clean", "linf", "l2", "l1", "union")
 # Spec fields that may change between a run and its resumption: they do not affect the weights.
-RESUME_MUTABLE = frozenset({"eval_n", "monitor_n", "monitor_steps", "num_workers", "data_root"})
+RESUME_MUTABLE = frozenset({"eval_n", "checks_n", "precision", "monitor_n", "monitor_steps", "num_workers",
+                            "data_root"})
 
 
 class ResumeError(ValueError):
@@ -137,8 +142,8 @@ def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: Tr
              device: torch.device) -> dict[str, float]:
     # Isolated so that monitoring (or not) never changes the training's random streams.
     with isolated_rng():
-        metrics = evaluate(model, data, spec.epsilons, "fast", n=None, device=device, seed=spec.seed,
-                           steps=spec.monitor_steps).metrics()
+        metrics = evaluate(model, data, spec.epsilons, "monitor", n=None, device=device, seed=spec.seed,
+                           steps=spec.monitor_steps, precision=spec.precision).metrics()
     return {k: metrics[k] for k in MONITOR_KEYS if metrics.get(k) is not None}
 
 
@@ -260,22 +265,23 @@ def run_training(
 
     final: dict[str, Any] = {}
     if runtime.is_main:
-        final = _final_metrics(bare, spec, runtime.device, out, ckpt_dir)
+        final = _final_metrics(bare, spec, runtime.device, out, ckpt_dir, cb)
     cb.on_train_end(final)
     return final
 
 
 def _final_metrics(
-    model: nn.Module, spec: TrainSpec, device: torch.device, out: Path, ckpt_dir: Path
+    model: nn.Module, spec: TrainSpec, device: torch.device, out: Path, ckpt_dir: Path, cb: Callback
 ) -> dict[str, Any]:
     extra = {"checkpoint": str(ckpt_dir), "data": f"{spec.dataset}:test"}
     if spec.eval_n > 0:
         data = load_tensors(spec.dataset, "test", n=spec.eval_n, root=spec.data_root)
         with isolated_rng():
             metrics = evaluate_and_record(model, data, spec.epsilons, out, device=device, seed=spec.seed,
-                                          extra=extra)
+                                          precision=spec.precision, checks=spec.checks_n,
+                                          progress=cb.on_eval_progress, extra=extra)
     else:
-        metrics = {"n": 0, "suite": "fast", "epsilons": dict(spec.epsilons)} | extra
+        metrics = {"n": 0, "suite": catalog.DEFAULT_SUITE, "epsilons": dict(spec.epsilons)} | extra
         write_metrics(out, metrics)
     if (ckpt_dir / checkpoint.META_FILE).is_file():
         checkpoint.update_metadata(ckpt_dir, {"metrics": metrics})
