@@ -194,6 +194,8 @@ def _follow(client: ServiceClient, job_id: int) -> dict[str, Any]:
                                   if isinstance(v, int | float))
                 monitor = " ".join(f"{k}={format_fraction(v)}"
                                    for k, v in (data.get("monitor") or {}).items())
+                if monitor:
+                    monitor = f"monitor (upper bound): {monitor}"
                 bar.console.print(f"  epoch {data.get('epoch')}/{data.get('epochs')}: {losses} {monitor}",
                                   highlight=False)
             elif etype == "log" and data.get("level") in ("warning", "error"):
@@ -243,7 +245,10 @@ def submit(
     seed: Annotated[int | None, typer.Option()] = None,
     train_n: Annotated[int | None, typer.Option(help="use only the first N training points")] = None,
     eval_n: Annotated[int | None, typer.Option(help="points in the final evaluation")] = None,
-    monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch")] = None,
+    checks_n: Annotated[int | None, typer.Option(help="points the evaluation-rigour checks run on "
+                                                      "(train: of the final evaluation; 0: none)")] = None,
+    monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch (the monitor "
+                                                       "suite: an upper bound)")] = None,
     eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE (repeat)")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE, e.g. ramp.lambda=5")] = None,
     max_retries: Annotated[int | None, typer.Option()] = None,
@@ -251,7 +256,8 @@ def submit(
     job_id: Annotated[int | None, typer.Option("--job-id", help="eval: the job whose checkpoint")] = None,
     init_from_job: Annotated[int | None, typer.Option(help="finetune: from this job's checkpoint")] = None,
     init_from_checkpoint: Annotated[str | None, typer.Option(help="finetune: start from this path")] = None,
-    suite: Annotated[str | None, typer.Option(help="eval: fast | autoattack")] = None,
+    suite: Annotated[str | None, typer.Option(help="eval: standard (default) | monitor (upper bound) | "
+                                                   "autoattack")] = None,
     n: Annotated[int | None, typer.Option(help="eval: number of test points")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="a resubmit returns the same job")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="then follow the job to its end")] = False,
@@ -260,8 +266,8 @@ def submit(
     """Submit a job (a spec file, flags, or both: flags override the file)."""
     flags = {"method": method, "dataset": dataset, "model": model, "epochs": epochs, "max_steps": max_steps,
              "batch_size": batch_size, "seed": seed, "train_n": train_n, "eval_n": eval_n,
-             "monitor_n": monitor_n, "max_retries": max_retries, "checkpoint": checkpoint, "job_id": job_id,
-             "suite": suite, "n": n}
+             "checks_n": checks_n, "monitor_n": monitor_n, "max_retries": max_retries,
+             "checkpoint": checkpoint, "job_id": job_id, "suite": suite, "n": n}
     if init_from_job is not None and init_from_checkpoint is not None:
         fail("give --init-from-job or --init-from-checkpoint, not both", USAGE_ERROR)
     if init_from_job is not None:

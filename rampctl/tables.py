@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from workers.catalog import UPPER_BOUND_SUITES
+from workers.results import is_upper_bound, result_warnings
 
 # (metric key, column header)
 ACCURACY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -39,19 +39,17 @@ def suite_label(row: Mapping[str, Any]) -> str:
     """The suite's name, marked when its numbers are an upper bound on robustness."""
     suite = row.get("suite", "-")
     name = ",".join(suite) if isinstance(suite, list) else str(suite)
-    upper = row.get("upper_bound", isinstance(suite, str) and suite in UPPER_BOUND_SUITES)
-    return f"{name} (upper bound)" if upper else name
+    return f"{name} (upper bound)" if is_upper_bound(row) else name
 
 
 def check_lines(row: Mapping[str, Any]) -> list[str]:
-    """One line on the rigour checks of a metrics row: passed, or one line per warning."""
+    """The rigour checks of a metrics row: "passed", or one line per warning (failed checks, and
+    an upper-bound suite)."""
+    warnings = result_warnings(row)
+    if warnings:
+        return [f"warning: {w}" for w in warnings]
     checks = row.get("checks")
-    if not isinstance(checks, Mapping):
-        return []
-    warnings = [str(w) for w in checks.get("warnings") or []]
-    if not warnings:
-        return [f"rigour checks on {checks.get('n', '?')} points: passed"]
-    return [f"warning: {w}" for w in warnings]
+    return [f"rigour checks on {checks.get('n', '?')} points: passed"] if isinstance(checks, Mapping) else []
 
 
 def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:

@@ -457,6 +457,8 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     progress: dict[str, Any] | None
     metrics: dict[str, Any] | None = Field(description="final metrics: clean, linf, l2, l1, union, ...")
+    warnings: list[str] = Field(default_factory=list, description=(
+        "what a reader of the metrics must know: an upper-bound suite, failed evaluation-rigour checks"))
     error: str | None
     ray_job_id: str | None
     ray_dashboard_url: str | None

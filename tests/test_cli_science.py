@@ -83,7 +83,8 @@ def test_eval_without_a_suite_flag_runs_the_default_suite_and_the_checks(trained
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["suite"] == catalog.DEFAULT_SUITE == "standard" and metrics["n"] == 12
     checks = metrics["checks"]
-    assert checks["n"] == 12 and set(checks) >= {"curves", "iterations", "square", "ordering", "warnings", "passed"}
+    assert checks["n"] == 12
+    assert set(checks) >= {"curves", "iterations", "square", "ordering", "warnings", "passed"}
     for norm, curve in checks["curves"].items():
         assert curve["radius"][0] == 0.0 and curve["eps"] in curve["radius"], norm
         assert len(curve["radius"]) == len(curve["accuracy"])

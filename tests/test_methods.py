@@ -338,6 +338,16 @@ def test_msd_steps_scale_the_reference_steps_to_the_radii() -> None:
     assert (move, k) == (pytest.approx(0.05), 17)  # k * move ~ eps_1 / 12
 
 
+def test_msd_mnist_recipe_steps_are_taken_as_given() -> None:
+    """robust_union's MNIST code: l_inf 0.01, l_2 0.1, and a total l_1 move of 1.0 over k_ref coordinates."""
+    steps = msd_steps(EPS, {"linf": 0.01, "l2": 0.1, "l1": 1.0})
+    assert steps["linf"] == 0.01 and steps["l2"] == 0.1
+    assert msd_steps(EPS, {"linf": 0.01, "l2": 0.0, "l1": 0.0})["l2"] == pytest.approx(0.2)  # 0: reference
+    assert l1_split(10.0, 8, 784, 1.0) == (pytest.approx(1 / 8), 8)
+    ctx = _ctx("msd", **{"msd.step_linf": 0.01, "msd.step_l2": 0.1, "msd.step_l1": 1.0})
+    assert MSD(ctx).step_sizes == {"linf": 0.01, "l2": 0.1, "l1": 1.0}
+
+
 def test_msd_method_trains_on_the_msd_example_and_resumes_its_k_stream() -> None:
     model = _model()
     x, y = torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])

@@ -171,7 +171,8 @@ def test_asha_is_built_on_epochs():
 # --- slow: real sweeps on a local Ray --------------------------------------------------------------
 
 BASE = {"kind": "train", "method": "nt", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2,
-        "train_n": 128, "batch_size": 32, "monitor_n": 16, "monitor_steps": 2, "eval_n": 16, "checks_n": 0, "seed": 0,
+        "train_n": 128, "batch_size": 32, "monitor_n": 16, "monitor_steps": 2, "eval_n": 16, "checks_n": 0,
+        "seed": 0,
         "resources": {"num_workers": 1, "cpus_per_worker": 1}}
 GRID = {"lr": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1]}}
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from workers import catalog
 from workers.methods.base import Method, MethodContext, StepOutput, ce_output
+from workers.spec import TrainSpec
 from workers.training.accumulate import EpochStats
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
 from workers.training.optim import build_optimizer, param_groups, set_lr
@@ -134,6 +135,14 @@ def test_weight_decay_acts_only_on_decay_group():
     for name, p in net.named_parameters():
         moved = not torch.equal(p, before[name])
         assert moved == (name.endswith("weight") and not name.startswith(("bn", "gn"))), name
+
+
+def test_adam_keeps_the_groups_and_a_spec_names_the_optimizer():
+    opt = build_optimizer(_Net(), lr=1e-3, momentum=0.9, weight_decay=0.0, name="adam")
+    assert isinstance(opt, torch.optim.Adam) and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
+    assert TrainSpec(method="msd", optimizer="adam").resolve().optimizer == "adam"
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        TrainSpec(optimizer="lamb")
 
 
 def test_set_lr_updates_all_groups():

@@ -78,6 +78,7 @@ METHODS: tuple[str, ...] = (
 ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt"}
 
 SCHEDULES: tuple[str, ...] = ("constant", "piecewise", "multistep", "cyclic")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 SUITES: dict[str, str] = {
     "standard": "APGD-CE + APGD-T with AutoAttack's standard settings (ours; the default, what results "
                 "report)",
@@ -136,7 +137,12 @@ PARAMS: dict[str, Param] = {
     "trades.steps": Param(int, 10, frozenset({"trades"}), minimum=1, maximum=1000),
     "trades.norm": Param(str, "linf", frozenset({"trades"}), choices=_NORM_CHOICES),
     "msd.steps": Param(int, 50, frozenset({"msd"}), minimum=1, maximum=1000,
-                       help="MSD inner iterations (reference: 50)"),
+                       help="MSD inner iterations (CIFAR-10 reference: 50; MNIST recipe: 100)"),
+    **{f"msd.step_{norm}": Param(float, 0.0, frozenset({"msd"}), minimum=0.0, maximum=1e4,
+                                 help=f"MSD step length in {norm} (0: the CIFAR-10 reference's step as "
+                                      "the same fraction of the radius; MNIST recipe: linf 0.01, l2 0.1, "
+                                      "l1 1.0)")
+       for norm in ("linf", "l2", "l1")},
     "eat.norms": Param(str, "linf,l1", frozenset({"eat"}), help="comma-separated norms E-AT samples from"),
 }
 

@@ -98,6 +98,7 @@ class TrainSpec(BaseModel):
     lr: float | None = Field(default=None, gt=0, le=10)
     schedule: str | None = None
     weight_decay: float | None = Field(default=None, ge=0, le=1)
+    optimizer: str = Field(default="sgd", description="sgd (momentum) | adam (MSD's MNIST recipe)")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     epsilons: dict[str, float] = Field(default_factory=dict)
@@ -139,6 +140,13 @@ class TrainSpec(BaseModel):
     def _schedule(cls, v: str | None) -> str | None:
         if v is not None and v not in catalog.SCHEDULES:
             raise ValueError(f"unknown schedule {v!r}; available: {', '.join(catalog.SCHEDULES)}")
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        if v not in catalog.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; available: {', '.join(catalog.OPTIMIZERS)}")
         return v
 
     @field_validator("epsilons")

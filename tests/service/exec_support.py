@@ -22,7 +22,8 @@ def tiny_train_spec(**overrides: Any) -> dict[str, Any]:
     """A real RAMP training job that finishes in seconds on one CPU."""
     spec: dict[str, Any] = {
         "kind": "train", "method": "ramp", "dataset": "mnist-5k", "model": "small-cnn",
-        "epochs": 1, "max_steps": 3, "train_n": 64, "batch_size": 32, "eval_n": 16, "checks_n": 0, "monitor_n": 0,
+        "epochs": 1, "max_steps": 3, "train_n": 64, "batch_size": 32, "eval_n": 16, "checks_n": 0,
+        "monitor_n": 0,
         "seed": 0, "params": {"attack.steps_linf": 2, "attack.steps_l2": 2, "attack.steps_l1": 2},
     }
     return spec | overrides

@@ -17,7 +17,8 @@ from rampctl import sweep_cmds
 from service import repository
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "curl"
-BASE = {"method": "ramp", "dataset": "mnist-5k", "epochs": 1, "max_steps": 4, "monitor_n": 16, "eval_n": 16, "checks_n": 0}
+BASE = {"method": "ramp", "dataset": "mnist-5k", "epochs": 1, "max_steps": 4, "monitor_n": 16, "eval_n": 16,
+        "checks_n": 0}
 SWEEP = {"kind": "sweep", "base": BASE,
          "param_space": {"params.ramp.lambda": {"grid": [0.5, 5]}, "epsilons.l1": {"grid": [8, 12]}}}
 UNIONS = {"trial_0000": 0.10, "trial_0001": 0.20, "trial_0002": 0.40, "trial_0003": 0.30}

@@ -19,8 +19,12 @@ sort: sorting the breakpoints of a 128 x 784 batch costs ~7x more on one CPU thr
 - t: ||d(t)||^2 = t^2 * (sum of a_i^2 over unclipped coordinates) + (sum of u_i^2 over clipped
   ones). Solving that for t with the clipped set of the current t, starting from t = 0, gives an
   increasing sequence that never passes the optimum (so every round is feasible) and stops at it
-  once no new coordinate clips. Real images and gradients converge in 3-4 rounds; we run 6 (an
-  unfinished sequence is still feasible, only slightly short of the optimum).
+  once no new coordinate clips. Real images converge in 3-4 rounds (measured on mnist-5k test
+  points with Gaussian steps of every scale: 3 rounds within 4e-7 of the fixed point, 4 exact),
+  but adversarial cases with many coordinates near the box edges need more; we run 6 (an
+  unfinished sequence is still feasible, only slightly short of the optimum). The two masked sums
+  of a round are one batched product: the rounds are most of an l_2 attack's cost beside the
+  model's.
 - tau: bisection brackets it between two breakpoints of the piecewise-linear function (one step
   per mantissa bit), then the closed form on that bracket is solved exactly with masked sums.
 The l_2 and l_1 results are finally rescaled by min(1, eps / ||d||) so float rounding can never
@@ -86,12 +90,14 @@ def project_l2_box(x: Tensor, delta: Tensor, eps: float | Tensor) -> Tensor:
     a, cap = v.abs(), _room(flat(x), v)
     # Coordinate i sits on its box edge once t >= b_i = cap_i / a_i.
     b = torch.where(a > 0, cap / a.clamp_min(_TINY), torch.full_like(a, float("inf")))
-    a2, cap2, e2 = a * a, cap * cap, (e * e)[:, None]
+    # Both masked sums of a round in one batched product: clipped (N, 1, d) @ [cap^2, a^2] (N, d, 2).
+    squares = torch.stack((cap * cap, a * a), dim=2)
+    all_a2, e2 = squares[:, :, 1].sum(1, keepdim=True), (e * e)[:, None]
     t = torch.zeros_like(e2)
     for _ in range(_L2_ROUNDS):
-        clipped = b <= t
-        edge = torch.where(clipped, cap2, 0.0).sum(1, keepdim=True)
-        free = torch.where(clipped, 0.0, a2).sum(1, keepdim=True)
+        clipped = (b <= t).to(v.dtype).unsqueeze(1)
+        edge, clipped_a2 = torch.bmm(clipped, squares).squeeze(1).split(1, dim=1)
+        free = all_a2 - clipped_a2
         t = ((e2 - edge).clamp_min(0) / free.clamp_min(_TINY)).sqrt().clamp(max=1.0)
     d = torch.minimum(t * a, cap)
     d = d * _shrink(d.norm(dim=1), e)[:, None]

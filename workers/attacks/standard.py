@@ -17,8 +17,11 @@ was misclassified.
 Runs go one after another and each attacks only the points no earlier run fooled. When few points
 remain, the next runs go together as one batch (each run's copy of a point with its own random
 start and target): on small batches the loop's fixed per-iteration cost dominates, so e.g. nine
-target runs on 10 remaining points cost about what one costs. The group fills ``batch_size``; the
-first run always goes alone, as it fools most of the points that fall. ``model`` is what
+target runs on 10 remaining points cost about what one costs. A group fills ``batch_size``. The
+first CE restart always goes alone, as it fools most of the points that fall; targets group from
+the first (a target fools few of the points APGD-CE left, so little work is spent on points an
+earlier target of the same group fooled). Each run is sharded over CPU threads (``parallel.py``).
+``model`` is what
 the attack differentiates; ``exact`` (default: ``model``) is the model the numbers are about -- they
 differ when the attack runs in reduced precision (``workers.evaluation.precision``). ``exact``
 ranks the target classes and, after each run, confirms on the handed-on iterate what the attack's
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 
 from workers.attacks.apgd import apgd
 from workers.attacks.common import as_image, flat, per_sample
+from workers.attacks.parallel import default_workers, sharded
 from workers.attacks.projections import project
 from workers.attacks.result import AttackResult
 
@@ -96,17 +100,28 @@ def schedule_iterations(n_iter: int) -> list[int]:
 def apgd_run(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float | Tensor, n_iter: int, *,
     loss: str, y_target: Tensor | None = None, large_radii: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, workers: int = 1,
 ) -> AttackResult:
-    """One AutoAttack-style APGD run: random start, then APGD (l_1: down the radius schedule)."""
+    """One AutoAttack-style APGD run: random start, then APGD (l_1: down the radius schedule),
+    on ``workers`` shards of the batch in parallel (``parallel.py``; the start is drawn first)."""
     eps_b = per_sample(eps, x)
-    if not large_radii:
-        return apgd(model, x, y, norm, eps_b, n_iter, loss=loss, y_target=y_target, l1_sparsity=0.2,
-                    x_init=random_start(norm, x, eps_b, generator))
-    point = random_start(norm, x, LARGE_RADII[0][0] * eps_b, generator)
+    start = random_start(norm, x, (LARGE_RADII[0][0] if large_radii else 1.0) * eps_b, generator)
+
+    def run(s: slice) -> AttackResult:
+        target = None if y_target is None else y_target[s]
+        if not large_radii:
+            return apgd(model, x[s], y[s], norm, eps_b[s], n_iter, loss=loss, y_target=target,
+                        l1_sparsity=0.2, x_init=start[s])
+        return _down_the_radii(model, x[s], y[s], norm, eps_b[s], n_iter, loss, target, start[s])
+
+    return sharded(run, x.shape[0], workers)
+
+
+def _down_the_radii(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: Tensor, n_iter: int, loss: str,
+                    y_target: Tensor | None, point: Tensor) -> AttackResult:
     result: AttackResult | None = None
     for (scale, _), steps in zip(LARGE_RADII, schedule_iterations(n_iter), strict=True):
-        radius = scale * eps_b
+        radius = scale * eps
         point = (x + project(norm, x, point - x, radius)).clamp(0, 1)
         result = apgd(model, x, y, norm, radius, steps, loss=loss, y_target=y_target, l1_sparsity=None,
                       x_init=point)
@@ -119,7 +134,8 @@ Run = Callable[[Tensor, Tensor], AttackResult]
 """(run numbers (g,), points (m,)) -> the result on the g * m copies, run-major."""
 
 
-def _runs(exact: nn.Module, x: Tensor, y: Tensor, count: int, run: Run, batch_size: int) -> Tensor:
+def _runs(exact: nn.Module, x: Tensor, y: Tensor, count: int, run: Run, batch_size: int, *,
+          first_alone: bool) -> Tensor:
     """Runs 0 .. count-1 on the points not yet fooled; returns the adversarial inputs (the clean
     input where nothing was found)."""
     x_out = x.clone()
@@ -130,7 +146,7 @@ def _runs(exact: nn.Module, x: Tensor, y: Tensor, count: int, run: Run, batch_si
         m = index.numel()
         if m == 0:
             break
-        g = 1 if k == 0 else min(max(batch_size // m, 1), count - k)
+        g = 1 if k == 0 and first_alone else min(max(batch_size // m, 1), count - k)
         result = run(torch.arange(k, k + g), index)
         assert result.x_fooled is not None
         # The exact model decides, on every copy: a point the reduced-precision forward saw as
@@ -150,26 +166,31 @@ def apgd_ce(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, *,
     n_iter: int = STANDARD_ITERATIONS, settings: StandardSettings | None = None,
     generator: torch.Generator | None = None, exact: nn.Module | None = None, batch_size: int = 256,
+    workers: int | None = None,
 ) -> Tensor:
-    """APGD on the cross-entropy, AutoAttack's restarts and schedule for ``norm``."""
+    """APGD on the cross-entropy, AutoAttack's restarts and schedule for ``norm``. ``workers``:
+    threads each run is sharded over (default: ``parallel.default_workers``)."""
     s = settings or STANDARD[norm]
+    threads = default_workers(x.device) if workers is None else workers
 
     def run(ks: Tensor, index: Tensor) -> AttackResult:
         g = len(ks)
         return apgd_run(model, x[index].repeat(g, *([1] * (x.ndim - 1))), y[index].repeat(g), norm, eps,
-                        n_iter, loss="ce", large_radii=s.large_radii, generator=generator)
+                        n_iter, loss="ce", large_radii=s.large_radii, generator=generator, workers=threads)
 
-    return _runs(exact or model, x, y, s.restarts, run, batch_size)
+    return _runs(exact or model, x, y, s.restarts, run, batch_size, first_alone=True)
 
 
 def apgd_t(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, *,
     n_iter: int = STANDARD_ITERATIONS, settings: StandardSettings | None = None,
     generator: torch.Generator | None = None, exact: nn.Module | None = None, batch_size: int = 256,
+    workers: int | None = None,
 ) -> Tensor:
     """APGD on the targeted DLR loss, one run per target class (the 2nd, 3rd, ... largest clean
     logit), AutoAttack's count of targets and schedule for ``norm``."""
     s = settings or STANDARD[norm]
+    threads = default_workers(x.device) if workers is None else workers
     reference = exact or model
     with torch.no_grad():
         logits = reference(x)
@@ -180,7 +201,8 @@ def apgd_t(
         g = len(ks)
         target = ranked[index][:, (ks + 1).to(x.device)].T.reshape(-1)  # run-major, like the copies
         return apgd_run(model, x[index].repeat(g, *([1] * (x.ndim - 1))), y[index].repeat(g), norm, eps,
-                        n_iter, loss="dlr", y_target=target, large_radii=s.large_radii, generator=generator)
+                        n_iter, loss="dlr", y_target=target, large_radii=s.large_radii, generator=generator,
+                        workers=threads)
 
-    return _runs(reference, x, y, targets, run, batch_size)
+    return _runs(reference, x, y, targets, run, batch_size, first_alone=False)
 

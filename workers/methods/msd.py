@@ -7,7 +7,10 @@ highest loss becomes the new delta (ties: first of l_inf, l_2, l_1). The delta w
 loss over all iterations is kept (ties: the later one, like the reference's ``>=`` update). Then
 one CE step on ``x + delta`` in train mode. The attack runs in eval mode (BN statistics untouched).
 
-Step sizes: the reference's values are for CIFAR-10's radii (8/255, 0.5, 12); we keep each step's
+Step sizes: ``msd.step_linf`` / ``msd.step_l2`` / ``msd.step_l1`` set them explicitly (MSD's own
+MNIST recipe: 0.01, 0.1 and a total l_1 move of 1.0 spread over k ~ U{5..20} coordinates, with 100
+iterations, Adam and a triangular LR warm-up -- see ``docs/results-mnist.md``). At 0 (the
+default) the CIFAR-10 reference's values, made for the radii (8/255, 0.5, 12), keep each step's
 size relative to its radius (``msd_steps``):
 - l_inf: 0.003 / (8/255) ~ 0.096 eps_inf per step;
 - l_2: 0.05 / 0.5 = 0.1 eps_2 along g / ||g||;
@@ -55,13 +58,21 @@ REF_L1_COORD_STEP = 0.05 * 20  # divided by k_ref
 StepFn = Callable[..., Tensor]  # steepest_step(norm, x, delta, grad, step, *, k, eps) -> delta
 
 
-def msd_steps(epsilons: dict[Norm, float]) -> dict[Norm, float]:
-    """Total step length per norm: the reference's step as the same fraction of the radius."""
-    return {n: REF_STEP[n] * epsilons[n] / REF_EPS[n] for n in NORMS}
+def msd_steps(epsilons: dict[Norm, float], given: dict[Norm, float] | None = None) -> dict[Norm, float]:
+    """Total step length per norm: ``given[norm]`` where positive, else the reference's step as the
+    same fraction of the radius."""
+    given = given or {}
+    return {n: given[n] if given.get(n, 0.0) > 0 else REF_STEP[n] * epsilons[n] / REF_EPS[n] for n in NORMS}
 
 
-def l1_split(eps_1: float, k_ref: int, dim: int) -> tuple[float, int]:
-    """(per-coordinate move, number of coordinates k) of one l_1 step for a drawn ``k_ref``."""
+def l1_split(eps_1: float, k_ref: int, dim: int, total: float | None = None) -> tuple[float, int]:
+    """(per-coordinate move, number of coordinates k) of one l_1 step for a drawn ``k_ref``.
+
+    With a ``total`` l_1 step (``msd.step_l1``; MNIST recipe: 1.0), k = k_ref coordinates move
+    total / k_ref each, as the MNIST code does; otherwise the CIFAR-10 reference's step scaled to
+    the radius (see the module docstring)."""
+    if total is not None and total > 0:
+        return total / k_ref, min(dim, k_ref)
     k = min(dim, max(1, round(k_ref * eps_1 / REF_EPS["l1"])))
     return REF_L1_COORD_STEP / k_ref, k
 
@@ -81,10 +92,13 @@ def msd_attack(
     draw_k_ref: Callable[[], int],
     *,
     step_fn: StepFn | None = None,
+    step_sizes: dict[Norm, float] | None = None,
 ) -> AttackResult:
-    """The MSD example (see the module docstring) and its per-sample CE loss."""
+    """The MSD example (see the module docstring) and its per-sample CE loss. ``step_sizes``:
+    explicit step lengths per norm (0 or missing: the reference's, scaled to the radius)."""
     step_fn = step_fn or default_step_fn()
-    steps = msd_steps(epsilons)
+    steps = msd_steps(epsilons, step_sizes)
+    l1_total = (step_sizes or {}).get("l1")
     dim = x[0].numel()
     x = x.detach()
     delta = torch.zeros_like(x)
@@ -97,7 +111,7 @@ def msd_attack(
             for norm in NORMS:
                 step, k = steps[norm], None
                 if norm == "l1":
-                    step, k = l1_split(epsilons["l1"], draw_k_ref(), dim)
+                    step, k = l1_split(epsilons["l1"], draw_k_ref(), dim, l1_total)
                 candidates.append(step_fn(norm, x, delta, grad, step, k=k, eps=epsilons[norm]))
             stacked = torch.stack(candidates)
             logits = batched_forward(model, x + stacked)
@@ -123,6 +137,7 @@ class MSD(Method):
         if missing:
             raise KeyError(f"MSD needs an epsilon for every norm; missing {missing}")
         self.epsilons: dict[Norm, float] = {n: float(ctx.epsilons[n]) for n in NORMS}
+        self.step_sizes: dict[Norm, float] = {n: float(param(ctx, f"msd.step_{n}")) for n in NORMS}
         self.sampler = NormSampler(method_seed(self.ctx.seed, "msd"))
 
     def draw_k_ref(self) -> int:
@@ -130,7 +145,8 @@ class MSD(Method):
 
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         bare = unwrap(model)
-        res = msd_attack(bare, x, y, self.epsilons, self.n_iter, self.draw_k_ref, step_fn=self.step_fn)
+        res = msd_attack(bare, x, y, self.epsilons, self.n_iter, self.draw_k_ref, step_fn=self.step_fn,
+                         step_sizes=self.step_sizes)
         loss = F.cross_entropy(model(res.x_adv), y)
         return StepOutput(loss=loss, parts={"ce": loss.detach()})
 

@@ -49,6 +49,10 @@ class EpochReport:
     train_robust_acc: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     monitor: dict[str, float] = field(default_factory=dict)
+    # The suite behind ``monitor``, and that its numbers over-state robustness: they label every
+    # place the curve is shown (history.jsonl, the job's metrics events, the CLI, the web page).
+    monitor_suite: str = "monitor"
+    monitor_upper_bound: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -212,7 +212,8 @@ def run_training(
             seed=spec.seed,
         ),
     )
-    optimizer = build_optimizer(bare, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    optimizer = build_optimizer(bare, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                                name=spec.optimizer)
     monitor_data = None
     if runtime.is_main and spec.monitor_n > 0:
         monitor_data = load_tensors(spec.dataset, "test", n=spec.monitor_n, root=spec.data_root)

@@ -1,4 +1,4 @@
-"""The optimiser: SGD with momentum, weight decay on weights only.
+"""The optimiser: SGD with momentum (the default) or Adam, weight decay on weights only.
 
 Following the reference code, normalisation-layer parameters (BatchNorm/GroupNorm/LayerNorm
 affine scale and shift) and every bias are excluded from weight decay: decaying them shrinks the
@@ -7,9 +7,13 @@ features' scale without regularising the function the way decaying weights does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, Adam, Optimizer
+
+from workers.registry import Registry
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -32,8 +36,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> SGD:
-    return SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum)
+def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
+                    name: str = "sgd") -> Optimizer:
+    """``name`` "sgd" (with ``momentum``) or "adam" (default betas; ``momentum`` unused: MSD's MNIST
+    recipe)."""
+    return OPTIMIZERS.get(name)(param_groups(model, weight_decay), lr=lr, momentum=momentum)
+
+
+OPTIMIZERS: Registry[Callable[..., Optimizer]] = Registry("optimizer")
+OPTIMIZERS.add("sgd", lambda groups, *, lr, momentum: SGD(groups, lr=lr, momentum=momentum))
+OPTIMIZERS.add("adam", lambda groups, *, lr, momentum: Adam(groups, lr=lr))
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

@@ -47,6 +47,7 @@ from service.schemas import (
     sanitize_json,
 )
 from service.state import TERMINAL, JobStatus
+from workers.results import result_warnings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_token)])
@@ -72,6 +73,7 @@ def job_out(job: Job, settings: Settings) -> JobOut:
         spec=job.spec,
         progress=job.progress,
         metrics=job.result,
+        warnings=result_warnings(job.result),
         error=job.error,
         ray_job_id=job.ray_job_id,
         ray_dashboard_url=dashboard,
