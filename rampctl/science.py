@@ -131,6 +131,9 @@ def train(
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
     schedule: Annotated[str | None, typer.Option(help="LR schedule")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="weight decay")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd (default) | adam")] = None,
+    eps_warmup: Annotated[float | None, typer.Option(help="share of the steps over which the training radii "
+                                                         "grow from 0 (default 0)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     train_n: Annotated[int | None, typer.Option(help="use only the first N training points")] = None,
     eval_n: Annotated[int | None, typer.Option(help="test points of the final evaluation (0: none)")] = None,
@@ -150,6 +153,7 @@ def train(
     fields: dict[str, Any] = {
         "method": method, "dataset": dataset, "model": model, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
+        "optimizer": optimizer, "eps_warmup": eps_warmup,
         "seed": seed, "train_n": train_n, "eval_n": eval_n, "checks_n": checks_n, "precision": precision,
         "monitor_n": monitor_n,
         "init_from": str(init_from) if init_from else None,

@@ -102,6 +102,9 @@ class TrainSpec(BaseModel):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     epsilons: dict[str, float] = Field(default_factory=dict)
+    eps_warmup: float = Field(default=0.0, ge=0.0, le=1.0, description=(
+        "share of the optimiser steps over which the training radii grow linearly from 0 to their full "
+        "values (0: full radii from the first step); evaluation always uses the full radii"))
     params: dict[str, ParamValue] = Field(default_factory=dict)
     init_from: str | None = None  # a checkpoint directory: fine-tuning
     train_n: int | None = Field(default=None, ge=1, description="use only the first N training points")

@@ -52,9 +52,15 @@ class Method:
 
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
+        self.radius_scale = 1.0
 
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         raise NotImplementedError
+
+    def set_radius_scale(self, scale: float) -> None:
+        """The share of the training radii the next steps attack with (the loop's radius warm-up);
+        adversarial methods multiply every ``ctx.epsilons`` value by it."""
+        self.radius_scale = float(scale)
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Called before the first batch of each epoch (GP snapshots the weights here)."""

@@ -127,8 +127,9 @@ class AdversarialMethod(Method):
         self.l1_sparsity = float(param(ctx, "attack.l1_sparsity"))
 
     def eps(self, norm: Norm) -> float:
+        """The training radius of ``norm`` (scaled during a radius warm-up)."""
         try:
-            return float(self.ctx.epsilons[norm])
+            return float(self.ctx.epsilons[norm]) * self.radius_scale
         except KeyError:
             raise KeyError(f"no epsilon for norm {norm!r}; given: {sorted(self.ctx.epsilons)}") from None
 

@@ -140,6 +140,10 @@ class GradientProjected(Method):
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         return self.inner.compute_loss(model, x, y)
 
+    def set_radius_scale(self, scale: float) -> None:
+        super().set_radius_scale(scale)
+        self.inner.set_radius_scale(scale)
+
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         self.inner.on_epoch_start(model, epoch)
         base = unwrap(model)

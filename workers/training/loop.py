@@ -47,7 +47,7 @@ from workers.training.evaluation import evaluate_and_record
 from workers.training.optim import build_optimizer, set_lr
 from workers.training.rng import isolated_rng, seed_everything
 from workers.training.runtime import LocalRuntime, Runtime
-from workers.training.schedules import lr_at
+from workers.training.schedules import lr_at, radius_scale
 from workers.training.state import Progress, pack_train_state, restore_train_state
 
 MONITOR_KEYS = ("clean", "linf", "l2", "l1", "union")
@@ -160,6 +160,7 @@ def _train_epoch(
         y = y.to(runtime.device, non_blocking=True)
         lr = lr_at(spec.schedule, spec.lr, progress.step, plan.total_steps)
         set_lr(optimizer, lr)
+        method.set_radius_scale(radius_scale(spec.eps_warmup, progress.step, plan.total_steps))
         model.train()
         out = method.compute_loss(model, x, y)
         optimizer.zero_grad(set_to_none=True)
