@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from workers import checkpoint
+from workers.contract.spec import TrainSpec
 from workers.datasets import load_tensors
 from workers.evaluation.agreement import Agreement, agreement_with_autoattack
-from workers.spec import TrainSpec
 from workers.training.loop import run_training
 
 NORMS = ("linf", "l2", "l1")

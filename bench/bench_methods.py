@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workers import catalog
+from workers.contract import catalog
 from workers.methods import MethodContext, build_method
 from workers.models import build_model
 from workers.training.optim import build_optimizer

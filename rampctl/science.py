@@ -20,9 +20,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from rampctl.tables import format_fraction, print_results_table
-from workers.catalog import DEFAULT_SUITE
-from workers.registry import UnknownNameError
-from workers.spec import EvalSpec, TrainSpec
+from workers.contract.catalog import DEFAULT_SUITE
+from workers.contract.registry import UnknownNameError
+from workers.contract.spec import EvalSpec, TrainSpec
 from workers.training.callbacks import Callback, EpochReport, TrainInfo  # torch-free
 
 console = Console()

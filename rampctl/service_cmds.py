@@ -25,9 +25,10 @@ from rich.table import Table
 
 from rampctl.science import USAGE_ERROR, console, err_console, fail, parse_pairs
 from rampctl.tables import format_fraction, print_results_table
+from workers.contract.status import TERMINAL as JOB_TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = frozenset(str(s) for s in JOB_TERMINAL)
 
 
 # ------------------------------------------------------------------------------------ the client

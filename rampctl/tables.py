@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from workers.results import is_upper_bound, result_warnings
+from workers.contract.results import is_upper_bound, result_warnings
 
 # (metric key, column header)
 ACCURACY_COLUMNS: tuple[tuple[str, str], ...] = (

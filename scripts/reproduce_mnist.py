@@ -212,7 +212,7 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
     """Train + evaluate one run, or read back a finished identical run."""
     import torch
 
-    from workers.spec import TrainSpec
+    from workers.contract.spec import TrainSpec
     from workers.training.callbacks import Callback
     from workers.training.loop import run_training
 
@@ -311,7 +311,7 @@ def run_parallel(jobs: list[tuple[Callable[..., Any], tuple]], workers: int,
 
 
 def scratch_spec(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
-    from workers.spec import TrainSpec
+    from workers.contract.spec import TrainSpec
 
     fields: dict[str, Any] = {
         "method": method, "dataset": "mnist-5k", "model": "small-cnn", "epochs": args.epochs, "seed": seed,
@@ -325,7 +325,7 @@ def scratch_spec(args: argparse.Namespace, method: str, seed: int) -> dict[str, 
 
 
 def finetune_spec(args: argparse.Namespace, method: str, seed: int, base: str) -> dict[str, Any]:
-    from workers.spec import TrainSpec
+    from workers.contract.spec import TrainSpec
 
     spec = TrainSpec(method=method, dataset="mnist-5k", model="small-cnn", seed=seed, init_from=base,
                      train_n=args.train_n, monitor_n=0, eval_n=args.eval_n, checks_n=0,

@@ -51,7 +51,7 @@ from service.ray_backend import (
     RayUnavailable,
 )
 from service.state import ACTIVE, IllegalTransition, JobStatus
-from workers.jobs import outbox
+from workers.contract import outbox
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class Dispatcher:
     def _ingest_spools(self, job_id: int) -> int:
         """Store events a driver spooled but never delivered (de-duplicated by seq)."""
         stored = 0
-        for spool in outbox.spools(outbox.spool_dir(str(self.settings.storage_dir), job_id)):
+        for spool in outbox.spools(self.settings.layout.spool_dir(job_id)):
             pending = spool.pending()
             for i in range(0, len(pending), EVENT_CHUNK):
                 chunk = pending[i : i + EVENT_CHUNK]

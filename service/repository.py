@@ -34,13 +34,13 @@ from service.state import (
     check_transition,
     parse_status,
 )
+from workers.contract.events import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
 # Ids beyond a signed 64-bit integer cannot exist (and SQLite's driver overflows on them).
 MAX_ID = 2**63 - 1
 # "trial": a sweep trial's progress (service.trials_repository applies it to the trial rows).
-EVENT_TYPES = frozenset({"progress", "metrics", "log", "artifact", "status", "trial"})
 _CAS_ATTEMPTS = 20
 
 # Called after every committed status change as (job, from_status, to_status); used for metrics.

@@ -1,10 +1,10 @@
 """Request and response models of the HTTP API.
 
 A job request is a discriminated union on ``kind``. The science fields are validated by the very
-same torch-free models the CLI uses (``workers.spec.TrainSpec`` / ``EvalSpec``): each job kind
+same torch-free models the CLI uses (``workers.contract.spec.TrainSpec`` / ``EvalSpec``): each job kind
 subclasses one of them and adds the service's fields (``resources``, ``max_retries``). A new kind
 is one more class in ``JOB_KINDS``. Sweeps (``SweepJob``) subclass the sweep runner's own
-``workers.ray_entry.sweep_spec.SweepSpec`` (torch-free), so what the API accepts is exactly what
+``workers.contract.sweep.SweepSpec`` (torch-free), so what the API accepts is exactly what
 the runner expands; their base spec is checked as a train / finetune job first (strictly, with
 the fields named ``body.base.<field>``), and every swept value is checked against it.
 """
@@ -30,8 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from workers.ray_entry.sweep_spec import SweepSpec, apply_overrides
-from workers.spec import SERVICE_FIELDS, EvalSpec, Resources, TrainSpec
+from workers.contract.events import Event, EventType
+from workers.contract.spec import SERVICE_FIELDS, EvalSpec, Resources, TrainSpec
+from workers.contract.sweep import SweepSpec, apply_overrides
 
 MAX_JSON_DEPTH = 32
 
@@ -476,7 +477,7 @@ class EventOut(BaseModel):
     id: int
     attempt: int
     seq: int | None
-    type: str
+    type: EventType
     data: dict[str, Any]
     created_at: datetime
 
@@ -534,13 +535,7 @@ class TrialListOut(BaseModel):
 # ------------------------------------------------------------------------ internal (drivers)
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    seq: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    type: Literal["progress", "metrics", "log", "artifact", "status", "trial"]
-    data: dict[str, Any] = Field(default_factory=dict)
-    attempt: int | None = Field(default=None, ge=1, le=1000)
+EventIn = Event
 
 
 class EventsIn(BaseModel):

@@ -7,18 +7,9 @@ current status is a no-op (the driver and the dispatcher may both report the sam
 
 from __future__ import annotations
 
-from enum import StrEnum
+from workers.contract.status import TERMINAL, JobStatus
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    DISPATCHING = "dispatching"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
+__all__ = ["ACTIVE", "RETRYABLE", "TERMINAL", "TRANSITIONS", "IllegalTransition", "JobStatus"]
 
 S = JobStatus
 
@@ -35,7 +26,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset({S.QUEUED}),
 }
 
-TERMINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 # Jobs that hold (or are about to hold) Ray resources: what max_concurrent_jobs counts.
 ACTIVE: frozenset[JobStatus] = frozenset({S.DISPATCHING, S.RUNNING, S.CANCELLING})
 RETRYABLE: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})

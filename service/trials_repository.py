@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from service.db.base import utcnow
 from service.db.models import Job, Trial
 from service.state import JobStatus
-from workers.ray_entry.sweep_spec import best_trial, trial_score
+from workers.contract.sweep import best_trial, trial_score
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def score(trial: Trial, metric: str) -> float | None:
 
 def best(trials: Iterable[Trial], metric: str, mode: str) -> Trial | None:
     """The best trial by its recorded metrics, with the very rule the sweep driver uses
-    (``workers.ray_entry.sweep_spec.best_trial``: last epoch's value, ties to the earliest)."""
+    (``workers.contract.sweep.best_trial``: last epoch's value, ties to the earliest)."""
     rows = list(trials)
     chosen = best_trial(
         [{"trial_id": t.trial_id, "metrics": t.metrics or []} for t in rows], metric, mode  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from rampctl.main import app
 from rampctl.tables import format_fraction, results_table
-from workers import catalog
+from workers.contract import catalog
 
 runner = CliRunner()
 EVAL_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite"}

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch.utils.data import DataLoader
 
-from workers import catalog
+from workers.contract import catalog
+from workers.contract.registry import UnknownNameError
 from workers.datasets import (
     DATA_ROOT_ENV,
     DATASETS,
@@ -31,7 +32,6 @@ from workers.datasets import (
 )
 from workers.datasets import fashion_mnist as fmnist_module
 from workers.datasets.idx import IdxFormatError, parse_idx, read_idx
-from workers.registry import UnknownNameError
 
 FASHION_ROOT = Path(fmnist_module.DEFAULT_ROOT)
 

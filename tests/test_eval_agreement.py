@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from workers import checkpoint
+from workers.contract.spec import TrainSpec
 from workers.datasets import load_tensors
 from workers.evaluation.agreement import agreement_with_autoattack
-from workers.spec import TrainSpec
 from workers.training.loop import run_training
 
 N_POINTS = 200  # one percentage point = two points

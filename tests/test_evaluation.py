@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from workers import catalog
+from workers.contract import catalog
 from workers.datasets import load_npz
 from workers.evaluation import ATTACKS, CORRUPTIONS, SUITES, EvalResult, evaluate
 from workers.evaluation.autoattack_suite import AA_ATTACKS, build_adversary

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from workers import catalog
+from workers.contract import catalog
 from workers.methods import MethodContext, build_method
 from workers.methods.gp import GradientProjected, project_state
 from workers.methods.nt import NaturalTraining

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from workers import catalog
 from workers.attacks import AttackResult, project, steepest_step
+from workers.contract import catalog
+from workers.contract.norms import NORMS
 from workers.methods import METHODS, MethodContext, build_method
 from workers.methods.avg import AVG
 from workers.methods.common import batched_forward
@@ -20,7 +21,6 @@ from workers.methods.max import MAX, select_max
 from workers.methods.msd import MSD, l1_split, msd_attack, msd_steps
 from workers.methods.sat import SAT
 from workers.methods.trades import TRADES, trades_attack
-from workers.norms import NORMS
 
 EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 

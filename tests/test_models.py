@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
-from workers import catalog
+from workers.contract import catalog
+from workers.contract.registry import UnknownNameError
 from workers.models import MODELS, Normalized, build_model, count_parameters, model_arg_names
-from workers.registry import UnknownNameError
 
 # Small variants keep CPU time low; the architecture code paths are the same as at full size.
 SMALL_ARGS: dict[str, dict] = {

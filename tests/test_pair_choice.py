@@ -1,10 +1,10 @@
-"""RAMP's key trade-off pair chosen from a cross-norm robustness matrix (``workers.pair_choice``)."""
+"""RAMP's key trade-off pair chosen from a cross-norm robustness matrix (``workers.training.pair_choice``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from workers.pair_choice import choose_pair
+from workers.training.pair_choice import choose_pair
 
 
 def matrix(rows: dict[str, tuple[float, float, float]]) -> dict[str, dict[str, float]]:

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from workers import catalog
 from workers.attacks import AttackResult
+from workers.contract import catalog
 from workers.methods import MethodContext
 from workers.methods.losses import (
     PAIRING_LOSSES,

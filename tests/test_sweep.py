@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import NoopStopper
 from ray_support import wait_all_cpus_free
 
+from workers.contract.sweep import parse_sweep_spec
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, STEP, TRAIN_END
 from workers.ray_entry.sweep import (
     RESULT_FILE,
@@ -31,7 +32,6 @@ from workers.ray_entry.sweep import (
     _scheduler,
     run_sweep,
 )
-from workers.ray_entry.sweep_spec import parse_sweep_spec
 from workers.training.callbacks import EpochReport
 
 # --- fast: the pieces, without a cluster ---------------------------------------------------------

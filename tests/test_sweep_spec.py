@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.ray_entry.sweep_spec import (
+from workers.contract.sweep import (
     MAX_TRIALS,
     MAX_TRIM,
     TRIAL_CPU,
@@ -284,7 +284,7 @@ def test_spec_round_trips_as_json():
 
 
 def test_importing_the_spec_pulls_in_neither_torch_nor_ray():
-    code = ("import sys, workers.ray_entry.sweep_spec; "
+    code = ("import sys, workers.contract.sweep; "
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

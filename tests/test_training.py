@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from workers import catalog
+from workers.contract import catalog
+from workers.contract.spec import TrainSpec
 from workers.methods.base import Method, MethodContext, StepOutput, ce_output
-from workers.spec import TrainSpec
 from workers.training.accumulate import EpochStats
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
 from workers.training.optim import build_optimizer, param_groups, set_lr
@@ -222,7 +222,7 @@ class _Interrupted(Exception):
 
 
 def _spec(**overrides):
-    from workers.spec import TrainSpec
+    from workers.contract.spec import TrainSpec
 
     return TrainSpec(**(TINY | overrides))
 

@@ -38,11 +38,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from workers.contract.layout import CHECKPOINT_DIR
+
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 TRAIN_STATE_FILE = "train_state.pt"
-SUBDIR = "checkpoint"  # where run_training puts the checkpoint inside its output directory
+SUBDIR = CHECKPOINT_DIR  # where run_training puts the checkpoint inside its output directory
 REQUIRED_KEYS = ("model", "model_args", "dataset", "num_classes", "in_channels", "input_size")
 
 
@@ -115,8 +117,8 @@ def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load(path: str | os.PathLike[str], device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
     # Imported here: reading metadata or training state must not pull in the model registry.
+    from workers.contract.registry import UnknownNameError
     from workers.models import build_from_metadata
-    from workers.registry import UnknownNameError
 
     ckpt = resolve_dir(path)
     meta = load_metadata(ckpt)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.contract.layout import JobLayout
+
 
 def _default_home() -> Path:
     return Path.home() / ".ramp"
@@ -76,7 +78,11 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return str(self.database_url).startswith("sqlite")
 
-    def job_dir(self, job_id: int) -> Path:
-        """Where a job's artifacts live: storage_dir/jobs/<id>/ (drivers write, the API serves)."""
+    @property
+    def layout(self) -> JobLayout:
+        """Where jobs' files live under ``storage_dir`` (drivers write, the API serves)."""
         assert self.storage_dir is not None
-        return self.storage_dir / "jobs" / str(job_id)
+        return JobLayout(self.storage_dir)
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.layout.job_dir(job_id)

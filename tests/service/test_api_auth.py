@@ -12,7 +12,7 @@ from sqlalchemy import text
 from service import repository as repo
 from service.core.security import generate_token
 from service.main import create_app
-from workers.spec import TrainSpec
+from workers.contract.spec import TrainSpec
 
 TRAIN = {"kind": "train", "method": "ramp", "epochs": 1, "max_steps": 20}
 V1_ROUTES = [

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service import repository as repo
-from workers.spec import TrainSpec
+from workers.contract.spec import TrainSpec
 
 TRAIN = {
     "kind": "train", "method": "ramp", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 1,

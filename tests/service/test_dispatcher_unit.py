@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import repository
 from service.core.config import Settings
 from service.dispatcher import Dispatcher, DispatchPolicy, entrypoint_resources, submission_id
-from workers.jobs import outbox
+from workers.contract import outbox
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_a_finished_ray_job_without_a_driver_report_takes_the_result_file_and_sp
 ) -> None:
     job_id = _create(session_factory)
     dispatcher.tick()
-    spool = outbox.Spool(outbox.spool_dir(settings.storage_dir, job_id), attempt=1)
+    spool = outbox.Spool(settings.layout.spool_dir(job_id), attempt=1)
     for seq in range(3):
         spool.append({"seq": seq, "type": "metrics", "data": {"epoch": seq + 1}, "attempt": 1})
     spool.ack(0)  # event 0 was delivered before the service went down
@@ -302,7 +302,7 @@ def test_the_execution_side_of_the_service_imports_neither_torch_nor_ray() -> No
     import sys
 
     code = ("import sys, service.runtime, service.dispatcher, service.ray_backend, rampctl.service_cmds, "
-            "workers.jobs.outbox; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+            "workers.contract.outbox; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip() == "[]"

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from service import repository
 from service.db import migrate
 from service.ray_local import free_port
-from workers.jobs import outbox
+from workers.contract import outbox
+from workers.contract.layout import JobLayout
 from workers.jobs.reporter import (
     Backoff,
     Rejected,
@@ -341,7 +342,7 @@ def test_driver_leaves_its_verdict_on_disk_when_the_service_is_gone(
     assert driver.run_job(client, storage) == 1
     result = outbox.read_result(storage / "jobs" / str(service["job_id"]), attempt=1)
     assert result is not None and result["status"] == "failed" and "CheckpointError" in result["error"]
-    pending = outbox.Spool(outbox.spool_dir(storage, service["job_id"]), 1).pending()
+    pending = outbox.Spool(JobLayout.at(storage).spool_dir(service["job_id"]), 1).pending()
     assert any(e["type"] == "log" and e["data"]["level"] == "error" for e in pending)
 
 

@@ -24,7 +24,7 @@ from exec_support import (
 )
 
 from service.ray_local import free_port
-from workers.ray_entry.sweep_spec import best_trial
+from workers.contract.sweep import best_trial
 
 pytestmark = pytest.mark.slow
 

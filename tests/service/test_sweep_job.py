@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from workers.contract.sweep import SweepSpec, best_trial
 from workers.jobs.sweep_job import (
     SweepCancelled,
     SweepFailed,
     relative_to,
     run_sweep_job,
 )
-from workers.ray_entry.sweep_spec import SweepSpec, best_trial
 
 SPEC = {
     "kind": "sweep",

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import repository
-from workers.ray_entry.sweep_spec import SweepSpec
+from workers.contract.sweep import SweepSpec
 
 BASE = {"method": "ramp", "dataset": "mnist-5k", "epochs": 2, "max_steps": 4, "train_n": 64,
         "batch_size": 32, "monitor_n": 16, "eval_n": 16, "checks_n": 0, "seed": 3}

@@ -50,7 +50,7 @@ from workers.attacks.projections import project, project_l1_box
 from workers.attacks.registry import ATTACKS
 from workers.attacks.result import AttackResult
 from workers.attacks.steepest import l2_direction, linf_direction
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 _MOMENTUM = 0.75  # weight of the new projected step; 0.25 on the previous displacement
 _RHO = 0.75  # a checkpoint cuts the step if at most this share of recent steps increased the loss

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.attacks.common import Objective
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 LOSSES: Registry[Objective] = Registry("attack loss")
 

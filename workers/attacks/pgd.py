@@ -18,7 +18,7 @@ from workers.attacks.projections import project
 from workers.attacks.registry import ATTACKS
 from workers.attacks.result import AttackResult
 from workers.attacks.steepest import steepest_step
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 _DEFAULT_STEP = 2.5  # times eps / n_iter
 _L1_TOP_FRACTION = 0.05

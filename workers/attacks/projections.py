@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from workers.attacks.common import as_image, flat, per_sample
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 _TINY = 1e-12
 

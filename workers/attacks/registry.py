@@ -6,7 +6,7 @@ Every attack is called as ``attack(model, x, y, norm, eps, n_iter, **options) ->
 from collections.abc import Callable
 
 from workers.attacks.result import AttackResult
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 Attack = Callable[..., AttackResult]
 ATTACKS: Registry[Attack] = Registry("attack")

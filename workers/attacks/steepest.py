@@ -18,7 +18,7 @@ from torch import Tensor
 
 from workers.attacks.common import as_image, flat, per_sample
 from workers.attacks.projections import project, project_box
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 _TINY = 1e-12
 

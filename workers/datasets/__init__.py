@@ -1,4 +1,4 @@
-"""Datasets: a registry of loaders whose names equal ``workers.catalog.DATASETS``.
+"""Datasets: a registry of loaders whose names equal ``workers.contract.catalog.DATASETS``.
 
 Every dataset yields ``(x, y)`` with ``x`` a float32 (C, H, W) tensor in [0, 1] (no
 normalisation: that lives inside the model) and ``y`` an int. Nothing is downloaded unless a
@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from workers import catalog
+from workers.contract import catalog
 from workers.datasets.base import (
     DATA_ROOT_ENV,
     DatasetLoader,

@@ -1,6 +1,6 @@
-"""The datasets registry (name -> loader instance); names equal ``workers.catalog.DATASETS``."""
+"""The datasets registry (name -> loader instance); names equal ``workers.contract.catalog.DATASETS``."""
 
+from workers.contract.registry import Registry
 from workers.datasets.base import DatasetLoader
-from workers.registry import Registry
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")

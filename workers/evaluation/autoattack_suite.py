@@ -23,8 +23,8 @@ from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack
 from torch import Tensor, nn
 
+from workers.contract.norms import Norm
 from workers.evaluation.rng import isolated_rng, preserved_trace
-from workers.norms import Norm
 
 AA_NORMS: dict[str, str] = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 AA_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")  # the "standard" list

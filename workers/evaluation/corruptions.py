@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 Corruption: TypeAlias = Callable[[Tensor, int, torch.Generator], Tensor]
 CORRUPTIONS: Registry[Corruption] = Registry("corruption")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workers.catalog import DEFAULT_SUITE
+from workers.contract.catalog import DEFAULT_SUITE
+from workers.contract.norms import NORMS, Norm
 from workers.datasets import load_tensors
 from workers.evaluation.checks import check_units, run_checks
 from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES
@@ -26,7 +27,6 @@ from workers.evaluation.result import CorruptionResult, EvalResult
 from workers.evaluation.rng import generator
 from workers.evaluation.runner import Progress, Ticker, predict, run_stages
 from workers.evaluation.suites import AttackSettings, Models, resolve_suite
-from workers.norms import NORMS, Norm
 
 Data = str | tuple[Tensor, Tensor]
 

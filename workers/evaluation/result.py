@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.catalog import UPPER_BOUND_SUITES
-from workers.norms import NORMS
+from workers.contract.catalog import UPPER_BOUND_SUITES
+from workers.contract.norms import NORMS
 
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.npz"

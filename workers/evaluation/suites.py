@@ -1,7 +1,7 @@
 """Evaluation suites: which attacks run against each norm.
 
-A suite is either a registered name (``SUITES``, the names of ``workers.catalog.SUITES``) or a list
-of attack names (``ATTACKS``, the names of ``workers.catalog.EVAL_ATTACKS``). Both resolve to a list
+A suite is either a registered name (``SUITES``, the names of ``workers.contract.catalog.SUITES``) or a list
+of attack names (``ATTACKS``, the names of ``workers.contract.catalog.EVAL_ATTACKS``). Both resolve to a list
 of ``Stage``s per norm; ``evaluate`` runs the stages in order on the points that are still
 classified correctly, so a sample is robust under a norm only if it survives every stage.
 
@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from workers.attacks.apgd import apgd
 from workers.attacks.pgd import pgd
 from workers.attacks.standard import STANDARD_ITERATIONS, apgd_ce, apgd_t
+from workers.contract.norms import Norm
+from workers.contract.registry import Registry
 from workers.evaluation.autoattack_suite import run_autoattack
-from workers.norms import Norm
-from workers.registry import Registry
 
 MONITOR_STEPS = 20
 MONITOR_L1_SPARSITY = 0.2

@@ -30,7 +30,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from workers.jobs import outbox
+from workers.contract import outbox
+from workers.contract.layout import JobLayout
+from workers.contract.registry import Registry
+from workers.contract.spec import EvalSpec, TrainSpec
 from workers.jobs.reporter import (
     ENV_JOB_TOKEN,
     ENV_SERVICE_URL,
@@ -40,8 +43,6 @@ from workers.jobs.reporter import (
     ServiceClient,
 )
 from workers.jobs.sweep_job import sweep_kind  # torch- and Ray-free at import
-from workers.registry import Registry
-from workers.spec import EvalSpec, TrainSpec
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
 
 log = logging.getLogger("workers.jobs.driver")
@@ -229,12 +230,12 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
     """Fetch, run and report one job; returns the process exit code."""
     info = client.get_spec()
     job_id, attempt, kind = int(info["job_id"]), int(info["attempt"]), str(info["kind"])
-    storage = storage_dir if storage_dir is not None else Path(info["job_dir"]).parents[1]
-    out_dir = outbox.job_dir(storage, job_id)
+    layout = JobLayout.at(storage_dir if storage_dir is not None else JobLayout.storage_of(info["job_dir"]))
+    out_dir = layout.job_dir(job_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (previous := outbox.read_result(out_dir)) is not None and previous.get("attempt") != attempt:
         outbox.clear_result(out_dir)
-    reporter = Reporter(client, attempt=attempt, spool_dir=outbox.spool_dir(storage, job_id)).start()
+    reporter = Reporter(client, attempt=attempt, spool_dir=layout.spool_dir(job_id)).start()
     handler = ReporterLogHandler(reporter)
     logging.getLogger("workers").addHandler(handler)
     started = time.monotonic()

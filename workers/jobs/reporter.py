@@ -5,7 +5,7 @@
 (``Rejected``). ``Reporter`` numbers every event (``seq``, per attempt), appends it to the on-disk
 spool first, and sends spooled events in order from a background thread, so the training loop never
 waits on the network. If the service is down longer than the driver lives, the events stay in the
-spool and the service ingests them later (``workers.jobs.outbox``).
+spool and the service ingests them later (``workers.contract.outbox``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from workers.jobs.outbox import Spool
+from workers.contract.events import Event
+from workers.contract.outbox import Spool
 
 ENV_SERVICE_URL = "RAMP_SERVICE_URL"
 ENV_JOB_TOKEN = "RAMP_JOB_TOKEN"
@@ -232,8 +233,8 @@ class Reporter:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
-            event = {"seq": seq, "type": type_, "data": jsonable(data | {"ts": round(time.time(), 3)}),
-                     "attempt": self.attempt}
+            event = Event(seq=seq, type=type_, data=jsonable(data | {"ts": round(time.time(), 3)}),
+                          attempt=self.attempt).model_dump()
             self.spool.append(event)
             self._pending.append(event)
         self._wake.set()

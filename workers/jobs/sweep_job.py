@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.ray_entry.sweep_spec import SweepSpec, parse_sweep_spec, trial_score
+from workers.contract.layout import CHECKPOINT_DIR
+from workers.contract.sweep import SweepSpec, parse_sweep_spec, trial_score
 
 TRIAL_EVENT = "trial"
-BEST_CHECKPOINT = "checkpoint"  # the job's own checkpoint: a link to the best trial's
+BEST_CHECKPOINT = CHECKPOINT_DIR  # the job's own checkpoint: a link to the best trial's
 
 
 class SweepReporter(Protocol):

@@ -11,10 +11,10 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from workers.contract.norms import Norm
 from workers.methods.base import StepOutput
 from workers.methods.common import AdversarialMethod, adversarial_ce
 from workers.methods.registry import METHODS
-from workers.norms import Norm
 
 
 class SingleNormAT(AdversarialMethod):

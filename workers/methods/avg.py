@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.contract.norms import NORMS
 from workers.methods.base import StepOutput
 from workers.methods.common import AdversarialMethod, correct_count
 from workers.methods.registry import METHODS
-from workers.norms import NORMS
 
 
 @METHODS.register("avg")

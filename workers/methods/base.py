@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from workers.norms import Norm
+from workers.contract.norms import Norm
 
 
 @dataclass(frozen=True)

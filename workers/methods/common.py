@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers import catalog
+from workers.contract import catalog
+from workers.contract.norms import NORMS, Norm
 from workers.methods.base import Method, MethodContext, StepOutput
-from workers.norms import NORMS, Norm
 
 # (model, x, y, norm, eps, n_iter, *, l1_sparsity) -> AttackResult(x_adv, loss)
 AttackFn = Callable[..., Any]

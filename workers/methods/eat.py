@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workers.contract.norms import Norm
 from workers.methods.base import MethodContext, StepOutput
 from workers.methods.common import (
     AdversarialMethod,
@@ -33,7 +34,6 @@ from workers.methods.common import (
     parse_norms,
 )
 from workers.methods.registry import METHODS
-from workers.norms import Norm
 
 
 @METHODS.register("eat")

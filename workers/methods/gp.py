@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.contract.registry import Registry
 from workers.methods.base import Method, StepOutput
 from workers.methods.common import unwrap
-from workers.registry import Registry
 
 Combine = Callable[[Tensor, Tensor, float], Tensor]
 """(g_a, g_n, beta) -> the update added to theta0."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 PairingLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 PAIRING_LOSSES: Registry[PairingLoss] = Registry("pairing loss")

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.attacks.common import eval_mode
+from workers.contract.norms import NORMS
 from workers.methods.base import StepOutput
 from workers.methods.common import AdversarialMethod, batched_forward, correct_count, unwrap
 from workers.methods.registry import METHODS
-from workers.norms import NORMS
 
 
 def select_max(candidates: Tensor, losses: Tensor) -> Tensor:

@@ -44,10 +44,10 @@ from torch import Tensor, nn
 from workers.attacks.common import eval_mode, loss_and_grad
 from workers.attacks.losses import ce_loss
 from workers.attacks.result import AttackResult
+from workers.contract.norms import NORMS, Norm
 from workers.methods.base import Method, MethodContext, StepOutput
 from workers.methods.common import NormSampler, batched_forward, method_seed, param, unwrap
 from workers.methods.registry import METHODS
-from workers.norms import NORMS, Norm
 
 # The reference's CIFAR-10 radii and steps, from which the relative steps are taken.
 REF_EPS: dict[Norm, float] = {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.contract.norms import NORMS, Norm
 from workers.methods.base import MethodContext, StepOutput
 from workers.methods.common import AdversarialMethod, AttackFn, correct_count, param
 from workers.methods.losses import kl_batchmean, pairing_loss
 from workers.methods.registry import METHODS
-from workers.norms import NORMS, Norm
 
 
 def select_pair_max(x_q: Tensor, l_q: Tensor, x_r: Tensor, l_r: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """The methods registry (name -> Method subclass)."""
 
+from workers.contract.registry import Registry
 from workers.methods.base import Method
-from workers.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from workers.contract.norms import NORMS, Norm
 from workers.methods.base import MethodContext, StepOutput
 from workers.methods.common import AdversarialMethod, AttackFn, NormSampler, adversarial_ce, method_seed
 from workers.methods.registry import METHODS
-from workers.norms import NORMS, Norm
 
 
 @METHODS.register("sat")

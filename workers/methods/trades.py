@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.attacks.common import eval_mode
+from workers.contract.norms import NORMS, Norm
 from workers.methods.base import Method, MethodContext, StepOutput
 from workers.methods.common import NormSampler, correct_count, method_seed, param, unwrap
 from workers.methods.losses import kl_batchmean, kl_per_sample
 from workers.methods.registry import METHODS
-from workers.norms import NORMS, Norm
 
 INIT_SCALE = 0.001
 STEP_FACTOR = 2.5  # times eps / steps

@@ -1,4 +1,4 @@
-"""Models: a registry of constructors whose names equal ``workers.catalog.MODELS``.
+"""Models: a registry of constructors whose names equal ``workers.contract.catalog.MODELS``.
 
 ``build_model`` is the one way to build a model, so every model takes [0, 1] inputs, keeps any
 input normalisation inside itself (``mean`` / ``std`` model args, buffers), and is described

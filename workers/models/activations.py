@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from workers.registry import Registry, UnknownNameError
+from workers.contract.registry import Registry, UnknownNameError
 
 ACTIVATIONS: Registry[Callable[[float], nn.Module]] = Registry("activation")
 ACTIVATIONS.add("relu", lambda softplus_beta: nn.ReLU())

@@ -5,6 +5,6 @@
 - ``sweep``: ``run_sweep`` runs a sweep as a Ray Tune ``Tuner`` whose trials are Train runs.
 - ``sweep_spec``: the sweep spec and its expansion (torch-free and Ray-free, for the service).
 
-This package's ``__init__`` imports nothing, so ``workers.ray_entry.sweep_spec`` stays importable
+This package's ``__init__`` imports nothing, so ``workers.contract.sweep`` stays importable
 without torch or Ray.
 """

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from workers import checkpoint
-from workers.spec import TrainSpec
+from workers.contract.spec import TrainSpec
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
 from workers.training.loop import run_training
 from workers.training.runtime import Runtime

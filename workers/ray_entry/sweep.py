@@ -43,6 +43,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import NoopStopper
 
+from workers.contract.layout import TRIALS_DIR
+from workers.contract.spec import TrainSpec
+from workers.contract.sweep import (
+    Resources,
+    SweepSpec,
+    best_trial,
+    is_unresolved_init,
+    parse_sweep_spec,
+    plan_resources,
+)
 from workers.ray_entry.runtime import (
     CANCELLED,
     CHANNEL_NAMESPACE,
@@ -51,14 +61,6 @@ from workers.ray_entry.runtime import (
     TRAIN_END,
     Event,
     epoch_metrics,
-)
-from workers.ray_entry.sweep_spec import (
-    Resources,
-    SweepSpec,
-    best_trial,
-    is_unresolved_init,
-    parse_sweep_spec,
-    plan_resources,
 )
 from workers.ray_entry.train import (
     FitThread,
@@ -70,10 +72,8 @@ from workers.ray_entry.train import (
     signals_set,
     worker_spec,
 )
-from workers.spec import TrainSpec
 from workers.training.callbacks import EpochReport
 
-TRIALS_DIR = "trials"
 TUNE_DIR = "tune"
 RESULT_FILE = "sweep_result.json"
 STOP_TIMEOUT_S = 600.0  # a cooperative stop takes one optimiser step; this bounds a hung worker

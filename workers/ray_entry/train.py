@@ -39,6 +39,8 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from workers.contract.spec import TrainSpec
+from workers.contract.sweep import Resources, is_unresolved_init, split_base
 from workers.ray_entry.runtime import (
     CANCELLED,
     CHANNEL_NAMESPACE,
@@ -49,8 +51,6 @@ from workers.ray_entry.runtime import (
     replay_event,
     train_worker,
 )
-from workers.ray_entry.sweep_spec import Resources, is_unresolved_init, split_base
-from workers.spec import TrainSpec
 from workers.training.callbacks import Callback, CallbackList
 
 RUN_NAME = "train"  # the Ray Train run's name under its storage path

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from workers.contract.norms import NORMS
 from workers.methods.base import StepOutput
-from workers.norms import NORMS
 
 
 class EpochStats:

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workers import catalog, checkpoint
+from workers import checkpoint
+from workers.contract import catalog
+from workers.contract.spec import EvalSpec
 from workers.datasets import load_npz, load_tensors
 from workers.evaluation import evaluate
 from workers.evaluation.evaluate import Progress
-from workers.spec import EvalSpec
 from workers.training.artifacts import write_metrics
 from workers.training.runtime import default_device
 

@@ -34,12 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from workers import catalog, checkpoint
+from workers import checkpoint
+from workers.contract import catalog
+from workers.contract.spec import TrainSpec
 from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
 from workers.methods import Method, MethodContext, build_method
 from workers.models import build_from_metadata
-from workers.spec import TrainSpec
 from workers.training.accumulate import EpochStats
 from workers.training.artifacts import write_history, write_metrics
 from workers.training.callbacks import Callback, CallbackList, EpochReport, TrainInfo

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.optim import SGD, Adam, Optimizer
 
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 

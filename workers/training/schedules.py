@@ -7,7 +7,7 @@ epoch boundaries (every step of an epoch gets the same LR when a milestone is an
 keeps the cyclic schedule from spending its first step at LR 0. ``T`` is the capped number of
 optimiser steps, so a run shortened with ``max_steps`` still goes through the whole schedule.
 
-Registered names (``workers.catalog.SCHEDULES``):
+Registered names (``workers.contract.catalog.SCHEDULES``):
 - ``constant``: ``base_lr`` throughout.
 - ``piecewise``: the RAMP/CIFAR-10 reference, LR / 10 after 70 of 80 epochs (progress 0.875).
 - ``multistep``: the fine-tuning reference, LR / 10 at 1/3 and 2/3 (0.05 -> 0.005 -> 0.0005).
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from workers.registry import Registry
+from workers.contract.registry import Registry
 
 Schedule = Callable[[float, float], float]
 

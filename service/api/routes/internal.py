@@ -44,7 +44,7 @@ def driver_spec(job_id: JobAuth, session: SessionDep, settings: SettingsDep) -> 
         kind=job.kind,
         attempt=job.attempt,
         status=job.status,
-        resume=(job_dir / "checkpoint").exists(),
+        resume=settings.layout.checkpoint_dir(job_id).exists(),
         job_dir=str(job_dir),
         spec=job.spec,
         work_spec=work_spec(job.spec),

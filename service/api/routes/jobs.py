@@ -47,7 +47,7 @@ from service.schemas import (
     sanitize_json,
 )
 from service.state import TERMINAL, JobStatus
-from workers.results import result_warnings
+from workers.contract.results import result_warnings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_token)])
@@ -147,7 +147,7 @@ def checkpoint_resolver(session: Session, settings: Settings):  # noqa: ANN201 -
             )
         if src.status != JobStatus.SUCCEEDED.value:
             raise ValueError(f"job {job_id} is {src.status}; its checkpoint is usable once it succeeded")
-        return ResolvedCheckpoint(str(settings.job_dir(job_id) / "checkpoint"))
+        return ResolvedCheckpoint(str(settings.layout.checkpoint_dir(job_id)))
 
     return resolve
 

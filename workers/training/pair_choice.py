@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import combinations
 
-from workers.norms import NORMS, Norm
+from workers.contract.norms import NORMS, Norm
 
 Matrix = Mapping[str, Mapping[str, float]]
 """robust[trained norm][attack norm], fractions in [0, 1]."""

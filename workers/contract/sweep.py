@@ -24,7 +24,7 @@ trial), ``uniform`` / ``loguniform`` ([low, high] floats), ``randint`` ([low, hi
 upper bound excluded as in Ray Tune). The trial list is ``num_samples`` repetitions of the grid's
 cartesian product (first key varying slowest); the random domains are drawn per trial from a
 generator seeded by ``seed`` (default: the base spec's seed), so a sweep is reproducible from its
-spec. Every trial's spec is validated through ``workers.spec.TrainSpec`` before anything runs.
+spec. Every trial's spec is validated through ``workers.contract.spec.TrainSpec`` before anything runs.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workers.norms import NORMS
-from workers.spec import SERVICE_FIELDS, Resources, TrainSpec  # noqa: F401  (re-exported)
+from workers.contract.norms import NORMS
+from workers.contract.spec import SERVICE_FIELDS, Resources, TrainSpec  # noqa: F401  (re-exported)
 
 MAX_TRIALS = 1000
 MONITOR_METRICS = ("clean", "linf", "l2", "l1", "union")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.norms import Norm
+from workers.contract.norms import Norm
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workers.catalog import UPPER_BOUND_SUITES
+from workers.contract.catalog import UPPER_BOUND_SUITES
 
 UPPER_BOUND_WARNING = ("the {suite!r} suite is an optimistic upper bound on robustness (a cheap curve, not "
                        "a result); evaluate with the default suite for numbers to report")

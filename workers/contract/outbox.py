@@ -1,11 +1,11 @@
 """What a job driver leaves on disk for the service: its event spool and its final result.
 
-Both live under the shared storage dir, so the service can read them when the driver could not
-deliver (the service was down while the job ran or finished):
+Both live under the shared storage dir (``layout.JobLayout``), so the service can read them when the
+driver could not deliver (the service was down while the job ran or finished):
 
-    <storage>/spool/jobs/<id>/attempt-<n>.jsonl   every event of attempt n, one JSON object a line
-    <storage>/spool/jobs/<id>/attempt-<n>.acked   the highest seq the service has acknowledged
-    <storage>/jobs/<id>/result.json               {"attempt", "status", "metrics" | "error"}
+    spool dir / attempt-<n>.jsonl   every event of attempt n, one JSON object a line
+    spool dir / attempt-<n>.acked   the highest seq the service has acknowledged
+    job dir / result.json           {"attempt", "status", "metrics" | "error"}
 
 Torch-free and HTTP-free: the service imports this module to ingest what was left behind.
 Events are sent in seq order, so "acknowledged up to seq k" is a single number per attempt; the
@@ -21,16 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-RESULT_FILE = "result.json"
+from workers.contract.layout import RESULT_FILE
+
 _SPOOL_NAME = re.compile(r"^attempt-(\d+)\.jsonl$")
-
-
-def spool_dir(storage_dir: str | os.PathLike[str], job_id: int) -> Path:
-    return Path(storage_dir) / "spool" / "jobs" / str(job_id)
-
-
-def job_dir(storage_dir: str | os.PathLike[str], job_id: int) -> Path:
-    return Path(storage_dir) / "jobs" / str(job_id)
 
 
 def write_atomic(path: Path, text: str) -> None:

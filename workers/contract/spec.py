@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workers import catalog
-from workers.norms import NORMS
+from workers.contract import catalog
+from workers.contract.norms import NORMS
 
 ParamValue = float | int | str | bool
 

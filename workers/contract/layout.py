@@ -1,0 +1,51 @@
+"""Where a job's files live under the shared storage dir: the one definition.
+
+    <storage>/jobs/<id>/                       the job's directory (drivers write, the API serves)
+        checkpoint/                            the latest training checkpoint (``CHECKPOINT_DIR``)
+        metrics.json, per_sample.npz, ...      the final evaluation
+        result.json                            the driver's final word: attempt, status, metrics | error
+        trials/<trial id>/...                  a sweep's trials
+    <storage>/spool/jobs/<id>/attempt-<n>.jsonl, .acked   the driver's event spool per attempt
+
+The service, the driver and the outbox all go through ``JobLayout``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT_DIR = "checkpoint"
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.json"
+TRIALS_DIR = "trials"
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    storage_dir: Path
+
+    @classmethod
+    def at(cls, storage_dir: str | os.PathLike[str]) -> JobLayout:
+        return cls(Path(storage_dir))
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.storage_dir / "jobs" / str(job_id)
+
+    def checkpoint_dir(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / CHECKPOINT_DIR
+
+    def result_file(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / RESULT_FILE
+
+    def trial_dir(self, job_id: int, trial_id: str) -> Path:
+        return self.job_dir(job_id) / TRIALS_DIR / trial_id
+
+    def spool_dir(self, job_id: int) -> Path:
+        return self.storage_dir / "spool" / "jobs" / str(job_id)
+
+    @staticmethod
+    def storage_of(job_dir: str | os.PathLike[str]) -> Path:
+        """The storage dir a job dir belongs to (``<storage>/jobs/<id>`` -> ``<storage>``)."""
+        return Path(job_dir).parents[1]
