@@ -13,7 +13,7 @@ One pass (``tick``), every ``dispatch_interval_s`` on a background thread:
 
 ``reconcile()`` runs the watch once at start-up with "adopt" semantics, so jobs that finished
 while the service was down get their results (result.json + the drivers' event spools) and jobs
-still running stay tracked. Every status change goes through ``service.repository`` (and thus
+still running stay tracked. Every status change goes through ``service.jobs.transitions`` (and thus
 the state machine); a lost race (a cancel arriving mid-pass) is re-read and re-decided.
 """
 
@@ -36,12 +36,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import repository
+from service.auth import tokens
 from service.core.config import Settings
 from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
 from service.db.base import utcnow
 from service.db.models import Job
 from service.db.session import session_scope
+from service.events import store as events
+from service.jobs import store, transitions
 from service.ray_backend import (
     RAY_TERMINAL,
     RayBackend,
@@ -206,7 +208,7 @@ class Dispatcher:
     def reconcile(self) -> None:
         """Start-up: adopt every active job, finish what ended meanwhile, retry what is due."""
         with self._session() as s:
-            failed = [j.id for j in repository.jobs_in_status(s, [S.FAILED.value]) if self._retry_due(j)]
+            failed = [j.id for j in store.jobs_in_status(s, [S.FAILED.value]) if self._retry_due(j)]
         for job_id in failed:
             self._retry(job_id)
         try:
@@ -217,14 +219,14 @@ class Dispatcher:
 
     def _watch_all(self, *, adopt: bool) -> None:
         with self._session() as s:
-            active = repository.jobs_in_status(s, [st.value for st in ACTIVE])
+            active = store.jobs_in_status(s, [st.value for st in ACTIVE])
         seen = {j.id for j in active}
         self._hurry = any(j.status == S.DISPATCHING for j in active)
         for job in active:
             self._tracked.add(job.id)
             try:
                 self._watch(job, adopt=adopt)
-            except (IllegalTransition, repository.JobNotFound) as e:
+            except (IllegalTransition, store.JobNotFound) as e:
                 log.info("job changed under the dispatcher; re-deciding next pass",
                          extra={"job_id": job.id, "error": str(e)})
         # Jobs that left the active set since the last pass (the driver reported, a user
@@ -234,8 +236,8 @@ class Dispatcher:
             self._watches.pop(job_id, None)
             with self._session() as s:
                 try:
-                    job = repository.get_job(s, job_id)
-                except repository.JobNotFound:
+                    job = store.get_job(s, job_id)
+                except store.JobNotFound:
                     continue
             if self._retry_due(job):
                 self._retry(job_id)
@@ -287,7 +289,7 @@ class Dispatcher:
         """The Ray job ended (``info``) or vanished (None): record the outcome once."""
         self._ingest_spools(job.id)
         with self._session() as s:
-            job = repository.get_job(s, job.id)
+            job = store.get_job(s, job.id)
         if job.status not in {st.value for st in ACTIVE}:
             return  # the driver's own report got there first
         result = outbox.read_result(self._job_dir(job.id), attempt=job.attempt)
@@ -296,9 +298,8 @@ class Dispatcher:
             self._transition(job.id, S.CANCELLED, reason=f"Ray job {ray_status or 'gone'} after stop")
             return
         if result is not None and result["status"] == "succeeded":
-            with self._session() as s:
-                repository.set_result(s, job.id, result.get("metrics") or {})
-            self._transition(job.id, S.SUCCEEDED, reason="recorded from the driver's result file")
+            self._transition(job.id, S.SUCCEEDED, reason="recorded from the driver's result file",
+                             result=result.get("metrics") or {})
             return
         if result is not None:
             error = str(result.get("error") or "the job driver failed")
@@ -312,7 +313,7 @@ class Dispatcher:
             error = f"Ray job failed: {(info.message or info.error_type or 'no message')[-4000:]}"
         self._transition(job.id, S.FAILED, error=error, reason=f"Ray job {ray_status or 'vanished'}")
         with self._session() as s:
-            job = repository.get_job(s, job.id)
+            job = store.get_job(s, job.id)
         if self._retry_due(job):
             self._retry(job.id)
 
@@ -336,8 +337,8 @@ class Dispatcher:
     def _retry(self, job_id: int) -> None:
         try:
             with self._session() as s:
-                job = repository.get_job(s, job_id)
-                repository.retry_job(
+                job = store.get_job(s, job_id)
+                transitions.retry_job(
                     s, job_id, reason=f"automatic retry {job.attempt}/{job.max_retries} after: {job.error}"
                 )
             log.info("job queued for another attempt", extra={"job_id": job_id, "attempt": job.attempt + 1})
@@ -353,7 +354,7 @@ class Dispatcher:
                 chunk = pending[i : i + EVENT_CHUNK]
                 try:
                     with self._session() as s:
-                        repository.add_events(s, job_id, chunk)
+                        events.add_events(s, job_id, chunk)
                 except ValueError as e:
                     log.warning("skipping malformed spooled events",
                                 extra={"job_id": job_id, "error": str(e)})
@@ -368,10 +369,10 @@ class Dispatcher:
 
     def _claim_and_submit(self) -> None:
         with self._session() as s:
-            free = self.settings.max_concurrent_jobs - repository.count_active_jobs(s)
+            free = self.settings.max_concurrent_jobs - store.count_active_jobs(s)
             if free <= 0:
                 return
-            jobs = repository.claim_queued_jobs(s, limit=free, claimer=self.claimer)
+            jobs = transitions.claim_queued_jobs(s, limit=free, claimer=self.claimer)
         for job in jobs:
             self._tracked.add(job.id)
             self._submit(job)
@@ -380,7 +381,7 @@ class Dispatcher:
     def _submit(self, job: Job) -> None:
         token = generate_token(DRIVER_TOKEN_PREFIX)
         with self._session() as s:
-            repository.set_job_token(s, job.id, hash_token(token))
+            tokens.set_job_token(s, job.id, hash_token(token))
         cpus, gpus = entrypoint_resources(job.kind, job.spec)
         sub_id = submission_id(job)
         try:
@@ -406,9 +407,9 @@ class Dispatcher:
         # A same-status transition records the id; the job may have moved to cancelling meanwhile.
         for _ in range(3):
             with self._session() as s:
-                current = repository.get_job(s, job_id).status
+                current = store.get_job(s, job_id).status
                 try:
-                    repository.transition(s, job_id, current, ray_job_id=ray_id)
+                    transitions.transition(s, job_id, current, ray_job_id=ray_id)
                     return
                 except IllegalTransition:
                     continue
@@ -417,10 +418,11 @@ class Dispatcher:
     # ------------------------------------------------------------------------------ helpers
 
     def _transition(
-        self, job_id: int, to: str, *, error: str | None = None, reason: str | None = None
+        self, job_id: int, to: str, *, error: str | None = None, reason: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         with self._session() as s:
-            repository.transition(s, job_id, str(to), error=error, reason=reason)
+            transitions.transition(s, job_id, str(to), error=error, reason=reason, result=result)
         log.info("job status", extra={"job_id": job_id, "status": str(to), "reason": reason})
 
     def _job_dir(self, job_id: int) -> Path:

@@ -22,15 +22,16 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import repository
 from service.api import metrics
-from service.api.routes import health, internal, jobs, trials
+from service.api.routes import artifacts, events, health, internal, jobs, trials
+from service.auth import tokens
 from service.core.config import Settings
 from service.core.logging import configure_logging
 from service.core.security import generate_token
 from service.db import migrate
 from service.db.session import make_engine, make_session_factory
-from service.schemas import SpecError
+from service.jobs import store, transitions
+from service.jobs.specs import SpecError
 from service.state import IllegalTransition
 
 log = logging.getLogger("service.main")
@@ -131,7 +132,7 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
-            metrics.REQUEST_LATENCY.observe(elapsed, scope["method"], route, str(status))
+            metrics.observe_request(elapsed, scope["method"], route, status)
             if scope["path"] not in self.QUIET:
                 log.info(
                     "request",
@@ -161,20 +162,20 @@ def _install_error_handlers(app: FastAPI) -> None:
             errors.append({"field": field, "message": str(e.get("msg", "invalid"))})
         return _error(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
 
-    @app.exception_handler(repository.JobNotFound)
-    async def not_found(_: Request, exc: repository.JobNotFound) -> JSONResponse:
+    @app.exception_handler(store.JobNotFound)
+    async def not_found(_: Request, exc: store.JobNotFound) -> JSONResponse:
         return _error(404, str(exc))
 
     @app.exception_handler(IllegalTransition)
     async def illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
         return _error(409, str(exc), status=exc.current)
 
-    @app.exception_handler(repository.IdempotencyConflict)
-    async def idem_conflict(_: Request, exc: repository.IdempotencyConflict) -> JSONResponse:
+    @app.exception_handler(store.IdempotencyConflict)
+    async def idem_conflict(_: Request, exc: store.IdempotencyConflict) -> JSONResponse:
         return _error(409, str(exc), job_id=exc.job_id)
 
-    @app.exception_handler(repository.InvalidCursor)
-    async def bad_cursor(_: Request, exc: repository.InvalidCursor) -> JSONResponse:
+    @app.exception_handler(store.InvalidCursor)
+    async def bad_cursor(_: Request, exc: store.InvalidCursor) -> JSONResponse:
         return _error(400, str(exc))
 
     @app.exception_handler(OperationalError)
@@ -204,7 +205,7 @@ def ensure_admin_token(app: FastAPI, settings: Settings) -> str | None:
     factory = app.state.session_factory
     if settings.admin_token:
         with factory() as session:
-            repository.ensure_api_token(session, "admin", settings.admin_token, is_admin=True)
+            tokens.ensure_api_token(session, "admin", settings.admin_token, is_admin=True)
         return None
     if not settings.embedded:
         log.info("no admin token configured; create one with `rampctl token create NAME`")
@@ -221,7 +222,7 @@ def ensure_admin_token(app: FastAPI, settings: Settings) -> str | None:
         os.chmod(path, 0o600)
         log.info("admin token created", extra={"token_file": str(path)})
     with factory() as session:
-        repository.ensure_api_token(session, "admin", token, is_admin=True)
+        tokens.ensure_api_token(session, "admin", token, is_admin=True)
     log.info("admin token ready", extra={"token_file": str(path)})
     return str(path)
 
@@ -236,8 +237,8 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
         if settings.run_migrations:
             await run_in_threadpool(migrate.upgrade, str(settings.database_url))
         await run_in_threadpool(ensure_admin_token, app, settings)
-        if metrics.observe_transition not in repository.transition_listeners:
-            repository.transition_listeners.append(metrics.observe_transition)
+        if metrics.observe_transition not in transitions.transition_listeners:
+            transitions.transition_listeners.append(metrics.observe_transition)
         runtime = None
         if start_dispatcher:
             from service import runtime as runtime_module  # imports Ray lazily, only when needed
@@ -275,6 +276,8 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(artifacts.router)
     app.include_router(trials.router)
     app.include_router(internal.router)
     return app

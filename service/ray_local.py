@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from workers.contract.retry import RetryPolicy
+
 log = logging.getLogger(__name__)
 
 AUTH_MODES = ("disabled", "token")  # Ray 2.60's RAY_AUTH_MODE values
@@ -46,6 +48,14 @@ _PORT_FLAGS = (
     "node-manager-port",
     "object-manager-port",
 )
+
+
+# Poll the starting head every 0.2 s (the project's retry policy, without growth or jitter).
+STARTUP_POLL = RetryPolicy(base_s=0.2, factor=1.0, max_s=0.2, jitter=0.0)
+
+
+class _NotReady(Exception):
+    """The head's job API does not answer yet."""
 
 
 class RayHeadError(RuntimeError):
@@ -252,7 +262,8 @@ class LocalRayHead:
     def _wait_ready(self, url: str, started: float) -> None:
         # /api/jobs/ (not only /api/version): the job module loads after the dashboard answers.
         deadline = started + self.startup_timeout_s
-        while time.monotonic() < deadline:
+
+        def probe() -> None:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise RayHeadError(
@@ -261,15 +272,19 @@ class LocalRayHead:
                 )
             try:
                 r = httpx.get(f"{url}/api/jobs/", headers=self._headers(), timeout=2.0)
-                if r.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RayHeadError(
-            f"embedded Ray head did not answer at {url} within {self.startup_timeout_s:.0f} s; "
-            f"see {self.log_path}: {_tail(self.log_path)}"
-        )
+            except httpx.HTTPError as e:
+                raise _NotReady(str(e)) from e
+            if r.status_code != 200:
+                raise _NotReady(f"HTTP {r.status_code}")
+
+        try:
+            STARTUP_POLL.retrying(retry_on=lambda e: isinstance(e, _NotReady),
+                                  deadline=lambda: deadline)(probe)
+        except _NotReady:
+            raise RayHeadError(
+                f"embedded Ray head did not answer at {url} within {self.startup_timeout_s:.0f} s; "
+                f"see {self.log_path}: {_tail(self.log_path)}"
+            ) from None
 
     def processes(self) -> dict[int, ProcInfo]:
         """This head's live processes (empty once stopped)."""

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from service import repository
+from service.auth import tokens
 from service.core.config import Settings
 from service.db.models import ApiToken
+from service.jobs import store
 
 
 def get_settings(request: Request) -> Settings:
@@ -50,7 +51,7 @@ def get_current_token(request: Request, session: Annotated[Session, Depends(get_
     token = bearer_token(request)
     if token is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    row = repository.authenticate_token(session, token)
+    row = tokens.authenticate_token(session, token)
     if row is None:
         raise _unauthorized("invalid or revoked token")
     request.state.token_id = row.id
@@ -62,8 +63,8 @@ def require_job_token(job_id: int, request: Request, session: Annotated[Session,
     token = bearer_token(request)
     if token is None:
         raise _unauthorized("missing job token")
-    repository.get_job(session, job_id)  # 404 before 403: the job must exist
-    if not repository.verify_job_token(session, job_id, token):
+    store.get_job(session, job_id)  # 404 before 403: the job must exist
+    if not tokens.verify_job_token(session, job_id, token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"token is not valid for job {job_id}")
     return job_id
 

@@ -48,6 +48,7 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"
     )
 
+    @property
     def timings(self) -> dict[str, datetime | None]:
         return {f"{s.value}_at": getattr(self, f"{s.value}_at") for s in JobStatus}
 

@@ -231,12 +231,12 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def _make_driver_token(app: object, job_id: int) -> str:
-    from service import repository
+    from service.auth import tokens
     from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
 
     token = generate_token(DRIVER_TOKEN_PREFIX)
     with app.state.session_factory() as s:  # type: ignore[attr-defined]
-        repository.set_job_token(s, job_id, hash_token(token))
+        tokens.set_job_token(s, job_id, hash_token(token))
     return token
 
 

@@ -9,8 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from service import repository as repo
+from service.auth import tokens
 from service.core.security import generate_token
+from service.jobs import transitions
 from service.main import create_app
 from workers.contract.spec import TrainSpec
 
@@ -43,20 +44,20 @@ def test_open_endpoints_need_no_token(api) -> None:
 def test_tokens_are_stored_hashed_and_revocation_takes_effect(api) -> None:
     plain = generate_token()
     with api.sessions()() as s:
-        row = repo.create_api_token(s, "alice", plain)
+        row = tokens.create_api_token(s, "alice", plain)
         dump = " ".join(str(r) for r in s.execute(text("SELECT * FROM api_tokens")).all())
     assert plain not in dump and api.token not in dump
     auth = {"Authorization": f"Bearer {plain}"}
     assert api.client.get("/v1/jobs", headers=auth).status_code == 200
     with api.sessions()() as s:
-        repo.revoke_api_token(s, row.id)
+        tokens.revoke_api_token(s, row.id)
     assert api.client.get("/v1/jobs", headers=auth).status_code == 401
 
 
 def test_idempotency_keys_are_scoped_per_token(api) -> None:
     other = generate_token()
     with api.sessions()() as s:
-        repo.create_api_token(s, "bob", other)
+        tokens.create_api_token(s, "bob", other)
     a = api.client.post("/v1/jobs", json=TRAIN, headers=api.auth | {"Idempotency-Key": "k"}).json()["id"]
     b = api.client.post(
         "/v1/jobs", json=TRAIN, headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "k"}
@@ -101,7 +102,7 @@ def test_driver_spec_events_and_status_flow(api, driver_token) -> None:
     assert spec["job_dir"] == str(api.settings.job_dir(job_id))
     assert TrainSpec(**spec["work_spec"]).resolve().model_dump(mode="json") == spec["work_spec"]
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
     r = api.client.post(f"/internal/jobs/{job_id}/status", json={"status": "running"}, headers=auth)
     assert r.status_code == 200 and r.json()["status"] == "running"
     events = {"events": [
@@ -138,7 +139,7 @@ def test_driver_failure_and_sanitised_text(api, driver_token) -> None:
     job_id = api.client.post("/v1/jobs", json=TRAIN, headers=api.auth).json()["id"]
     auth = {"Authorization": f"Bearer {driver_token(api.app, job_id)}"}
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
     log_event = {"events": [{"seq": 0, "type": "log", "data": {"line": "bad\u0000byte \ud800"}}]}
     hdrs = auth | {"Content-Type": "application/json"}
     body = api.client.post(f"/internal/jobs/{job_id}/events", content=json.dumps(log_event), headers=hdrs)

@@ -8,14 +8,15 @@ import time
 
 import httpx
 
-from service import repository as repo
+from service.events import store as events
+from service.jobs import transitions
 
 TRAIN = {"kind": "train", "epochs": 1}
 
 
 def _events(api, job_id: int, n: int, start: int = 0) -> None:
     with api.sessions()() as s:
-        repo.add_events(
+        events.add_events(
             s, job_id, [{"seq": i, "type": "progress", "data": {"step": i}} for i in range(start, start + n)]
         )
 
@@ -69,7 +70,7 @@ def test_follow_streams_events_as_they_arrive_until_the_job_ends(live_server, dr
     with httpx.Client(base_url=live_server.url, headers=live_server.auth, timeout=30) as c:
         job_id = c.post("/v1/jobs", json=TRAIN).json()["id"]
         with live_server.app.state.session_factory() as s:
-            repo.claim_queued_jobs(s, limit=1, claimer="t")
+            transitions.claim_queued_jobs(s, limit=1, claimer="t")
         token = driver_token(live_server.app, job_id)
         driver = threading.Thread(target=_driver, args=(live_server, job_id, token))
         lines, arrival = [], []
@@ -98,8 +99,8 @@ def test_follow_resumes_after_last_event_id_and_ends_for_finished_jobs(live_serv
     with httpx.Client(base_url=live_server.url, headers=live_server.auth, timeout=30) as c:
         job_id = c.post("/v1/jobs", json=TRAIN).json()["id"]
         with live_server.app.state.session_factory() as s:
-            repo.add_events(s, job_id, [{"seq": i, "type": "log", "data": {"i": i}} for i in range(5)])
-            third = repo.list_events(s, job_id)[2].id
+            events.add_events(s, job_id, [{"seq": i, "type": "log", "data": {"i": i}} for i in range(5)])
+            third = events.list_events(s, job_id)[2].id
         c.post(f"/v1/jobs/{job_id}/cancel")
         with c.stream("GET", f"/v1/jobs/{job_id}/events", params={"follow": "true"},
                       headers={"Last-Event-ID": str(third)}) as r:
@@ -137,8 +138,8 @@ def test_logs_come_from_the_ray_backend(api) -> None:
     r = api.client.get(f"/v1/jobs/{job_id}/logs", headers=api.auth)
     assert r.status_code == 404 and "no Ray job yet" in r.json()["detail"]
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=1, claimer="t")
-        repo.transition(s, job_id, "running", ray_job_id="raysubmit_9")
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.transition(s, job_id, "running", ray_job_id="raysubmit_9")
     r = api.client.get(f"/v1/jobs/{job_id}/logs", headers=api.auth)
     assert r.status_code == 200 and r.text == "line 1\nline 2\n" and backend.asked == ["raysubmit_9"]
     api.app.state.backend = FakeBackend(logs=ConnectionError("dashboard down"))

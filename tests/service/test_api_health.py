@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
 
-from service import repository as repo
 from service.core.config import Settings
 from service.db.session import make_engine
+from service.jobs import transitions
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"kind": "train", "epochs": 1}
@@ -74,8 +74,8 @@ def test_metrics_exposition(api) -> None:
     ids = [post(i).json()["id"] for i in range(3)]
     api.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=api.auth)
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=1, claimer="t")
-        repo.transition(s, ids[1], "running")
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.transition(s, ids[1], "running")
     r = api.client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = _samples(r.text)
@@ -96,7 +96,7 @@ def test_metrics_exposition(api) -> None:
 
 def test_the_service_imports_neither_torch_nor_ray(tmp_path: Path) -> None:
     code = (
-        "import sys; import service.main, service.schemas, service.repository;"
+        "import sys; import service.main, service.jobs.specs, service.jobs.store, service.api.schemas;"
         "from service.main import create_app; create_app(start_dispatcher=False);"
         "bad = [m for m in ('torch', 'ray', 'torchvision') if m in sys.modules];"
         "assert not bad, bad"

@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from service import repository as repo
+from service.jobs import transitions
 from workers.contract.spec import TrainSpec
 
 TRAIN = {
@@ -24,8 +24,8 @@ def _submit(api, body: dict, **headers: str) -> httpx.Response:
 
 def _finish(api, job_id: int, status: str = "succeeded") -> None:
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=100, claimer="test")
-        repo.transition(s, job_id, status)
+        transitions.claim_queued_jobs(s, limit=100, claimer="test")
+        transitions.transition(s, job_id, status)
 
 
 def test_submit_stores_the_resolved_spec_and_get_returns_it(api) -> None:
@@ -187,13 +187,13 @@ def test_cancel_and_retry_follow_the_state_machine(api) -> None:
     r = api.client.post(f"/v1/jobs/{job_id}/retry", headers=api.auth)
     assert r.status_code == 200 and (r.json()["status"], r.json()["attempt"]) == ("queued", 2)
     with api.sessions()() as s:
-        repo.claim_queued_jobs(s, limit=1, claimer="t")
-        repo.transition(s, job_id, "running", ray_job_id="raysubmit_1")
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.transition(s, job_id, "running", ray_job_id="raysubmit_1")
     r = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth)
     assert r.json()["status"] == "cancelling"
     assert r.json()["ray_dashboard_url"] == "http://127.0.0.1:8265/#/jobs/raysubmit_1"
     with api.sessions()() as s:
-        repo.transition(s, job_id, "succeeded")
+        transitions.transition(s, job_id, "succeeded")
     r = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth)
     assert r.status_code == 409
     assert r.json()["status"] == "succeeded" and "succeeded" in r.json()["detail"]

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import repository as repo
 from service.db import migrate
 from service.db.models import Job, JobEvent
 from service.db.session import make_engine, make_session_factory
+from service.jobs import store, transitions
 
 SPEC = {"kind": "train", "method": "ramp", "dataset": "mnist-5k"}
 
@@ -42,7 +42,7 @@ def _claim_race(url: str, n_jobs: int, batch: int) -> dict[str, list[int]]:
             with make_session_factory(engine)() as s:
                 barrier.wait()
                 while True:
-                    jobs = repo.claim_queued_jobs(s, limit=batch, claimer=name)
+                    jobs = transitions.claim_queued_jobs(s, limit=batch, claimer=name)
                     if not jobs:
                         break
                     claimed[name] += [j.id for j in jobs]
@@ -103,7 +103,7 @@ def test_claiming_nothing_is_a_no_op(tmp_path: Path, limit: int) -> None:
     migrate.upgrade(url)
     engine = make_engine(url)
     with make_session_factory(engine)() as s:
-        repo.create_job(s, SPEC, kind="train", idempotency_key=None, token_id=None)
-        assert repo.claim_queued_jobs(s, limit=limit, claimer="x") == []
-        assert repo.jobs_in_status(s, ["queued"])[0].status == "queued"
+        store.create_job(s, SPEC, kind="train", idempotency_key=None, token_id=None)
+        assert transitions.claim_queued_jobs(s, limit=limit, claimer="x") == []
+        assert store.jobs_in_status(s, ["queued"])[0].status == "queued"
     engine.dispose()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from exec_support import tiny_train_spec
 
-from service import repository
+from service.events import store as events
+from service.jobs import store, transitions
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "curl"
 
@@ -53,13 +54,12 @@ def test_results_of_several_jobs(env: dict[str, str], live_server: Any) -> None:
     ids = []
     for union in (0.25, 0.5):
         with factory() as s:
-            job = repository.create_job(s, tiny_train_spec(), kind="train", idempotency_key=None,
+            job = store.create_job(s, tiny_train_spec(), kind="train", idempotency_key=None,
                                         token_id=None)
-            repository.claim_queued_jobs(s, limit=1, claimer="t")
-            repository.add_events(s, job.id, [{"seq": 0, "type": "metrics", "data": {"epoch": 1}}])
+            transitions.claim_queued_jobs(s, limit=1, claimer="t")
+            events.add_events(s, job.id, [{"seq": 0, "type": "metrics", "data": {"epoch": 1}}])
             metrics = {"clean": 0.9, "linf": 0.6, "l2": 0.7, "l1": 0.5, "union": union}
-            repository.set_result(s, job.id, metrics)
-            repository.transition(s, job.id, "succeeded")
+            transitions.transition(s, job.id, "succeeded", result=metrics)
         ids.append(job.id)
     r = run("results.sh", *map(str, ids), env=env)
     assert r.returncode == 0, r.stderr

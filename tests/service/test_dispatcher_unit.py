@@ -15,9 +15,11 @@ import pytest
 from exec_support import FakeBackend, make_test_settings, tiny_train_spec, wait_for
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import repository
+from service.auth import tokens
 from service.core.config import Settings
 from service.dispatcher import Dispatcher, DispatchPolicy, entrypoint_resources, submission_id
+from service.events import store as events
+from service.jobs import store, transitions
 from workers.contract import outbox
 
 
@@ -42,13 +44,13 @@ def dispatcher(
 
 def _create(factory: sessionmaker[Session], **spec: Any) -> int:
     with factory() as s:
-        return repository.create_job(s, tiny_train_spec(**spec), kind="train", idempotency_key=None,
+        return store.create_job(s, tiny_train_spec(**spec), kind="train", idempotency_key=None,
                                      token_id=None).id
 
 
 def _job(factory: sessionmaker[Session], job_id: int) -> Any:
     with factory() as s:
-        return repository.get_job(s, job_id)
+        return store.get_job(s, job_id)
 
 
 def _ray(backend: FakeBackend, factory: sessionmaker[Session], job_id: int) -> Any:
@@ -83,8 +85,8 @@ def test_submits_with_a_job_token_and_respects_the_concurrency_limit(
     assert ray.env_vars["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
     with session_factory() as s:
         # The token in the Ray job's environment opens this job, and only this job.
-        assert repository.verify_job_token(s, ids[0], ray.env_vars["RAMP_JOB_TOKEN"])
-        assert not repository.verify_job_token(s, ids[1], ray.env_vars["RAMP_JOB_TOKEN"])
+        assert tokens.verify_job_token(s, ids[0], ray.env_vars["RAMP_JOB_TOKEN"])
+        assert not tokens.verify_job_token(s, ids[1], ray.env_vars["RAMP_JOB_TOKEN"])
     # A finished job frees a slot for the third.
     ray.status = "RUNNING"
     dispatcher.tick()
@@ -107,7 +109,7 @@ def test_a_finished_ray_job_without_a_driver_report_takes_the_result_file_and_sp
         spool.append({"seq": seq, "type": "metrics", "data": {"epoch": seq + 1}, "attempt": 1})
     spool.ack(0)  # event 0 was delivered before the service went down
     with session_factory() as s:
-        repository.add_events(s, job_id, [{"seq": 0, "type": "metrics", "data": {"epoch": 1}, "attempt": 1}])
+        events.add_events(s, job_id, [{"seq": 0, "type": "metrics", "data": {"epoch": 1}, "attempt": 1}])
     metrics = {"clean": 0.9, "linf": 0.5, "l2": 0.6, "l1": 0.4, "union": 0.3}
     outbox.write_result(settings.job_dir(job_id), attempt=1, status="succeeded", metrics=metrics)
     _ray(backend, session_factory, job_id).status = "SUCCEEDED"
@@ -115,7 +117,7 @@ def test_a_finished_ray_job_without_a_driver_report_takes_the_result_file_and_sp
     job = _job(session_factory, job_id)
     assert job.status == "succeeded" and job.result == metrics
     with session_factory() as s:
-        epochs = [e.data["epoch"] for e in repository.list_events(s, job_id, type="metrics")]
+        epochs = [e.data["epoch"] for e in events.list_events(s, job_id, type="metrics")]
     assert epochs == [1, 2, 3]
     assert spool.acked() == 2
 
@@ -131,7 +133,7 @@ def test_failure_is_retried_within_max_retries_then_stays_failed(
     job = _job(session_factory, job_id)
     assert (job.status, job.attempt) == ("dispatching", 2)
     with session_factory() as s:
-        status_events = [e.data for e in repository.list_events(s, job_id, type="status")]
+        status_events = [e.data for e in events.list_events(s, job_id, type="status")]
     failed = next(e for e in status_events if e["to"] == "failed")
     assert "OOM" in failed["error"]
     second = _ray(backend, session_factory, job_id)
@@ -149,8 +151,8 @@ def test_a_failure_reported_by_the_driver_is_retried_too(
     job_id = _create(session_factory, max_retries=2)
     dispatcher.tick()
     with session_factory() as s:
-        repository.transition(s, job_id, "running")
-        repository.transition(s, job_id, "failed", error="ValueError: diverged")
+        transitions.transition(s, job_id, "running")
+        transitions.transition(s, job_id, "failed", error="ValueError: diverged")
     dispatcher.tick()  # noticed as "left the active set": retried, then claimed again
     job = _job(session_factory, job_id)
     assert (job.status, job.attempt) == ("dispatching", 2)
@@ -165,7 +167,7 @@ def test_cancel_stops_the_ray_job_then_records_cancelled(
     ray.status = "RUNNING"
     dispatcher.tick()
     with session_factory() as s:
-        assert repository.request_cancel(s, job_id).status == "cancelling"
+        assert transitions.request_cancel(s, job_id).status == "cancelling"
     dispatcher.tick()  # stop requested; the fake Ray stops at once
     assert ray.stop_calls == 1
     dispatcher.tick()
@@ -182,7 +184,7 @@ def test_cancel_gives_up_waiting_for_ray_after_the_timeout(
     job_id = _create(session_factory)
     d.tick()
     with session_factory() as s:
-        repository.request_cancel(s, job_id)
+        transitions.request_cancel(s, job_id)
     for t in (0.0, 1.0, 6.0, 20.0):
         now[0] = t
         d.tick()
@@ -239,7 +241,7 @@ def test_reconcile_adopts_lost_submissions_and_requeues_the_rest(
     """A crash between submit and recording the Ray id, seen by the next service process."""
     submitted, lost = _create(session_factory), _create(session_factory)
     with session_factory() as s:
-        repository.claim_queued_jobs(s, limit=2, claimer="crashed-process")
+        transitions.claim_queued_jobs(s, limit=2, claimer="crashed-process")
     backend.submit("python -m workers.jobs.driver", submission_id(_job(session_factory, submitted)))
     dispatcher.reconcile()
     assert _job(session_factory, submitted).ray_job_id == submission_id(_job(session_factory, submitted))
@@ -259,7 +261,7 @@ def test_a_resubmitted_attempt_adopts_the_ray_job_that_already_exists(
 ) -> None:
     job_id = _create(session_factory)
     with session_factory() as s:
-        sub_id = submission_id(repository.get_job(s, job_id))
+        sub_id = submission_id(store.get_job(s, job_id))
     backend.submit("earlier", sub_id)  # the earlier submit got through; its answer was lost
     dispatcher.tick()
     job = _job(session_factory, job_id)
@@ -271,8 +273,8 @@ def test_cancel_before_submission_completes_without_ray(
 ) -> None:
     job_id = _create(session_factory)
     with session_factory() as s:
-        repository.claim_queued_jobs(s, limit=1, claimer="someone-else")
-        repository.request_cancel(s, job_id)
+        transitions.claim_queued_jobs(s, limit=1, claimer="someone-else")
+        transitions.request_cancel(s, job_id)
     dispatcher.tick()
     assert _job(session_factory, job_id).status == "cancelled"
     assert backend.jobs == {}

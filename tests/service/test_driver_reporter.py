@@ -14,8 +14,10 @@ from exec_support import make_test_settings, running_server, tiny_train_spec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import repository
+from service.auth import tokens
 from service.db import migrate
+from service.events import store as events
+from service.jobs import store, transitions
 from service.ray_local import free_port
 from workers.contract import outbox
 from workers.contract.layout import JobLayout
@@ -184,15 +186,15 @@ def service(tmp_path: Path):  # noqa: ANN201
     app = create_app(settings, start_dispatcher=False)
     token = generate_token(DRIVER_TOKEN_PREFIX)
     with app.state.session_factory() as s:
-        job = repository.create_job(s, tiny_train_spec(), kind="train", idempotency_key=None, token_id=None)
-        repository.set_job_token(s, job.id, hash_token(token))
+        job = store.create_job(s, tiny_train_spec(), kind="train", idempotency_key=None, token_id=None)
+        tokens.set_job_token(s, job.id, hash_token(token))
     return {"app": app, "settings": settings, "port": port, "job_id": job.id, "token": token,
             "url": f"http://127.0.0.1:{port}"}
 
 
 def _stored(app: Any, job_id: int) -> list[tuple[int, int | None, str]]:
     with app.state.session_factory() as s:
-        return [(e.attempt, e.seq, e.type) for e in repository.list_events(s, job_id, limit=1000)
+        return [(e.attempt, e.seq, e.type) for e in events.list_events(s, job_id, limit=1000)
                 if e.type != "status"]
 
 
@@ -225,9 +227,9 @@ def test_events_survive_a_service_outage_and_a_driver_restart(
         client().post_events(outbox.Spool(spool_dir, 1).events()[:2], deadline=None)
         assert len(_stored(app, job_id)) == 5
         with app.state.session_factory() as s:
-            metrics = repository.list_events(s, job_id, type="metrics")[0].data
+            metrics = events.list_events(s, job_id, type="metrics")[0].data
             assert metrics["loss"] is None and metrics["epoch"] == 1
-            assert repository.get_job(s, job_id).progress["fraction"] == 0.5
+            assert store.get_job(s, job_id).progress["fraction"] == 0.5
     assert outbox.Spool(spool_dir, 1).acked() == 4
 
 
@@ -274,27 +276,27 @@ def test_driver_runs_a_training_job_and_reports_everything(
     app, job_id = service["app"], service["job_id"]
     storage = tmp_path / "storage"
     with app.state.session_factory() as s:
-        repository.claim_queued_jobs(s, limit=1, claimer="test")
+        transitions.claim_queued_jobs(s, limit=1, claimer="test")
     with running_server(app, service["port"]):
         code = run_job(ServiceClient(service["url"], job_id, service["token"]), storage)
     assert code == 0
     with app.state.session_factory() as s:
-        job = repository.get_job(s, job_id)
-        events = repository.list_events(s, job_id, limit=1000)
+        job = store.get_job(s, job_id)
+        stored = events.list_events(s, job_id, limit=1000)
     assert job.status == "succeeded", job.error
     assert {"clean", "linf", "l2", "l1", "union"} <= set(job.result)
     assert all(0.0 <= job.result[k] <= 1.0 for k in ("clean", "linf", "l2", "l1", "union"))
     assert job.result["n"] == 16
-    types = [e.type for e in events if e.seq is not None]
-    assert [e.seq for e in events if e.seq is not None] == list(range(len(types)))
+    types = [e.type for e in stored if e.seq is not None]
+    assert [e.seq for e in stored if e.seq is not None] == list(range(len(types)))
     assert {"log", "progress", "metrics", "artifact"} <= set(types)
-    epoch = next(e.data for e in events if e.type == "metrics")
+    epoch = next(e.data for e in stored if e.type == "metrics")
     assert epoch["epoch"] == 1 and "ce" in epoch["losses"]
-    artifacts = {e.data["name"] for e in events if e.type == "artifact"}
+    artifacts = {e.data["name"] for e in stored if e.type == "artifact"}
     assert {"metrics.json", "history.jsonl", "checkpoint/model.safetensors"} <= artifacts
     assert outbox.read_result(storage / "jobs" / str(job_id), attempt=1)["status"] == "succeeded"
     # Events come before the verdict, so a follower sees all of them before 'succeeded'.
-    assert events[-1].type == "status" and events[-1].data["to"] == "succeeded"
+    assert stored[-1].type == "status" and stored[-1].data["to"] == "succeeded"
 
 
 def test_driver_reports_a_failure_with_its_reason(service: dict[str, Any], tmp_path: Path) -> None:
@@ -305,15 +307,15 @@ def test_driver_reports_a_failure_with_its_reason(service: dict[str, Any], tmp_p
     token = generate_token(DRIVER_TOKEN_PREFIX)
     spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "monitor", "n": 8}
     with app.state.session_factory() as s:
-        job = repository.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
-        repository.set_job_token(s, job.id, hash_token(token))
-        repository.claim_queued_jobs(s, limit=5, claimer="test")
+        job = store.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
+        tokens.set_job_token(s, job.id, hash_token(token))
+        transitions.claim_queued_jobs(s, limit=5, claimer="test")
     storage = tmp_path / "storage"
     with running_server(app, service["port"]):
         assert run_job(ServiceClient(service["url"], job.id, token), storage) == 1
     with app.state.session_factory() as s:
-        failed = repository.get_job(s, job.id)
-        logs = repository.list_events(s, job.id, type="log")
+        failed = store.get_job(s, job.id)
+        logs = events.list_events(s, job.id, type="log")
     assert failed.status == "failed"
     assert "CheckpointError" in failed.error and "missing" in failed.error
     assert any(e.data["level"] == "error" for e in logs)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import repository
+from service.events import store as events
+from service.jobs import store, transitions
 from workers.contract.sweep import SweepSpec
 
 BASE = {"method": "ramp", "dataset": "mnist-5k", "epochs": 2, "max_steps": 4, "train_n": 64,
@@ -86,8 +87,8 @@ def run_trials(driver: Driver, unions: dict[str, list[float]]) -> None:
 
 def make_running(api: Any, job_id: int, driver_token: Any) -> Driver:
     with api.sessions()() as s:
-        repository.claim_queued_jobs(s, limit=10, claimer="test")
-        repository.transition(s, job_id, "running")
+        transitions.claim_queued_jobs(s, limit=10, claimer="test")
+        transitions.transition(s, job_id, "running")
     return Driver(api, job_id, driver_token(api.app, job_id))
 
 
@@ -283,7 +284,7 @@ def test_cancelling_a_sweep_closes_its_open_trials(any_api: Any, driver_token: A
     assert r.json()["status"] == "cancelling"
     assert trials(any_api, job_id)["trials"][1]["status"] == "running"  # not yet: Ray stops it first
     with any_api.sessions()() as s:
-        repository.transition(s, job_id, "cancelled", reason="Ray job STOPPED after stop")
+        transitions.transition(s, job_id, "cancelled", reason="Ray job STOPPED after stop")
     statuses = [t["status"] for t in trials(any_api, job_id)["trials"]]
     assert statuses == ["succeeded", "cancelled", "cancelled", "cancelled"]
 
@@ -307,7 +308,7 @@ def test_a_failed_sweep_fails_its_open_trials_and_a_retry_starts_them_afresh(
     assert all(t["status"] == "pending" and t["attempt"] == 2 and t["metrics"] == [] for t in rows)
     # A straggler of attempt 1 (its spool, ingested by the dispatcher) must not touch attempt 2.
     with api.sessions()() as s:
-        repository.add_events(s, job_id, [{"seq": 99, "type": "trial", "attempt": 1,
+        events.add_events(s, job_id, [{"seq": 99, "type": "trial", "attempt": 1,
                                            "data": epoch("trial_0000", 2, 0.9)}])
     assert trials(api, job_id)["trials"][0]["metrics"] == []
 
@@ -398,5 +399,5 @@ def test_idempotent_sweep_submission_makes_one_set_of_trials(api: Any) -> None:
     conflict = submit(api, SWEEP | {"num_samples": 2}, **{"Idempotency-Key": "sweep-1"})
     assert conflict.status_code == 409
     with api.sessions()() as s:
-        assert repository.list_jobs(s, kind="sweep")[0][0].id == first.json()["id"]
+        assert store.list_jobs(s, kind="sweep")[0][0].id == first.json()["id"]
     assert json.loads(json.dumps(first.json()["spec"])) == first.json()["spec"]

@@ -1,7 +1,8 @@
 """How a job driver reports to the service: HTTP with retries, and a spool so nothing is lost.
 
 ``ServiceClient`` makes one request to the service's internal endpoints, retrying transport errors,
-5xx, 408 and 429 with exponential backoff (``Backoff``) until a deadline; any other 4xx is final
+5xx, 408 and 429 under the project's retry policy (``workers.contract.retry``, through tenacity)
+until a deadline; any other 4xx is final
 (``Rejected``). ``Reporter`` numbers every event (``seq``, per attempt), appends it to the on-disk
 spool first, and sends spooled events in order from a background thread, so the training loop never
 waits on the network. If the service is down longer than the driver lives, the events stay in the
@@ -17,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import httpx
 
 from workers.contract.events import Event
 from workers.contract.outbox import Spool
+from workers.contract.retry import Deadline, RetryPolicy
 
 ENV_SERVICE_URL = "RAMP_SERVICE_URL"
 ENV_JOB_TOKEN = "RAMP_JOB_TOKEN"
@@ -35,28 +36,7 @@ MAX_BATCH = 1000  # the service's limit per POST
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with bounded multiplicative jitter: base * factor**retry, capped."""
-
-    base_s: float = 0.25
-    factor: float = 2.0
-    max_s: float = 10.0
-    jitter: float = 0.2  # the delay is scaled by a factor in [1 - jitter, 1 + jitter]
-
-    def __post_init__(self) -> None:
-        if not (self.base_s > 0 and self.factor >= 1 and self.max_s >= self.base_s and 0 <= self.jitter < 1):
-            raise ValueError(f"invalid backoff {self}")
-
-    def delay(self, retry: int, rand: float) -> float:
-        """The wait before retry number ``retry`` (0-based); ``rand`` uniform in [0, 1)."""
-        if self.factor == 1:
-            raw = self.base_s
-        elif retry * math.log(self.factor) >= math.log(self.max_s / self.base_s):
-            raw = self.max_s  # compared in log space: factor**retry overflows long after the cap
-        else:
-            raw = self.base_s * self.factor**retry
-        return min(self.max_s, raw * (1 - self.jitter + 2 * self.jitter * rand))
+Backoff = RetryPolicy  # the drivers' name for the project's retry policy
 
 
 class ReportError(RuntimeError):
@@ -69,6 +49,10 @@ class Rejected(ReportError):
     def __init__(self, message: str, status_code: int) -> None:
         self.status_code = status_code
         super().__init__(message)
+
+
+class _Transient(Exception):
+    """A failed attempt worth retrying (transport error, 5xx, 408, 429)."""
 
 
 def jsonable(value: Any) -> Any:
@@ -88,9 +72,6 @@ def jsonable(value: Any) -> Any:
         except (TypeError, ValueError):
             pass
     return str(value)
-
-
-Deadline = Callable[[], float | None]
 
 
 class ServiceClient:
@@ -135,29 +116,29 @@ class ServiceClient:
         ``deadline`` may be a callable so that a caller can shorten it while a retry loop waits.
         """
         deadline_fn: Deadline = deadline if callable(deadline) else (lambda: deadline)  # type: ignore[assignment,return-value]
-        sleep = sleep or self._sleep
         url = f"{self.base_url}/internal/jobs/{self.job_id}{path}"
-        retry = 0
-        while True:
+
+        def attempt() -> httpx.Response:
             try:
                 r = self._http.request(method, url, json=json, headers=self._headers)
             except httpx.TransportError as e:
-                problem = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code < 400:
-                    return r
-                if r.status_code not in RETRYABLE_STATUS:
-                    raise Rejected(
-                        f"{method} {url} -> {r.status_code}: {r.text[:500]}", r.status_code
-                    )
-                problem = f"HTTP {r.status_code}"
-            wait = self.backoff.delay(retry, self._rng.random())
-            limit = deadline_fn()
-            if limit is not None and self._clock() + wait > limit:
-                raise ReportError(f"{method} {url} not delivered before its deadline (last: {problem})")
-            log.debug("report failed, retrying", extra={"url": url, "problem": problem, "wait": wait})
-            sleep(wait)
-            retry += 1
+                raise _Transient(f"{type(e).__name__}: {e}") from e
+            if r.status_code < 400:
+                return r
+            if r.status_code not in RETRYABLE_STATUS:
+                raise Rejected(f"{method} {url} -> {r.status_code}: {r.text[:500]}", r.status_code)
+            raise _Transient(f"HTTP {r.status_code}")
+
+        def pause(seconds: float) -> None:
+            log.debug("report failed, retrying", extra={"url": url, "wait": seconds})
+            (sleep or self._sleep)(seconds)
+
+        retrying = self.backoff.retrying(retry_on=lambda e: isinstance(e, _Transient), deadline=deadline_fn,
+                                         clock=self._clock, sleep=pause, rng=self._rng)
+        try:
+            return retrying(attempt)
+        except _Transient as e:
+            raise ReportError(f"{method} {url} not delivered before its deadline (last: {e})") from None
 
     def _deadline_in(self, seconds: float | None) -> float | None:
         return None if seconds is None else self._clock() + seconds

@@ -8,11 +8,11 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
-from service import repository
 from service.api import metrics
+from service.jobs import store
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def prometheus_metrics(request: Request) -> PlainTextResponse:
+def prometheus_metrics(request: Request) -> Response:
     with request.app.state.session_factory() as session:
-        counts = repository.count_jobs_by_status(session)
-    return PlainTextResponse(metrics.render(counts), media_type="text/plain; version=0.0.4; charset=utf-8")
+        counts = store.count_jobs_by_status(session)
+    return Response(metrics.render(counts), media_type=metrics.CONTENT_TYPE)

@@ -13,11 +13,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from service import repository
+from service.api.body import decode_json
 from service.api.deps import SessionDep, SettingsDep, require_job_token
-from service.api.routes.jobs import decode_json
-from service.schemas import DriverSpecOut, DriverStatusIn, EventsIn, SpecError, validation_errors, work_spec
-from service.state import JobStatus, check_transition
+from service.api.schemas import DriverSpecOut, DriverStatusIn, EventsIn
+from service.events import store as events
+from service.jobs import store, transitions
+from service.jobs.specs import SpecError, validation_errors, work_spec
+from service.state import JobStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/internal/jobs", tags=["internal"])
@@ -37,7 +39,7 @@ def _parse(model: type[EventsIn] | type[DriverStatusIn], payload: Any) -> Any:
 
 @router.get("/{job_id}/spec", response_model=DriverSpecOut)
 def driver_spec(job_id: JobAuth, session: SessionDep, settings: SettingsDep) -> DriverSpecOut:
-    job = repository.get_job(session, job_id)
+    job = store.get_job(session, job_id)
     job_dir = settings.job_dir(job_id)
     return DriverSpecOut(
         job_id=job.id,
@@ -57,7 +59,7 @@ def driver_events(
     job_id: JobAuth, session: SessionDep, payload: Annotated[Any, Depends(_lenient_body)]
 ) -> dict[str, Any]:
     batch = _parse(EventsIn, payload)
-    repository.add_events(session, job_id, [e.model_dump(exclude_none=True) for e in batch.events])
+    events.add_events(session, job_id, [e.model_dump(exclude_none=True) for e in batch.events])
     return {"ok": True, "received": len(batch.events)}
 
 
@@ -66,17 +68,14 @@ def driver_status(
     job_id: JobAuth, session: SessionDep, payload: Annotated[Any, Depends(_lenient_body)]
 ) -> dict[str, Any]:
     report = _parse(DriverStatusIn, payload)
-    if report.status == JobStatus.SUCCEEDED.value and report.metrics is not None:
-        current = repository.get_job(session, job_id).status
-        check_transition(current, report.status, job_id=job_id)
-        # Record the result before the status so nobody sees 'succeeded' without metrics.
-        repository.set_result(session, job_id, report.metrics)
-    job = repository.transition(
+    succeeded = report.status == JobStatus.SUCCEEDED.value
+    job = transitions.transition(
         session,
         job_id,
         report.status,
         error=report.error if report.status == JobStatus.FAILED.value else None,
         reason="reported by the job driver",
+        result=report.metrics if succeeded else None,  # in the status's own commit
     )
     log.info("driver status", extra={"job_id": job_id, "status": job.status, "reported": report.status})
     return {"ok": True, "status": job.status, "attempt": job.attempt}

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API.
+"""Job requests: validated, then resolved once into the spec stored with the job.
 
 A job request is a discriminated union on ``kind``. The science fields are validated by the very
 same torch-free models the CLI uses (``workers.contract.spec.TrainSpec`` / ``EvalSpec``): each job kind
@@ -15,7 +15,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,7 +29,6 @@ from pydantic import (
     model_validator,
 )
 
-from workers.contract.events import Event, EventType
 from workers.contract.spec import SERVICE_FIELDS, EvalSpec, Resources, TrainSpec
 from workers.contract.sweep import SweepSpec, apply_overrides
 
@@ -443,122 +441,3 @@ def sanitize_json(value: Any, *, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [sanitize_json(v, depth=depth + 1) for v in value]
     return value
-
-
-# ------------------------------------------------------------------------------- responses
-
-
-class JobOut(BaseModel):
-    id: int
-    kind: str
-    status: str
-    status_reason: str | None
-    attempt: int
-    max_retries: int
-    spec: dict[str, Any]
-    progress: dict[str, Any] | None
-    metrics: dict[str, Any] | None = Field(description="final metrics: clean, linf, l2, l1, union, ...")
-    warnings: list[str] = Field(default_factory=list, description=(
-        "what a reader of the metrics must know: an upper-bound suite, failed evaluation-rigour checks"))
-    error: str | None
-    ray_job_id: str | None
-    ray_dashboard_url: str | None
-    created_at: datetime
-    updated_at: datetime
-    timings: dict[str, datetime | None]
-
-
-class JobListOut(BaseModel):
-    jobs: list[JobOut]
-    next_cursor: str | None
-
-
-class EventOut(BaseModel):
-    id: int
-    attempt: int
-    seq: int | None
-    type: EventType
-    data: dict[str, Any]
-    created_at: datetime
-
-
-class EventListOut(BaseModel):
-    events: list[EventOut]
-    next_after: int | None = Field(description="pass as ?after= to get the next page; None when done")
-
-
-class MetricsOut(BaseModel):
-    job_id: int
-    history: list[dict[str, Any]] = Field(description="per-epoch metrics events, oldest first")
-    final: dict[str, Any] | None
-
-
-class ArtifactOut(BaseModel):
-    name: str
-    size: int
-    modified_at: datetime
-
-
-class ArtifactListOut(BaseModel):
-    job_id: int
-    artifacts: list[ArtifactOut]
-
-
-class TrialOut(BaseModel):
-    trial_id: str
-    index: int
-    attempt: int = Field(description="the sweep attempt that ran it")
-    status: str = Field(description="pending, running, succeeded, stopped (by ASHA), failed, cancelled")
-    config: dict[str, Any] = Field(description="the swept values, by param_space key")
-    score: float | None = Field(description="the sweep's metric in the trial's last recorded epoch")
-    metrics: list[dict[str, Any]] | None = Field(description="per-epoch metrics, oldest first")
-    final: dict[str, Any] | None = Field(description="final evaluation: clean, linf, l2, l1, union, ...")
-    checkpoint: str | None = Field(description="artifact name of its checkpoint, under the sweep's job")
-    error: str | None
-    spec: dict[str, Any] | None = Field(description="the trial's training spec, defaults filled in")
-    started_at: datetime | None
-    ended_at: datetime | None
-    updated_at: datetime
-
-
-class TrialListOut(BaseModel):
-    job_id: int
-    status: str = Field(description="the sweep job's status")
-    metric: str
-    mode: str
-    param_keys: list[str] = Field(description="the param_space keys, in order")
-    best_trial_id: str | None = Field(description="best by the recorded metrics (same rule as the sweep)")
-    best_score: float | None
-    trials: list[TrialOut]
-
-
-# ------------------------------------------------------------------------ internal (drivers)
-
-
-EventIn = Event
-
-
-class EventsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    events: list[EventIn] = Field(max_length=1000)
-
-
-class DriverStatusIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    status: Literal["running", "succeeded", "failed"]
-    metrics: dict[str, Any] | None = None
-    error: str | None = Field(default=None, max_length=65_536)
-
-
-class DriverSpecOut(BaseModel):
-    job_id: int
-    kind: str
-    attempt: int
-    status: str
-    resume: bool = Field(description="a checkpoint from an earlier attempt exists in job_dir")
-    job_dir: str
-    spec: dict[str, Any] = Field(description="the stored spec, as GET /v1/jobs/{id} shows it")
-    work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec / SweepSpec")
-    resources: dict[str, Any]

@@ -1,0 +1,88 @@
+"""A job's events: GET /v1/jobs/{id}/events (a page, or a server-sent-events stream with
+``follow=true``) and GET /v1/jobs/{id}/metrics (the per-epoch metrics history). Bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from service.api.deps import SessionDep, get_current_token
+from service.api.schemas import EventListOut, EventOut, MetricsOut
+from service.events import store as events
+from service.jobs import store
+from service.state import TERMINAL
+
+router = APIRouter(prefix="/v1/jobs", tags=["events"], dependencies=[Depends(get_current_token)])
+
+SSE_KEEPALIVE_S = 15
+Page = Callable[[int | None], tuple[list[EventOut], str]]
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut)
+def job_metrics(job_id: int, session: SessionDep) -> MetricsOut:
+    job = store.get_job(session, job_id)
+    history: list[dict[str, Any]] = []
+    after: int | None = None
+    while True:
+        page = events.list_events(session, job_id, type="metrics", after_id=after, limit=500)
+        history += [{"attempt": ev.attempt, **ev.data} for ev in page]
+        if len(page) < 500:
+            break
+        after = page[-1].id
+    return MetricsOut(job_id=job.id, history=history, final=job.result)
+
+
+@router.get("/{job_id}/events", response_model=EventListOut)
+async def job_events(
+    job_id: int,
+    request: Request,
+    after: Annotated[int | None, Query(ge=0, le=store.MAX_ID, description="last event id seen")] = None,
+    type: Annotated[str | None, Query()] = None,  # noqa: A002
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    follow: bool = False,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Any:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+
+    def page(after_id: int | None) -> tuple[list[EventOut], str]:
+        with factory() as session:
+            job = store.get_job(session, job_id)
+            evs = events.list_events(session, job_id, after_id=after_id, type=type, limit=limit)
+            return [EventOut.model_validate(e) for e in evs], job.status
+
+    if not follow:
+        page_events, _ = await run_in_threadpool(page, after)
+        next_after = page_events[-1].id if len(page_events) == limit else None
+        return EventListOut(events=page_events, next_after=next_after)
+
+    if last_event_id is not None and last_event_id.isdigit() and len(last_event_id) < 19:
+        after = int(last_event_id)
+    first, _ = await run_in_threadpool(page, after)  # 404 now, not mid-stream
+    poll = request.app.state.settings.sse_poll_interval_s
+    return EventSourceResponse(_stream(page, first, after, poll), ping=SSE_KEEPALIVE_S,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream(page: Page, first: list[EventOut], after: int | None, poll: float,
+                  ) -> AsyncIterator[ServerSentEvent]:
+    """Every event, then polled ones until the job is terminal and all were sent; ``end`` last.
+    (sse-starlette sends the keep-alive pings and stops the generator when the client leaves.)"""
+    batch = first
+    while True:
+        for ev in batch:
+            yield ServerSentEvent(data=ev.model_dump_json(), event=ev.type, id=str(ev.id))
+            after = ev.id
+        batch, status = await run_in_threadpool(page, after)
+        if batch:
+            continue
+        if status in TERMINAL:
+            yield ServerSentEvent(data=json.dumps({"status": status}), event="end")
+            return
+        await asyncio.sleep(poll)

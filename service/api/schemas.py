@@ -1,0 +1,161 @@
+"""Response models of the HTTP API and the drivers' request models (the job requests themselves are
+validated in ``service.jobs.specs``). Responses are built from the ORM rows (``from_attributes``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator
+
+from workers.contract.events import Event, EventType
+from workers.contract.results import result_warnings
+
+
+class JobOut(BaseModel):
+    """A job, read from its row (``JobOut.of(job, dashboard_url)``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    status_reason: str | None
+    attempt: int
+    max_retries: int
+    spec: dict[str, Any]
+    progress: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(validation_alias=AliasChoices("metrics", "result"),
+                                           description="final metrics: clean, linf, l2, l1, union, ...")
+    error: str | None
+    ray_job_id: str | None
+    ray_dashboard_url: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    timings: dict[str, datetime | None]
+
+    @computed_field(description="what a reader of the metrics must know: an upper-bound suite, failed "
+                                "evaluation-rigour checks")  # type: ignore[prop-decorator]
+    @property
+    def warnings(self) -> list[str]:
+        return result_warnings(self.metrics)
+
+    @classmethod
+    def of(cls, job: Any, dashboard_url: str | None) -> JobOut:
+        out = cls.model_validate(job)
+        if job.ray_job_id and dashboard_url:
+            out.ray_dashboard_url = f"{dashboard_url.rstrip('/')}/#/jobs/{job.ray_job_id}"
+        return out
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    attempt: int
+    seq: int | None
+    type: EventType
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventListOut(BaseModel):
+    events: list[EventOut]
+    next_after: int | None = Field(description="pass as ?after= to get the next page; None when done")
+
+
+class MetricsOut(BaseModel):
+    job_id: int
+    history: list[dict[str, Any]] = Field(description="per-epoch metrics events, oldest first")
+    final: dict[str, Any] | None
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size: int
+    modified_at: datetime
+
+
+class ArtifactListOut(BaseModel):
+    job_id: int
+    artifacts: list[ArtifactOut]
+
+
+class TrialOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    trial_id: str
+    index: int = Field(validation_alias=AliasChoices("index", "trial_index"))
+    attempt: int = Field(description="the sweep attempt that ran it")
+    status: str = Field(description="pending, running, succeeded, stopped (by ASHA), failed, cancelled")
+    config: dict[str, Any] = Field(default_factory=dict, description="the swept values, by param_space key")
+    score: float | None = Field(default=None,
+                                description="the sweep's metric in the trial's last recorded epoch")
+    metrics: list[dict[str, Any]] | None = Field(default=None, description="per-epoch metrics, oldest first")
+    final: dict[str, Any] | None = Field(description="final evaluation: clean, linf, l2, l1, union, ...")
+    checkpoint: str | None = Field(description="artifact name of its checkpoint, under the sweep's job")
+    error: str | None
+    spec: dict[str, Any] | None = Field(description="the trial's training spec, defaults filled in")
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _no_config(cls, value: Any) -> Any:
+        return value or {}
+
+    @classmethod
+    def of(cls, trial: Any, score: float | None, *, history: bool = True) -> TrialOut:
+        out = cls.model_validate(trial)
+        out.score = score
+        out.metrics = list(trial.metrics or []) if history else None
+        return out
+
+
+class TrialListOut(BaseModel):
+    job_id: int
+    status: str = Field(description="the sweep job's status")
+    metric: str
+    mode: str
+    param_keys: list[str] = Field(description="the param_space keys, in order")
+    best_trial_id: str | None = Field(description="best by the recorded metrics (same rule as the sweep)")
+    best_score: float | None
+    trials: list[TrialOut]
+
+
+# ------------------------------------------------------------------------ internal (drivers)
+
+
+EventIn = Event
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(max_length=1000)
+
+
+class DriverStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["running", "succeeded", "failed"]
+    metrics: dict[str, Any] | None = None
+    error: str | None = Field(default=None, max_length=65_536)
+
+
+class DriverSpecOut(BaseModel):
+    job_id: int
+    kind: str
+    attempt: int
+    status: str
+    resume: bool = Field(description="a checkpoint from an earlier attempt exists in job_dir")
+    job_dir: str
+    spec: dict[str, Any] = Field(description="the stored spec, as GET /v1/jobs/{id} shows it")
+    work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec / SweepSpec")
+    resources: dict[str, Any]
