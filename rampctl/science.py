@@ -8,34 +8,19 @@ failures while running), never a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from rampctl.tables import format_fraction, print_results_table
+from rampctl.console import USAGE_ERROR, RichProgress, console, eval_progress, fail, print_results_table
+from rampctl.options import parse_pairs
 from workers.contract.catalog import DEFAULT_SUITE
 from workers.contract.registry import UnknownNameError
 from workers.contract.spec import EvalSpec, TrainSpec
-from workers.training.callbacks import Callback, EpochReport, TrainInfo  # torch-free
-
-console = Console()
-err_console = Console(stderr=True)
-
-USAGE_ERROR = 2
-RUN_ERROR = 1
-
-
-def fail(message: str, code: int = RUN_ERROR) -> NoReturn:
-    one_line = " ".join(message.split())  # torch's messages span lines; a CLI error is one line
-    err_console.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -57,67 +42,6 @@ def clean_errors(*expected: type[BaseException]) -> Iterator[None]:
         fail(f"invalid input: {format_validation_error(e)}", USAGE_ERROR)
     except (UnknownNameError, FileNotFoundError, ValueError, *expected) as e:
         fail(str(e) or type(e).__name__)
-
-
-def parse_pairs(items: Sequence[str], option: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": convert("1"), ...}``; bad items exit with a usage error."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            fail(f"{option} expects KEY=VALUE, got {item!r}", USAGE_ERROR)
-        try:
-            out[key] = convert(value)
-        except ValueError:
-            fail(f"{option} {key}: cannot read {value!r} as a number", USAGE_ERROR)
-    return out
-
-
-class RichProgress(Callback):
-    """A progress bar over optimiser steps, one summary line per epoch, then the final evaluation's bar."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
-        self.task: TaskID | None = None
-        self.eval_task: TaskID | None = None
-
-    def on_train_start(self, info: TrainInfo) -> None:
-        if info.start_epoch:
-            console.print(f"resuming after epoch {info.start_epoch} (step {info.start_step})")
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=info.total_steps, completed=info.start_step)
-
-    def on_step(self, step: int, total_steps: int) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=step)
-
-    def on_epoch_end(self, report: EpochReport) -> None:
-        parts = [f"epoch {report.epoch}/{report.epochs}", f"lr {report.lr:.4g}"]
-        parts += [f"{k} {v:.4f}" for k, v in report.losses.items()]
-        parts += [f"train-{k} {format_fraction(v)}" for k, v in report.train_robust_acc.items()]
-        if report.monitor:
-            parts.append("monitor (upper bound): " + " ".join(
-                f"{k} {format_fraction(v)}" for k, v in report.monitor.items()))
-        parts.append(f"{report.seconds:.1f}s")
-        self.progress.console.print("  ".join(parts), highlight=False)
-
-    def on_eval_progress(self, done: int, total: int) -> None:
-        if self.eval_task is None:
-            if self.task is not None:
-                self.progress.update(self.task, visible=False)
-            self.eval_task = self.progress.add_task("evaluate", total=total)
-        self.progress.update(self.eval_task, completed=done, total=total)
-
-    def on_train_end(self, metrics: dict[str, Any]) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.progress.live.is_started:  # stopping a bar that never started prints a blank line
-            self.progress.stop()
 
 
 def train(
@@ -208,21 +132,8 @@ def eval_(
     from workers.checkpoint import CheckpointError
     from workers.training.evaluation import run_evaluation
 
-    bar = Progress(TextColumn("[bold]eval"), BarColumn(), TimeRemainingColumn(), console=console,
-                   transient=True)
-    task = bar.add_task("eval", total=None)
-
-    def advance(done: int, total: int) -> None:
-        if not bar.live.is_started:  # started on the first tick: failures before any work print no bar
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    with clean_errors(CheckpointError):
-        try:
-            metrics = run_evaluation(spec, out, device=device, data_root=data_root, progress=advance)
-        finally:
-            if bar.live.is_started:
-                bar.stop()
+    with clean_errors(CheckpointError), eval_progress() as advance:
+        metrics = run_evaluation(spec, out, device=device, data_root=data_root, progress=advance)
     print_results_table([{"name": checkpoint.name, **metrics}], title="evaluation")
     console.print(f"wrote {out / 'metrics.json'}", highlight=False)
 

@@ -1,147 +1,44 @@
 """The service commands: ``rampctl serve | submit | jobs | status | cancel | retry | results | logs``,
 ``rampctl token create`` and ``rampctl db upgrade``.
 
-The client commands talk to the REST API at RAMP_URL (default http://127.0.0.1:8000) with the
-bearer token RAMP_TOKEN, or else the embedded service's admin token file ($RAMP_HOME/admin_token).
-``serve``, ``token`` and ``db`` act on the local settings (DATABASE_URL, RAMP_*). Every failure
-prints one ``error:`` line (no traceback) and exits non-zero. Nothing here imports torch.
+The client commands talk to the REST API through ``rampctl.client`` (settings: ``rampctl.settings``,
+RAMP_URL / RAMP_TOKEN / the embedded admin token file) and print through ``rampctl.console``.
+``serve``, ``token`` and ``db`` act on the local service settings (DATABASE_URL, RAMP_*). Every
+failure prints one ``error:`` line (no traceback) and exits non-zero. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from rampctl.science import USAGE_ERROR, console, err_console, fail, parse_pairs
-from rampctl.tables import format_fraction, print_results_table
-from workers.contract.status import TERMINAL as JOB_TERMINAL
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = frozenset(str(s) for s in JOB_TERMINAL)
-
-
-# ------------------------------------------------------------------------------------ the client
-
-
-class ServiceClient:
-    """A thin REST client whose errors are one-line messages."""
-
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float = 30.0) -> None:
-        self.url = (url or os.environ.get("RAMP_URL") or DEFAULT_URL).rstrip("/")
-        self.token = token or os.environ.get("RAMP_TOKEN") or _admin_token_from_file()
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            fail(f"cannot reach the service at {self.url} ({type(e).__name__}); is `rampctl serve` running?")
-        if r.status_code >= 400:
-            fail(_http_error(r))
-        return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> Any:
-        return self.request("POST", path, **kwargs)
-
-    def stream_events(self, job_id: int, after: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(event type, payload) from the job's server-sent events, resuming after a dropped link."""
-        last_id = after
-        failures = 0
-        while True:
-            headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-            try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", params={"follow": "true"},
-                                      headers=headers, timeout=httpx.Timeout(30.0, read=None)) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        fail(_http_error(r))
-                    for etype, eid, data in _sse_frames(r.iter_lines()):
-                        failures = 0
-                        if eid is not None:
-                            last_id = eid
-                        yield etype, data
-                        if etype == "end":
-                            return
-            except httpx.TransportError as e:
-                failures += 1
-                if failures > 30:
-                    fail(f"lost the event stream from {self.url}: {type(e).__name__}")
-                time.sleep(min(5.0, 0.5 * failures))  # the service may be restarting
-
-
-def _admin_token_from_file() -> str | None:
-    home = Path(os.environ.get("RAMP_HOME") or Path.home() / ".ramp").expanduser()
-    path = Path(os.environ.get("RAMP_ADMIN_TOKEN_FILE") or home / "admin_token").expanduser()
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _http_error(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-    except ValueError:
-        return f"HTTP {r.status_code}: {r.text[:300]}"
-    detail = body.get("detail") if isinstance(body, dict) else body
-    if r.status_code == 401:
-        detail = f"{detail} (set RAMP_TOKEN, or create one with `rampctl token create NAME`)"
-    return f"HTTP {r.status_code}: {detail}"
-
-
-def _sse_frames(lines: Iterator[str]) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
-    etype, eid, data = "message", None, []
-    for line in lines:
-        if not line:
-            if data:
-                yield etype, eid, json.loads("\n".join(data))
-            etype, eid, data = "message", None, []
-        elif line.startswith(":"):
-            continue  # keep-alive comment
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                etype = value
-            elif field == "id" and value.isdigit():
-                eid = int(value)
-            elif field == "data":
-                data.append(value)
-
-
-# ------------------------------------------------------------------------------- building specs
+from rampctl.client import ServiceClient, ServiceError
+from rampctl.console import (
+    USAGE_ERROR,
+    console,
+    err_console,
+    fail,
+    follow_job,
+    one_line_errors,
+    print_job,
+    print_jobs,
+    print_results_table,
+    print_sweep,
+)
+from rampctl.options import parse_pairs, read_spec_file
+from workers.contract.status import JobStatus
 
 
 def build_spec(
     spec_file: Path | None, *, kind: str | None, flags: dict[str, Any], eps: list[str], params: list[str]
 ) -> dict[str, Any]:
     """A job spec from an optional JSON file (``-`` = stdin) overridden by the given flags."""
-    spec: dict[str, Any] = {}
-    if spec_file is not None:
-        try:
-            text = sys.stdin.read() if str(spec_file) == "-" else spec_file.read_text()
-            spec = json.loads(text)
-        except OSError as e:
-            fail(f"cannot read {spec_file}: {e.strerror}", USAGE_ERROR)
-        except ValueError as e:
-            fail(f"{spec_file} is not valid JSON: {e}", USAGE_ERROR)
-        if not isinstance(spec, dict):
-            fail(f"{spec_file} must hold a JSON object (a job spec)", USAGE_ERROR)
+    spec = read_spec_file(spec_file, "a job spec") if spec_file is not None else {}
     if kind is not None:
         spec["kind"] = kind
     spec.setdefault("kind", "train")
@@ -153,62 +50,14 @@ def build_spec(
     return spec
 
 
-# ------------------------------------------------------------------------------------ printing
-
-
-def _percent(job: dict[str, Any]) -> str:
-    if job["status"] == "succeeded":
-        return "100%"
-    fraction = (job.get("progress") or {}).get("fraction")
-    return f"{100 * fraction:.0f}%" if isinstance(fraction, int | float) else "-"
-
-
-def print_job(job: dict[str, Any]) -> None:
-    spec = job["spec"]
-    what = " ".join(str(spec[k]) for k in ("method", "dataset", "model") if spec.get(k))
-    console.print(f"[bold]job {job['id']}[/] {job['kind']} {what}: [bold]{job['status']}[/]"
-                  f" (attempt {job['attempt']}/{job['max_retries'] + 1}, progress {_percent(job)})",
-                  highlight=False)
-    if job.get("status_reason"):
-        console.print(f"  reason: {job['status_reason']}", highlight=False)
-    if job.get("error"):
-        console.print(f"  [red]error:[/] {job['error']}", highlight=False)
-    if job.get("ray_dashboard_url"):
-        console.print(f"  ray: {job['ray_dashboard_url']}", highlight=False)
-    if job.get("metrics"):
-        print_results_table([{"name": f"#{job['id']}", **job["metrics"]}])
-
-
 def _follow(client: ServiceClient, job_id: int) -> dict[str, Any]:
-    """A live progress bar fed by the job's event stream; returns the final job."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task: TaskID = bar.add_task(f"job {job_id}", total=1.0)
-        for etype, ev in client.stream_events(job_id):
-            data = ev.get("data", {})
-            if etype == "progress" and data.get("total_steps"):
-                phase = data.get("phase", "")
-                bar.update(task, completed=float(data.get("fraction") or 0.0),
-                           description=f"job {job_id} {phase} {data.get('step')}/{data.get('total_steps')}")
-            elif etype == "metrics":
-                losses = " ".join(f"{k}={v:.4g}" for k, v in (data.get("losses") or {}).items()
-                                  if isinstance(v, int | float))
-                monitor = " ".join(f"{k}={format_fraction(v)}"
-                                   for k, v in (data.get("monitor") or {}).items())
-                if monitor:
-                    monitor = f"monitor (upper bound): {monitor}"
-                bar.console.print(f"  epoch {data.get('epoch')}/{data.get('epochs')}: {losses} {monitor}",
-                                  highlight=False)
-            elif etype == "log" and data.get("level") in ("warning", "error"):
-                bar.console.print(f"  [{data['level']}] {data.get('message', '')}", highlight=False)
-            elif etype == "status":
-                bar.console.print(f"  {data.get('from')} -> {data.get('to')}"
-                                  + (f" ({data['reason']})" if data.get("reason") else ""), highlight=False)
-    return client.get(f"/v1/jobs/{job_id}")
+    """Follow the job live to its end; the final job."""
+    follow_job(job_id, client.follow(job_id))
+    return client.job(job_id)
 
 
 def _exit_for(job: dict[str, Any]) -> None:
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 
@@ -276,18 +125,17 @@ def submit(
     elif init_from_checkpoint is not None:
         flags["init_from"] = {"checkpoint": init_from_checkpoint}
     spec = build_spec(spec_file, kind=kind, flags=flags, eps=eps or [], params=param or [])
-    client = ServiceClient()
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    job = client.post("/v1/jobs", json=spec, headers=headers)
-    if quiet:
-        print(job["id"])
-    else:
-        console.print(f"submitted job {job['id']} ({job['kind']}, {job['status']})", highlight=False)
-    if follow:
-        final = _follow(client, job["id"])
-        if not quiet:
-            print_job(final)
-        _exit_for(final)
+    with ServiceClient() as client:
+        job = client.submit(spec, idempotency_key)
+        if quiet:
+            print(job["id"])
+        else:
+            console.print(f"submitted job {job['id']} ({job['kind']}, {job['status']})", highlight=False)
+        if follow:
+            final = _follow(client, job["id"])
+            if not quiet:
+                print_job(final)
+            _exit_for(final)
 
 
 def jobs(
@@ -301,19 +149,8 @@ def jobs(
     for key, value in (("status", status), ("kind", kind), ("method", method)):
         if value:
             params[key] = value
-    page = ServiceClient().get("/v1/jobs", params=params)
-    table = Table(title=None)
-    for col in ("id", "kind", "method", "dataset", "status", "attempt", "progress", "union", "created"):
-        table.add_column(col, justify="right" if col in ("id", "attempt", "progress", "union") else "left")
-    for j in page["jobs"]:
-        spec = j["spec"]
-        union = format_fraction((j.get("metrics") or {}).get("union"))
-        created = j["created_at"][:19].replace("T", " ")
-        table.add_row(str(j["id"]), j["kind"], spec.get("method") or "-", spec.get("dataset") or "-",
-                      j["status"], str(j["attempt"]), _percent(j), union, created)
-    console.print(table)
-    if page.get("next_cursor"):
-        console.print(f"(more: --limit {min(200, limit * 2)})", highlight=False)
+    with ServiceClient() as client:
+        print_jobs(client.jobs(params), limit)
 
 
 def status(
@@ -321,8 +158,8 @@ def status(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="live progress until the job ends")] = False,
 ) -> None:
     """Show a job; with --follow, a live progress bar until it ends."""
-    client = ServiceClient()
-    job = _follow(client, job_id) if follow else client.get(f"/v1/jobs/{job_id}")
+    with ServiceClient() as client:
+        job = _follow(client, job_id) if follow else client.job(job_id)
     print_job(job)
     if follow:
         _exit_for(job)
@@ -330,33 +167,33 @@ def status(
 
 def cancel(job_id: Annotated[int, typer.Argument(help="job id")]) -> None:
     """Cancel a job (queued: at once; running: Ray stops it)."""
-    job = ServiceClient().post(f"/v1/jobs/{job_id}/cancel")
+    with ServiceClient() as client:
+        job = client.cancel(job_id)
     console.print(f"job {job_id}: {job['status']}", highlight=False)
 
 
 def retry(job_id: Annotated[int, typer.Argument(help="job id")]) -> None:
     """Queue a failed or cancelled job again (a new attempt; training resumes from its checkpoint)."""
-    job = ServiceClient().post(f"/v1/jobs/{job_id}/retry")
+    with ServiceClient() as client:
+        job = client.retry(job_id)
     console.print(f"job {job_id}: {job['status']} (attempt {job['attempt']})", highlight=False)
 
 
 def results(job_ids: Annotated[list[int], typer.Argument(help="one or more job ids")]) -> None:
     """Clean / l_inf / l_2 / l_1 / union accuracy of jobs, side by side."""
-    client = ServiceClient()
     rows, unfinished = [], []
-    for jid in job_ids:
-        job = client.get(f"/v1/jobs/{jid}")
-        if job["kind"] == "sweep":
-            from rampctl.sweep_cmds import print_sweep  # lazy: sweep_cmds imports this module
-
-            print_sweep(client, job)  # the trial table and, for a 2-D grid, the union grid
-        spec = job["spec"]
-        name = f"#{jid} " + (spec.get("method") or spec.get("base", {}).get("method") or job["kind"])
-        if job.get("metrics"):
-            rows.append({"name": name, **job["metrics"]})
-        else:
-            unfinished.append(f"#{jid} is {job['status']}")
-            rows.append({"name": f"{name} ({job['status']})"})
+    with ServiceClient() as client:
+        for jid in job_ids:
+            job = client.job(jid)
+            if job["kind"] == "sweep":
+                print_sweep(job, client.trials(jid))  # the trial table and, for a 2-D grid, the union grid
+            spec = job["spec"]
+            name = f"#{jid} " + (spec.get("method") or spec.get("base", {}).get("method") or job["kind"])
+            if job.get("metrics"):
+                rows.append({"name": name, **job["metrics"]})
+            else:
+                unfinished.append(f"#{jid} is {job['status']}")
+                rows.append({"name": f"{name} ({job['status']})"})
     print_results_table(rows, title="results")
     if unfinished:
         err_console.print("no metrics yet: " + ", ".join(unfinished), highlight=False)
@@ -364,7 +201,8 @@ def results(job_ids: Annotated[list[int], typer.Argument(help="one or more job i
 
 def logs(job_id: Annotated[int, typer.Argument(help="job id")]) -> None:
     """The job driver's output, as Ray captured it."""
-    sys.stdout.write(ServiceClient().get(f"/v1/jobs/{job_id}/logs"))
+    with ServiceClient() as client:
+        sys.stdout.write(client.logs(job_id))
 
 
 # ----------------------------------------------------------------------------- local admin
@@ -399,7 +237,7 @@ def token_create(
     admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
 ) -> None:
     """Create an API token; the token alone is printed on the last line (it is not stored)."""
-    from service import repository
+    from service.auth import tokens
     from service.core.security import generate_token
     from service.db import migrate
     from service.db.session import make_engine, make_session_factory
@@ -411,7 +249,7 @@ def token_create(
         engine = make_engine(str(settings.database_url))
         try:
             with make_session_factory(engine)() as session:
-                row = repository.create_api_token(session, name, token, is_admin=admin)
+                row = tokens.create_api_token(session, name, token, is_admin=admin)
         finally:
             engine.dispose()
     err_console.print(f"created token {name!r} (id {row.id}); it is shown only once:", highlight=False)
@@ -433,8 +271,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
 
 
 def register(app: typer.Typer) -> None:
-    for name, fn in (("serve", serve), ("submit", submit), ("jobs", jobs), ("status", status),
-                     ("cancel", cancel), ("retry", retry), ("results", results), ("logs", logs)):
-        app.command(name)(fn)
+    app.command("serve")(serve)
+    for name, fn in (("submit", submit), ("jobs", jobs), ("status", status), ("cancel", cancel),
+                     ("retry", retry), ("results", results), ("logs", logs)):
+        app.command(name)(one_line_errors(ServiceError)(fn))
     app.add_typer(token_app, name="token")
     app.add_typer(db_app, name="db")

@@ -1,20 +1,28 @@
-"""Result tables: one row per run (a training run, an evaluation, a service job). Torch-free.
+"""The CLI's tables, built but not printed (``rampctl.console`` prints them). Torch-free.
 
-``print_results_table(rows)`` prints clean / per-norm / union accuracy side by side; a row is a
-``metrics.json``-style mapping plus an optional ``"name"``. Missing metrics print as "-". A row
-from an upper-bound suite (``monitor``) says so in its suite column, and every row's failed
-evaluation-rigour checks print as warnings under the table.
+``results_table(rows)``: clean / per-norm / union accuracy side by side, one row per run (a
+training run, an evaluation, a service job); a row is a ``metrics.json``-style mapping plus an
+optional ``"name"``. Missing metrics show as "-". A row from an upper-bound suite (``monitor``)
+says so in its suite column, and ``check_lines(row)`` words its evaluation-rigour checks.
+
+``jobs_table(jobs)``: the service's job list. ``trials_table(listing)``: a sweep's trials (config
+columns, status, clean / per-norm / union, the best trial starred); ``union_grid(listing, spec)``:
+for a sweep over exactly two grid keys, the union accuracy over the grid (rows: the first key's
+values, columns: the second's; the mean over samples when ``num_samples`` > 1). A trial's
+accuracies are its final evaluation once it has one, else its last epoch's held-out check.
 """
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from workers.contract.results import is_upper_bound, result_warnings
+from workers.contract.status import JobStatus
 
 # (metric key, column header)
 ACCURACY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -71,12 +79,121 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None
     return table
 
 
-def print_results_table(
-    rows: Sequence[Mapping[str, Any]], *, title: str | None = None, console: Console | None = None
-) -> None:
-    out = console or Console()
-    out.print(results_table(rows, title=title))
-    for i, row in enumerate(rows):
-        for line in check_lines(row):
-            style = "yellow" if line.startswith("warning") else None
-            out.print(f"{row.get('name', i + 1)}: {line}", style=style, highlight=False)
+
+# ------------------------------------------------------------------------------------- jobs
+
+
+def job_progress(job: Mapping[str, Any]) -> str:
+    """A job's progress as a percentage ("-" before the first progress event)."""
+    if job["status"] == JobStatus.SUCCEEDED:
+        return "100%"
+    fraction = (job.get("progress") or {}).get("fraction")
+    return f"{100 * fraction:.0f}%" if isinstance(fraction, int | float) else "-"
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title=None)
+    for col in ("id", "kind", "method", "dataset", "status", "attempt", "progress", "union", "created"):
+        table.add_column(col, justify="right" if col in ("id", "attempt", "progress", "union") else "left")
+    for j in jobs:
+        spec = j["spec"]
+        union = format_fraction((j.get("metrics") or {}).get("union"))
+        created = j["created_at"][:19].replace("T", " ")
+        table.add_row(str(j["id"]), j["kind"], spec.get("method") or "-", spec.get("dataset") or "-",
+                      j["status"], str(j["attempt"]), job_progress(j), union, created)
+    return table
+
+
+# ----------------------------------------------------------------------------------- sweeps
+
+BEST_MARK = "*"
+
+
+def config_header(key: str) -> str:
+    """A short column header for a param_space key: ``params.ramp.lambda`` -> ``ramp.lambda``,
+    ``epsilons.l1`` -> ``eps_l1``."""
+    if key.startswith("params."):
+        return key[len("params."):]
+    if key.startswith("epsilons."):
+        return "eps_" + key[len("epsilons."):]
+    return key
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def trial_accuracies(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """The final evaluation's accuracies, else the last epoch's held-out check."""
+    if trial.get("final"):
+        return dict(trial["final"])
+    history = trial.get("metrics") or []
+    return dict(history[-1]) if history else {}
+
+
+def trials_table(listing: Mapping[str, Any], *, title: str | None = None) -> Table:
+    keys = list(listing.get("param_keys") or [])
+    table = Table(title=title)
+    table.add_column("trial")
+    for key in keys:
+        table.add_column(config_header(key), justify="right")
+    table.add_column("status")
+    for _, header in ACCURACY_COLUMNS:
+        table.add_column(header, justify="right")
+    # What the trials are ranked by: the metric in the last epoch (the final evaluation may differ).
+    table.add_column(f"score ({listing.get('metric', '-')})", justify="right")
+    best = listing.get("best_trial_id")
+    for t in listing.get("trials") or []:
+        acc = trial_accuracies(t)
+        name = t["trial_id"] + (f" {BEST_MARK}" if t["trial_id"] == best else "")
+        score = t.get("score")
+        is_accuracy = listing.get("metric") in dict(ACCURACY_COLUMNS)
+        metric_cell = format_fraction(score) if is_accuracy else format_value(score)
+        table.add_row(
+            name,
+            *(format_value((t.get("config") or {}).get(k)) for k in keys),
+            str(t.get("status", "-")),
+            *(format_fraction(acc.get(k)) for k, _ in ACCURACY_COLUMNS),
+            metric_cell,
+        )
+    return table
+
+
+def grid_axes(sweep_spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The two grid keys of a sweep over exactly two grid axes (other axes: no grid view)."""
+    space = sweep_spec.get("param_space") or {}
+    keys = list(space)
+    if len(keys) != 2 or not all("grid" in (space[k] or {}) for k in keys):
+        return None
+    return keys[0], keys[1]
+
+
+def union_grid(listing: Mapping[str, Any], sweep_spec: Mapping[str, Any]) -> Table | None:
+    """Union accuracy over the 2-D grid (mean over repeated samples), or None if not a 2-D grid."""
+    axes = grid_axes(sweep_spec)
+    if axes is None:
+        return None
+    row_key, col_key = axes
+    rows = list(sweep_spec["param_space"][row_key]["grid"])
+    cols = list(sweep_spec["param_space"][col_key]["grid"])
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for t in listing.get("trials") or []:
+        config = t.get("config") or {}
+        union = trial_accuracies(t).get("union")
+        if isinstance(union, int | float) and not isinstance(union, bool):
+            cells[(_cell_key(config.get(row_key)), _cell_key(config.get(col_key)))].append(float(union))
+    table = Table(title=f"union accuracy: {config_header(row_key)} x {config_header(col_key)}")
+    table.add_column(f"{config_header(row_key)} \\ {config_header(col_key)}")
+    for c in cols:
+        table.add_column(format_value(c), justify="right")
+    for r in rows:
+        values = [cells.get((_cell_key(r), _cell_key(c))) for c in cols]
+        table.add_row(format_value(r), *(format_fraction(sum(v) / len(v)) if v else "-" for v in values))
+    return table
+
+
+def _cell_key(value: Any) -> str:
+    # Grid values come back from JSON: 5 and 5.0 are the same cell.
+    return json.dumps(float(value) if isinstance(value, int) and not isinstance(value, bool) else value)

@@ -155,7 +155,7 @@ def test_console_script_runs_eval(trained, tmp_path):
 
 
 def test_parse_pairs_converts_and_strips():
-    from rampctl.science import parse_pairs
+    from rampctl.options import parse_pairs
 
     assert parse_pairs(["ramp.lambda=2", " gp.enabled = off "], "--set") == {
         "ramp.lambda": "2", "gp.enabled": "off"}

@@ -11,7 +11,9 @@ from exec_support import tiny_train_spec
 from typer.testing import CliRunner
 
 from rampctl.main import app
-from service import repository
+from service.auth import tokens
+from service.events import store as events
+from service.jobs import store, transitions
 
 runner = CliRunner()
 
@@ -33,16 +35,15 @@ def _sessions(server: Any) -> Any:
 
 def _finish(server: Any, job_id: int, metrics: dict[str, Any]) -> None:
     with _sessions(server)() as s:
-        repository.claim_queued_jobs(s, limit=1, claimer="test")
-        repository.transition(s, job_id, "running")
-        repository.add_events(s, job_id, [
+        transitions.claim_queued_jobs(s, limit=1, claimer="test")
+        transitions.transition(s, job_id, "running")
+        events.add_events(s, job_id, [
             {"seq": 0, "type": "progress",
              "data": {"step": 3, "total_steps": 6, "fraction": 0.5, "phase": "train"}},
             {"seq": 1, "type": "metrics", "data": {"epoch": 1, "epochs": 2, "losses": {"ce": 1.25}}},
             {"seq": 2, "type": "log", "data": {"message": "careful now", "level": "warning"}},
         ])
-        repository.set_result(s, job_id, metrics)
-        repository.transition(s, job_id, "succeeded")
+        transitions.transition(s, job_id, "succeeded", result=metrics)
 
 
 def test_submit_with_flags_and_a_spec_file(cli: Any, tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_submit_with_flags_and_a_spec_file(cli: Any, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     job_id = int(r.output.strip().splitlines()[-1])
     with _sessions(cli.server)() as s:
-        spec = repository.get_job(s, job_id).spec
+        spec = store.get_job(s, job_id).spec
     assert (spec["method"], spec["epochs"], spec["max_retries"]) == ("eat", 2, 1)
     assert spec["epsilons"]["linf"] == 0.25
     assert spec["params"]["eat.norms"] == "linf,l2" and spec["epsilons"]["l2"] == 2.0  # default filled in
@@ -61,7 +62,7 @@ def test_submit_with_flags_and_a_spec_file(cli: Any, tmp_path: Path) -> None:
     r = cli("submit", str(spec_file), "--seed", "7")
     assert r.exit_code == 0 and "submitted job" in r.output
     with _sessions(cli.server)() as s:
-        jobs, _ = repository.list_jobs(s)
+        jobs, _ = store.list_jobs(s)
     assert jobs[0].spec["seed"] == 7 and jobs[0].spec["train_n"] == 64
 
     r = cli("submit", "-", "--kind", "train", "-q", input=json.dumps({"method": "ramp", "epochs": 1}))
@@ -131,7 +132,7 @@ def test_token_create_and_db_upgrade(tmp_path: Path) -> None:
 
     engine = make_engine(env["DATABASE_URL"])
     with make_session_factory(engine)() as s:
-        row = repository.authenticate_token(s, token)
+        row = tokens.authenticate_token(s, token)
         assert row is not None and row.name == "alice" and not row.is_admin
     engine.dispose()
     for url in ("postgresql+psycopg2://nobody@127.0.0.1:9/x", "nosuchdb://x"):

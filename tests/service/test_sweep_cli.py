@@ -13,8 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rampctl import sweep_cmds
-from service import repository
+from rampctl import sweep_cmds, tables
+from service.events import store as event_store
+from service.jobs import store, transitions
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "curl"
 BASE = {"method": "ramp", "dataset": "mnist-5k", "epochs": 1, "max_steps": 4, "monitor_n": 16, "eval_n": 16,
@@ -52,13 +53,12 @@ def finish_sweep(server: Any, job_id: int, unions: dict[str, float]) -> None:
         ]
     best = max(unions, key=lambda t: unions[t])
     with server.app.state.session_factory() as s:
-        repository.claim_queued_jobs(s, limit=10, claimer="test")
-        repository.transition(s, job_id, "running")
+        transitions.claim_queued_jobs(s, limit=10, claimer="test")
+        transitions.transition(s, job_id, "running")
         batch = [{"seq": i, "type": "trial", "data": e} for i, e in enumerate(events)]
-        repository.add_events(s, job_id, batch)
-        repository.set_result(s, job_id, {"union": unions[best], "best_trial_id": best,
-                                          "best_checkpoint": f"trials/{best}/checkpoint"})
-        repository.transition(s, job_id, "succeeded")
+        event_store.add_events(s, job_id, batch)
+        transitions.transition(s, job_id, "succeeded", result={
+            "union": unions[best], "best_trial_id": best, "best_checkpoint": f"trials/{best}/checkpoint"})
 
 
 def test_sweep_submits_a_json_or_yaml_file(cli: Any, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_sweep_submits_a_json_or_yaml_file(cli: Any, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     job_id = int(r.output.strip().splitlines()[-1])
     with cli.server.app.state.session_factory() as s:
-        job = repository.get_job(s, job_id)
+        job = store.get_job(s, job_id)
     assert job.kind == "sweep" and job.spec["num_trials"] == 4
     yaml_spec = tmp_path / "sweep.yaml"
     yaml_spec.write_text("kind: sweep\nbase: {method: ramp, epochs: 1, monitor_n: 8}\n"
@@ -118,7 +118,7 @@ def test_trials_prints_the_table_the_best_and_the_union_grid(cli: Any, tmp_path:
 
 def test_trials_refuses_a_job_that_is_not_a_sweep(cli: Any) -> None:
     with cli.server.app.state.session_factory() as s:
-        job = repository.create_job(s, {"kind": "train", "method": "ramp"}, kind="train",
+        job = store.create_job(s, {"kind": "train", "method": "ramp"}, kind="train",
                                     idempotency_key=None, token_id=None)
     r = cli("trials", str(job.id))
     assert r.exit_code == 2 and "not a sweep" in r.output
@@ -131,15 +131,15 @@ def test_the_union_grid_averages_samples_and_skips_other_shapes() -> None:
         {"config": {"a": 1.0, "b": "x"}, "final": {"union": 0.4}},  # 1.0 is the cell of 1
         {"config": {"a": 2, "b": "x"}, "metrics": [{"union": 0.9}, {"union": 0.5}]},  # last epoch
     ]}
-    table = sweep_cmds.union_grid(listing, spec)
+    table = tables.union_grid(listing, spec)
     assert table is not None
     cells = [list(col.cells) for col in table.columns]
     assert cells == [["1", "2"], ["30.0%", "50.0%"]]
-    assert sweep_cmds.union_grid(listing, {"param_space": {"a": {"grid": [1]}}}) is None
+    assert tables.union_grid(listing, {"param_space": {"a": {"grid": [1]}}}) is None
     mixed = {"param_space": {"a": {"grid": [1]}, "b": {"uniform": [0, 1]}}}
-    assert sweep_cmds.union_grid(listing, mixed) is None
-    assert sweep_cmds.config_header("params.gp.beta") == "gp.beta"
-    assert sweep_cmds.config_header("epsilons.linf") == "eps_linf" and sweep_cmds.config_header("lr") == "lr"
+    assert tables.union_grid(listing, mixed) is None
+    assert tables.config_header("params.gp.beta") == "gp.beta"
+    assert tables.config_header("epsilons.linf") == "eps_linf" and tables.config_header("lr") == "lr"
 
 
 def test_the_curl_script_submits_a_sweep(live_server: Any, tmp_path: Path) -> None:
