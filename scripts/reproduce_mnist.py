@@ -212,6 +212,7 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
     """Train + evaluate one run, or read back a finished identical run."""
     import torch
 
+    from workers import checkpoint
     from workers.contract.spec import TrainSpec
     from workers.training.callbacks import Callback
     from workers.training.loop import run_training
@@ -238,7 +239,8 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
             shutil.rmtree(out)  # a run of another spec: its checkpoint must not be resumed
         out.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec_dict, indent=2, sort_keys=True))
-        metrics = run_training(TrainSpec(**spec_dict), out, resume=True, callbacks=callbacks)
+        resume = checkpoint.has_train_state(out / checkpoint.SUBDIR)  # an interrupted run of this spec
+        metrics = run_training(TrainSpec(**spec_dict), out, resume=resume, callbacks=callbacks)
     return {
         "method": spec_dict["method"], "seed": spec_dict["seed"], "metrics": metrics, "out": out_dir,
         "finetune": spec_dict.get("init_from") is not None,

@@ -158,6 +158,7 @@ def test_driver_failure_and_sanitised_text(api, driver_token) -> None:
 def test_resume_hint_when_a_checkpoint_exists(api, driver_token) -> None:
     job_id = api.client.post("/v1/jobs", json=TRAIN, headers=api.auth).json()["id"]
     (api.settings.job_dir(job_id) / "checkpoint").mkdir(parents=True)
+    (api.settings.job_dir(job_id) / "checkpoint" / "train_state.pt").write_bytes(b"state")
     auth = {"Authorization": f"Bearer {driver_token(api.app, job_id)}"}
     assert api.client.get(f"/internal/jobs/{job_id}/spec", headers=auth).json()["resume"] is True
 

@@ -329,8 +329,8 @@ def test_driver_leaves_its_verdict_on_disk_when_the_service_is_gone(
     from workers.jobs import driver
 
     storage = tmp_path / "storage"
-    info = {"job_id": service["job_id"], "attempt": 1, "kind": "eval", "job_dir": "/unused",
-            "work_spec": {"checkpoint": str(tmp_path / "missing"), "n": 4}, "resources": {}}
+    info = {"job_id": service["job_id"], "attempt": 1, "kind": "eval", "job_dir": "/unused", "resume": False,
+            "spec": {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "n": 4}}
     client = ServiceClient(service["url"], service["job_id"], service["token"], backoff=FAST)
     monkeypatch.setattr(client, "get_spec", lambda **_: info)
     monkeypatch.setattr(driver, "FINAL_FLUSH_S", 0.2)

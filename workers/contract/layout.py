@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_DIR = "checkpoint"
+TRAIN_STATE_FILE = "train_state.pt"  # inside a checkpoint: what a resumed run continues from
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.json"
 TRIALS_DIR = "trials"
@@ -35,6 +36,10 @@ class JobLayout:
 
     def checkpoint_dir(self, job_id: int) -> Path:
         return self.job_dir(job_id) / CHECKPOINT_DIR
+
+    def has_train_state(self, job_id: int) -> bool:
+        """Whether an earlier attempt left a training state: the next attempt resumes from it."""
+        return (self.checkpoint_dir(job_id) / TRAIN_STATE_FILE).is_file()
 
     def result_file(self, job_id: int) -> Path:
         return self.job_dir(job_id) / RESULT_FILE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from workers.contract import catalog
 from workers.contract.norms import NORMS
@@ -87,6 +87,7 @@ class TrainSpec(BaseModel):
     """A training (or fine-tuning, with ``init_from``) run. None means: take the default."""
 
     model_config = ConfigDict(extra="forbid")
+    _resolved: bool = PrivateAttr(default=False)
 
     method: str = "ramp"
     dataset: str = "mnist-5k"
@@ -182,12 +183,31 @@ class TrainSpec(BaseModel):
     def finetune(self) -> bool:
         return self.init_from is not None
 
+    @property
+    def resolved(self) -> bool:
+        """True for a spec that ``resolve`` produced (or that was read back as resolved): nothing
+        downstream needs to resolve it again."""
+        return self._resolved
+
+    def is_complete(self) -> bool:
+        """Every field ``resolve`` fills is set (as in a spec stored after resolving)."""
+        return None not in (self.model, self.epochs, self.batch_size, self.lr, self.schedule, self.weight_decay)
+
+    def as_resolved(self) -> TrainSpec:
+        """This spec, marked as resolved: for a stored spec read back (it was resolved when stored)."""
+        if not self.is_complete():
+            raise ValueError("a stored training spec must have every default filled in")
+        self._resolved = True
+        return self
+
     def resolve(self) -> TrainSpec:
         """Fill every None with the dataset's / method's default (idempotent)."""
+        if self._resolved:
+            return self
         info = catalog.DATASETS[self.dataset]
         ft = self.finetune
         params = catalog.param_defaults(self.method, self.dataset, ft) | self.params
-        return self.model_copy(
+        out = self.model_copy(
             update={
                 "model": self.model or info.default_model,
                 "epochs": self.epochs or (info.finetune_epochs if ft else info.epochs),
@@ -204,6 +224,8 @@ class TrainSpec(BaseModel):
                 "params": params,
             }
         )
+        out._resolved = True
+        return out
 
 
 class EvalSpec(BaseModel):

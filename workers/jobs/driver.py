@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from workers.contract import outbox
+from workers.contract.jobs import StoredJob
 from workers.contract.layout import JobLayout
 from workers.contract.registry import Registry
 from workers.contract.spec import EvalSpec, TrainSpec
@@ -61,12 +62,23 @@ class JobStopped(BaseException):
 class JobContext:
     job_id: int
     attempt: int
-    kind: str
-    work_spec: dict[str, Any]  # exactly the fields of TrainSpec / EvalSpec
-    resources: dict[str, Any]
+    job: StoredJob  # the stored spec, typed once; its work is resolved
     out_dir: Path
-    resume: bool
+    resume: bool  # the service's decision: an earlier attempt left a training state to continue
     reporter: Reporter
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def work_spec(self) -> dict[str, Any]:
+        """The work spec as JSON (for the sweep runner, which expands its trials from it)."""
+        return self.job.work.model_dump(mode="json")
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return self.job.resources.model_dump(mode="json")
 
 
 
@@ -179,7 +191,8 @@ def run_eval_job(
 
 
 def _train_kind(ctx: JobContext) -> dict[str, Any]:
-    spec = TrainSpec.model_validate(ctx.work_spec)
+    spec = ctx.job.work
+    assert isinstance(spec, TrainSpec)
     if ctx.resume:
         ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
     # Looked up at call time so tests can substitute an in-process runner.
@@ -188,7 +201,8 @@ def _train_kind(ctx: JobContext) -> dict[str, Any]:
 
 
 def _eval_kind(ctx: JobContext) -> dict[str, Any]:
-    spec = EvalSpec.model_validate(ctx.work_spec)
+    spec = ctx.job.work
+    assert isinstance(spec, EvalSpec)
     return run_eval_job(spec, ctx.out_dir, ctx.reporter, device=job_device(ctx.resources))
 
 
@@ -200,12 +214,6 @@ JOB_KINDS.add("sweep", sweep_kind)
 
 
 # ------------------------------------------------------------------------------------------ main
-
-
-def _has_train_state(out_dir: Path) -> bool:
-    from workers import checkpoint
-
-    return checkpoint.has_train_state(out_dir / checkpoint.SUBDIR)
 
 
 def _report_artifacts(reporter: Reporter, out_dir: Path) -> None:
@@ -246,11 +254,8 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
             # Not fatal: the dispatcher sees RUNNING in Ray too. A 409 means a cancel is under
             # way (Ray's stop follows); a service outage must not cost the job.
             log.warning("could not report 'running': %s", e)
-        ctx = JobContext(
-            job_id=job_id, attempt=attempt, kind=kind, work_spec=dict(info["work_spec"]),
-            resources=dict(info.get("resources") or {}), out_dir=out_dir,
-            resume=_has_train_state(out_dir), reporter=reporter,
-        )
+        ctx = JobContext(job_id=job_id, attempt=attempt, job=StoredJob.from_stored(info["spec"]),
+                         out_dir=out_dir, resume=bool(info["resume"]), reporter=reporter)
         reporter.log(f"job {job_id} attempt {attempt}: {kind} on {os.uname().nodename}, pid {os.getpid()}")
         _configure_threads(ctx.resources)
         metrics = JOB_KINDS.get(kind)(ctx)

@@ -289,8 +289,10 @@ def stage_resume(work_dir: Path, out_dir: Path, *, is_main: bool) -> str:
 def train_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: ``run_training`` with the Ray runtime and glue.
 
-    ``config``: ``spec`` (TrainSpec JSON), ``out_dir`` (absolute), ``resume``, ``channel`` (the
-    ``RunChannel`` actor's name) and ``key`` (this run's key on the channel).
+    ``config``: ``spec`` (the resolved ``TrainSpec`` itself, or its JSON), ``out_dir`` (absolute),
+    ``resume``, ``channel`` (the ``RunChannel`` actor's name) and ``key`` (this run's key on the
+    channel). With ``resume`` the run continues from the staged checkpoint, if a restart of Ray
+    Train's found one (a worker restarted before any checkpoint starts afresh).
     """
     runtime = RayTrainRuntime()
     channel = ray.get_actor(config["channel"], namespace=CHANNEL_NAMESPACE)
@@ -304,11 +306,12 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         if runtime.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-        if config["resume"]:
-            stage_resume(work_dir, out_dir, is_main=runtime.is_main)
-        spec = TrainSpec.model_validate(config["spec"])
+        resume = bool(config["resume"]) and stage_resume(work_dir, out_dir, is_main=runtime.is_main) != "none"
+        spec = config["spec"]
+        if not isinstance(spec, TrainSpec):
+            spec = TrainSpec.model_validate(spec)
         try:
-            run_training(spec, work_dir, callbacks=callbacks, resume=config["resume"], runtime=runtime)
+            run_training(spec, work_dir, callbacks=callbacks, resume=resume, runtime=runtime)
         except TrainingCancelled as e:
             if forwarder is not None:
                 forwarder.send(CANCELLED, str(e), wait=True)

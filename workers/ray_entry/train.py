@@ -106,14 +106,17 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def worker_spec(spec: TrainSpec) -> dict[str, Any]:
-    """The spec as JSON for the workers, paths made absolute (workers run in another cwd)."""
+def absolute_paths(spec: TrainSpec) -> TrainSpec:
+    """The spec with its paths made absolute (workers run in another cwd); still resolved."""
     if spec.init_from is not None and is_unresolved_init(spec.model_dump()):
         raise ValueError(f"init_from {spec.init_from!r} must be resolved to a checkpoint path first")
-    fixed = spec.model_copy(
-        update={"init_from": _absolute(spec.init_from), "data_root": _absolute(spec.data_root)}
-    )
-    return fixed.model_dump(mode="json")
+    paths = {"init_from": _absolute(spec.init_from), "data_root": _absolute(spec.data_root)}
+    return spec.model_copy(update=paths)
+
+
+def worker_spec(spec: TrainSpec) -> dict[str, Any]:
+    """The spec as JSON, paths made absolute."""
+    return absolute_paths(spec).model_dump(mode="json")
 
 
 def forget_ray_run(storage_path: str, name: str = RUN_NAME) -> None:
@@ -136,7 +139,7 @@ def build_trainer(
     return TorchTrainer(
         train_worker,
         train_loop_config={
-            "spec": worker_spec(spec), "out_dir": str(out_dir), "resume": resume,
+            "spec": absolute_paths(spec), "out_dir": str(out_dir), "resume": resume,
             "channel": channel_name, "key": key,
         },
         scaling_config=scaling,

@@ -188,8 +188,9 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``spec`` into ``out_dir``; returns the final metrics (empty on non-main ranks).
 
-    ``resume=True`` continues from ``out_dir/checkpoint`` when it holds a training state (and
-    starts afresh when there is none yet, which is what a retried job wants). ``device`` picks the
+    ``resume=True`` continues from the training state in ``out_dir/checkpoint`` (a ``ResumeError``
+    when there is none: whoever asks to resume -- the service for a retried job, the CLI for
+    ``--resume`` -- has looked). ``device`` picks the
     device of the default ``LocalRuntime``; pass ``runtime`` to run elsewhere (e.g. Ray Train).
     """
     out = Path(out_dir)
@@ -221,7 +222,9 @@ def run_training(
         monitor_data = load_tensors(spec.dataset, "test", n=spec.monitor_n, root=spec.data_root)
 
     progress = Progress()
-    if resume and checkpoint.has_train_state(ckpt_dir):
+    if resume:
+        if not checkpoint.has_train_state(ckpt_dir):
+            raise ResumeError(f"cannot resume {out}: {ckpt_dir} holds no training state (nothing ran yet)")
         state = checkpoint.load_train_state(ckpt_dir)
         _check_resumable(state["spec"], spec_dict, out)
         checkpoint.load_weights(bare, ckpt_dir)

@@ -46,7 +46,7 @@ def driver_spec(job_id: JobAuth, session: SessionDep, settings: SettingsDep) -> 
         kind=job.kind,
         attempt=job.attempt,
         status=job.status,
-        resume=settings.layout.checkpoint_dir(job_id).exists(),
+        resume=settings.layout.has_train_state(job_id),
         job_dir=str(job_dir),
         spec=job.spec,
         work_spec=work_spec(job.spec),
