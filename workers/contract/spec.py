@@ -191,7 +191,8 @@ class TrainSpec(BaseModel):
 
     def is_complete(self) -> bool:
         """Every field ``resolve`` fills is set (as in a spec stored after resolving)."""
-        return None not in (self.model, self.epochs, self.batch_size, self.lr, self.schedule, self.weight_decay)
+        filled = (self.model, self.epochs, self.batch_size, self.lr, self.schedule, self.weight_decay)
+        return None not in filled
 
     def as_resolved(self) -> TrainSpec:
         """This spec, marked as resolved: for a stored spec read back (it was resolved when stored)."""
