@@ -8,6 +8,7 @@ failures while running), never a traceback.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +70,9 @@ def train(
     init_from: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter KEY=VALUE")] = None,
     eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
+    pair_model: Annotated[list[str] | None, typer.Option(
+        "--pair-model", help="ramp.pair=auto: a single-norm AT checkpoint NORM=DIR (repeat; the others are "
+                             "trained)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda when present)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the checkpoint in --out")] = False,
@@ -82,6 +86,7 @@ def train(
         "monitor_n": monitor_n,
         "init_from": str(init_from) if init_from else None,
         "data_root": str(data_root) if data_root else None,
+        "pair_models": parse_pairs(pair_model or [], "--pair-model"),
         "params": parse_pairs(set_ or [], "--set"),
         "epsilons": parse_pairs(eps or [], "--eps", float),
     }
@@ -89,14 +94,24 @@ def train(
         spec = TrainSpec(**{k: v for k, v in fields.items() if v is not None})
 
     from workers.checkpoint import CheckpointError
-    from workers.training.loop import run_training
+    from workers.training import pair_selection
+    from workers.training.loop import resolve_spec, run_training
+
+    def quiet(sub: TrainSpec, sub_out: Path, sub_resume: bool) -> dict[str, Any]:
+        console.print(f"pair selection: training {sub.method} into {sub_out}", highlight=False)
+        return run_training(sub, sub_out, resume=sub_resume, device=device)
 
     progress = RichProgress()
     with clean_errors(CheckpointError):
+        spec, report = pair_selection.prepare(resolve_spec(spec), out, train=quiet)
+        if report is not None:
+            console.print(f"pair selection: (q, r) = ({report['q']}, {report['r']}) from the cross-norm "
+                          f"matrix {json.dumps(report['matrix'])}", highlight=False)
         try:
             metrics = run_training(spec, out, callbacks=[progress], resume=resume, device=device)
         finally:
             progress.stop()
+        metrics = pair_selection.record(out, metrics, report)
     print_results_table([{"name": out.name, **metrics}], title=f"{spec.method} on {spec.dataset}")
     console.print(f"wrote {out}", highlight=False)
 

@@ -71,8 +71,12 @@ InitFrom = Annotated[
 _UNION_TAGS = frozenset({"InitFromJob", "InitFromCheckpoint"})
 
 
+PairModels = dict[str, InitFrom]  # ramp.pair=auto: a single-norm AT model per norm, by job id or path
+
+
 class TrainJob(TrainSpec, _ServiceFields):
     kind: Literal["train"]
+    pair_models: PairModels = Field(default_factory=dict)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _no_init(self) -> TrainJob:
@@ -84,6 +88,7 @@ class TrainJob(TrainSpec, _ServiceFields):
 class FinetuneJob(TrainSpec, _ServiceFields):
     kind: Literal["finetune"]
     init_from: InitFrom  # type: ignore[assignment]
+    pair_models: PairModels = Field(default_factory=dict)  # type: ignore[assignment]
 
 
 class EvalJob(EvalSpec, _ServiceFields):
@@ -147,6 +152,8 @@ def _field_name(loc: tuple[int | str, ...], tagged: bool, msg: str) -> str:
         m = _PARAM_MSG.match(msg)
         if m:
             parts = ["params", m.group(1)]
+        elif msg.startswith("pair_models"):
+            parts = ["pair_models"]
         elif "ramp.q" in msg:
             parts = ["params"]
     return ".".join(["body", *parts])
@@ -368,6 +375,10 @@ def build_stored_spec(req: SingleJob, *, resolve_checkpoint: CheckpointResolver)
                 science["init_from"] = source.path
             else:
                 science["init_from"] = init.checkpoint
+        science["pair_models"] = {
+            norm: _checkpoint_path(ref, f"body.pair_models.{norm}", resolve_checkpoint)
+            for norm, ref in req.pair_models.items()
+        }
         resolved = _validated(TrainSpec, science).resolve().model_dump(mode="json")
     out = {"kind": req.kind, **resolved, **_service_part(req)}
     if source_job is not None:
@@ -375,6 +386,12 @@ def build_stored_spec(req: SingleJob, *, resolve_checkpoint: CheckpointResolver)
         if source is not None and source.trial is not None:
             out["source_trial"] = source.trial
     return out
+
+
+def _checkpoint_path(ref: InitFromJob | InitFromCheckpoint, field: str, resolver: CheckpointResolver) -> str:
+    if isinstance(ref, InitFromCheckpoint):
+        return ref.checkpoint
+    return _resolve(ref.job_id, ref.trial, (f"{field}.job_id", f"{field}.trial"), resolver).path
 
 
 def _resolve(

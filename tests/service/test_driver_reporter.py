@@ -375,3 +375,51 @@ def test_reporting_callback_maps_training_hooks_to_events(tmp_path: Path) -> Non
     assert rec.calls[4][1][0] == report.to_dict()
     assert rec.calls[-1][1] == (6, 6) and rec.calls[-1][2]["phase"] == "done"
 
+
+
+@pytest.mark.slow
+def test_driver_selects_the_key_pair_before_a_ramp_job(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ramp.pair=auto through a job: the driver trains the single-norm AT models (quietly), picks
+    the pair, trains RAMP with it and returns the selection in the job's result."""
+    from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
+    from service.jobs.checkpoints import checkpoint_resolver
+    from service.jobs.specs import build_stored_spec, parse_job_request
+    from service.main import create_app
+    from workers.jobs import driver
+    from workers.training.loop import run_training
+
+    calls: list[str] = []
+
+    def train(spec: Any, out_dir: Path, reporter: Any, resume: bool, *, resources: Any = None) -> dict:
+        calls.append(spec.method)
+        if reporter is None:  # the selection's single-norm models train quietly
+            return run_training(spec, out_dir, resume=resume)
+        return _train_in_process(spec, out_dir, reporter, resume)
+
+    monkeypatch.setattr(driver, "run_train_job", train)
+    port = free_port()
+    settings = make_test_settings(tmp_path / "home", port=port)
+    migrate.upgrade(str(settings.database_url))
+    app = create_app(settings, start_dispatcher=False)
+    token = generate_token(DRIVER_TOKEN_PREFIX)
+    params = {"ramp.pair": "auto", "ramp.pair_n": 10, "attack.steps_linf": 2, "attack.steps_l2": 2,
+              "attack.steps_l1": 2}
+    body = tiny_train_spec(eval_n=8, checks_n=0) | {"params": params}
+    with app.state.session_factory() as s:
+        resolver = checkpoint_resolver(s, settings)
+        stored = build_stored_spec(parse_job_request(body), resolve_checkpoint=resolver)
+        job = store.create_job(s, stored, kind="train", idempotency_key=None, token_id=None)
+        tokens.set_job_token(s, job.id, hash_token(token))
+        transitions.claim_queued_jobs(s, limit=1, claimer="test")
+    with running_server(app, port):
+        code = driver.run_job(ServiceClient(f"http://127.0.0.1:{port}", job.id, token), tmp_path / "storage")
+    assert code == 0
+    assert calls == ["at-linf", "at-l2", "at-l1", "ramp"]
+    with app.state.session_factory() as s:
+        done = store.get_job(s, job.id)
+    assert done.status == "succeeded", done.error
+    report = done.result["pair_selection"]
+    assert report["q"] != report["r"] and set(report["matrix"]) == {"linf", "l2", "l1"}
+    meta = json.loads((tmp_path / "storage" / "jobs" / str(job.id) / "checkpoint" / "meta.json").read_text())
+    assert (meta["spec"]["params"]["ramp.q"], meta["spec"]["params"]["ramp.r"]) == (report["q"], report["r"])

@@ -119,6 +119,10 @@ PARAMS: dict[str, Param] = {
                          help="weight of the logit-pairing loss"),
     "ramp.q": Param(str, "linf", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: source norm"),
     "ramp.r": Param(str, "l1", _RAMP, choices=_NORM_CHOICES, help="key trade-off pair: target norm"),
+    "ramp.pair": Param(str, "fixed", _RAMP, choices=("fixed", "auto"),
+                       help="auto: choose (q, r) from single-norm AT models' cross-norm robustness first"),
+    "ramp.pair_n": Param(int, 200, _RAMP, minimum=10, maximum=100_000,
+                         help="test points of the cross-norm matrix of ramp.pair=auto"),
     "ramp.pairing": Param(str, "kl", _RAMP, choices=("kl", "mse", "cos"), help="pairing loss"),
     "ramp.trades_beta": Param(float, 0.0, _RAMP, minimum=0.0, maximum=1e4,
                               help="> 0: the TRADES form CE(clean) + beta * KL(p_clean || p_max) "

@@ -108,6 +108,9 @@ class TrainSpec(BaseModel):
         "values (0: full radii from the first step); evaluation always uses the full radii"))
     params: dict[str, ParamValue] = Field(default_factory=dict)
     init_from: str | None = None  # a checkpoint directory: fine-tuning
+    pair_models: dict[str, str] = Field(default_factory=dict, description=(
+        "ramp.pair=auto: checkpoints of single-norm AT models by norm (the missing ones are trained with "
+        "this run's budget)"))
     train_n: int | None = Field(default=None, ge=1, description="use only the first N training points")
     monitor_n: int = Field(default=200, ge=0, le=100_000, description="held-out points evaluated per epoch")
     monitor_steps: int = Field(default=20, ge=1, le=1000, description="APGD steps of the per-epoch check")
@@ -171,13 +174,27 @@ class TrainSpec(BaseModel):
             if self.method not in catalog.PARAMS[key].methods:
                 raise ValueError(f"param {key!r} does not apply to method {self.method!r}")
         self.params = checked
-        if self.method == "ramp":
+        auto = checked.get("ramp.pair") == "auto"
+        if auto and ("ramp.q" in checked or "ramp.r" in checked):
+            raise ValueError("ramp.pair=auto chooses ramp.q and ramp.r: give either the pair or 'auto'")
+        if self.method == "ramp" and not auto:
             # Compare the effective pair: overriding only q to "l1" clashes with the default r.
             q = checked.get("ramp.q", catalog.PARAMS["ramp.q"].default)
             r = checked.get("ramp.r", catalog.PARAMS["ramp.r"].default)
             if q == r:
                 raise ValueError(f"ramp.q and ramp.r must be different norms, both are {q!r}")
+        unknown = [norm for norm in self.pair_models if norm not in NORMS]
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            raise ValueError(f"pair_models: unknown norm(s) {names}; expected one of {', '.join(NORMS)}")
+        if self.pair_models and not auto:
+            raise ValueError("pair_models are the single-norm AT models of ramp.pair=auto; set that param")
         return self
+
+    @property
+    def pair_auto(self) -> bool:
+        """RAMP's key trade-off pair is chosen before training (``ramp.pair=auto``)."""
+        return self.params.get("ramp.pair") == "auto"
 
     @property
     def finetune(self) -> bool:
@@ -208,6 +225,8 @@ class TrainSpec(BaseModel):
         info = catalog.DATASETS[self.dataset]
         ft = self.finetune
         params = catalog.param_defaults(self.method, self.dataset, ft) | self.params
+        if params.get("ramp.pair") == "auto":  # chosen by the pair selection, not defaulted
+            params = {k: v for k, v in params.items() if k not in ("ramp.q", "ramp.r")}
         out = self.model_copy(
             update={
                 "model": self.model or info.default_model,

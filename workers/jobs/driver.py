@@ -159,9 +159,10 @@ def _relative(path: Path, root: Path) -> str:
 # ------------------------------------------------------------------------------------- job kinds
 
 
-def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter, resume: bool, *,
+def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter | None, resume: bool, *,
                   resources: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``spec`` into ``out_dir`` as a Ray Train run, reporting through ``reporter``.
+    """Train ``spec`` into ``out_dir`` as a Ray Train run, reporting through ``reporter`` (None: a
+    quiet run, e.g. the pair selection's single-norm models).
 
     The TorchTrainer workers (``workers.ray_entry.train``) take the job's ``resources``
     (workers, CPUs each, GPU); this driver only relays their per-epoch events. A stop (SIGTERM
@@ -172,8 +173,9 @@ def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter, resume: bo
     from workers.ray_entry.train import run_train_job as run_on_ray_train
 
     try:
-        return run_on_ray_train(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)],
-                                resume=resume, resources=resources or None)
+        callbacks = [] if reporter is None else [ReportingCallback(reporter, out_dir)]
+        return run_on_ray_train(spec, out_dir, callbacks=callbacks, resume=resume,
+                                resources=resources or None)
     except TrainingCancelled as e:
         raise JobStopped(str(e)) from e
 
@@ -191,13 +193,24 @@ def run_eval_job(
 
 
 def _train_kind(ctx: JobContext) -> dict[str, Any]:
+    from workers.training import pair_selection
+
     spec = ctx.job.work
     assert isinstance(spec, TrainSpec)
-    if ctx.resume:
-        ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
     # Looked up at call time so tests can substitute an in-process runner.
     runner = globals()["run_train_job"]
-    return runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources)
+
+    def train_quietly(sub: TrainSpec, out_dir: Path, resume: bool) -> dict[str, Any]:
+        ctx.reporter.log(f"pair selection: training {sub.method} in {out_dir.name}")
+        return runner(sub, out_dir, None, resume, resources=ctx.resources)
+
+    spec, report = pair_selection.prepare(spec, ctx.out_dir, train=train_quietly)
+    if report is not None:
+        ctx.reporter.log(f"pair selection: (q, r) = ({report['q']}, {report['r']})", pair_selection=report)
+    if ctx.resume:
+        ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
+    metrics = runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources)
+    return pair_selection.record(ctx.out_dir, metrics, report)
 
 
 def _eval_kind(ctx: JobContext) -> dict[str, Any]:
