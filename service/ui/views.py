@@ -1,0 +1,452 @@
+"""What the pages show, computed from jobs, events and trials: plain dicts and lists for the
+templates and the charts' JSON. Pure functions (no database, no request), so each rule -- which
+number is an upper bound, which trial is best, what a heat-map cell holds -- is tested on its own.
+
+Accuracies stay fractions in [0, 1] here; the templates and the script format them as percentages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from service.db.models import Job, JobEvent, Trial
+from service.state import ACTIVE, RETRYABLE, TERMINAL, JobStatus
+from service.sweeps import trials as trial_store
+from workers.contract.results import is_upper_bound, result_warnings
+
+ACCURACY_KEYS = ("clean", "linf", "l2", "l1", "union")
+NORMS = ("linf", "l2", "l1")
+LABELS = {"clean": "clean", "linf": "l_inf", "l2": "l_2", "l1": "l_1", "union": "union"}
+CANCELLABLE = frozenset({JobStatus.QUEUED, *ACTIVE}) - {JobStatus.CANCELLING}
+CHECKPOINT_FILE = "model.safetensors"
+
+
+# ------------------------------------------------------------------------------------ formatting
+
+
+def number(value: Any) -> bool:
+    """A real, finite number (JSON booleans are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal; '-' when absent."""
+    return f"{100 * value:.1f}%" if number(value) else "-"
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not number(seconds) or seconds < 0:
+        return "-"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def config_header(key: str) -> str:
+    """A short name for a param_space key (as the CLI prints it): ``params.ramp.lambda`` ->
+    ``ramp.lambda``, ``epsilons.l1`` -> ``eps_l1``."""
+    if key.startswith("params."):
+        return key[len("params."):]
+    if key.startswith("epsilons."):
+        return "eps_" + key[len("epsilons."):]
+    return key
+
+
+def suite_label(metrics: Mapping[str, Any] | None) -> str:
+    """The suite's name, marked when its numbers over-state robustness."""
+    if not isinstance(metrics, Mapping) or not metrics:
+        return "-"
+    suite = metrics.get("suite", "-")
+    name = ",".join(map(str, suite)) if isinstance(suite, list) else str(suite)
+    return f"{name} (upper bound)" if is_upper_bound(metrics) else name
+
+
+# ------------------------------------------------------------------------------------ one job
+
+
+def spec_field(spec: Mapping[str, Any], key: str) -> Any:
+    """A field of a job's spec; a sweep's comes from its base spec."""
+    if key in spec:
+        return spec[key]
+    base = spec.get("base")
+    return base.get(key) if isinstance(base, Mapping) else None
+
+
+def progress(job: Job) -> dict[str, Any]:
+    """How far the job is: a fraction (None when unknown) and a short label."""
+    if job.status == JobStatus.SUCCEEDED:
+        return {"fraction": 1.0, "label": "done"}
+    data = job.progress if isinstance(job.progress, Mapping) else {}
+    step, total = data.get("step"), data.get("total_steps")
+    fraction = data.get("fraction")
+    if not number(fraction) and number(step) and number(total) and total > 0:
+        fraction = step / total
+    if not number(fraction):
+        return {"fraction": None, "label": "-"}
+    phase = data.get("phase")
+    counts = f"{int(step)}/{int(total)}" if number(step) and number(total) else ""
+    label = " ".join(str(p) for p in (phase, counts) if p) or pct(fraction)
+    return {"fraction": max(0.0, min(1.0, float(fraction))), "label": label}
+
+
+def duration_s(job: Job, now: datetime) -> float | None:
+    """Time since the job started running (or was dispatched), to its end or to ``now``."""
+    start = job.running_at or job.dispatching_at
+    if start is None:
+        return None
+    ends = [t for t in (job.succeeded_at, job.failed_at, job.cancelled_at) if t is not None]
+    end = max(ends) if job.status in TERMINAL and ends else now
+    return (end - start).total_seconds()
+
+
+def job_row(job: Job, now: datetime) -> dict[str, Any]:
+    """One line of the jobs table."""
+    spec = job.spec or {}
+    result = job.result if isinstance(job.result, Mapping) else {}
+    return {
+        "id": job.id,
+        "status": job.status,
+        "kind": job.kind,
+        "method": job.method or "-",
+        "dataset": spec_field(spec, "dataset") or "-",
+        "model": spec_field(spec, "model") or "-",
+        "source_job_id": spec.get("source_job_id"),
+        "progress": progress(job),
+        "clean": result.get("clean"),
+        "union": result.get("union"),
+        "upper_bound": bool(result) and is_upper_bound(result),
+        "warnings": len(result_warnings(result)) if result else 0,
+        "created": fmt_time(job.created_at),
+        "duration": fmt_duration(duration_s(job, now)),
+        "terminal": job.status in TERMINAL,
+    }
+
+
+def actions(job: Job) -> dict[str, bool]:
+    """Which buttons the job page offers."""
+    status = JobStatus(job.status)
+    return {
+        "cancel": status in CANCELLABLE,
+        "retry": status in RETRYABLE,
+        "finetune": status == JobStatus.SUCCEEDED and job.kind in ("train", "finetune", "sweep"),
+        "evaluate": status == JobStatus.SUCCEEDED and job.kind in ("train", "finetune", "sweep"),
+    }
+
+
+def timeline(job: Job, status_events: Iterable[JobEvent]) -> list[dict[str, Any]]:
+    """The job's status changes, oldest first, from its ``status`` events."""
+    rows = [{"at": fmt_time(job.created_at), "attempt": 1, "from": "", "to": "queued",
+             "reason": "submitted", "error": None}]
+    for ev in status_events:
+        data = ev.data or {}
+        rows.append({
+            "at": fmt_time(ev.created_at), "attempt": ev.attempt, "from": str(data.get("from", "")),
+            "to": str(data.get("to", "")), "reason": data.get("reason"), "error": data.get("error"),
+        })
+    return rows
+
+
+def epoch_series(history: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-epoch curves from ``metrics`` events (``EpochReport`` dicts): the held-out monitor
+    accuracies (an upper bound) and the loss parts. An epoch reported again by a later attempt
+    (a retry resumes from its checkpoint) replaces the earlier report."""
+    by_epoch: dict[int, Mapping[str, Any]] = {}
+    for report in history:
+        epoch = report.get("epoch")
+        if number(epoch):
+            by_epoch[int(epoch)] = report
+    epochs = sorted(by_epoch)
+    reports = [by_epoch[e] for e in epochs]
+    monitors = [r.get("monitor") if isinstance(r.get("monitor"), Mapping) else {} for r in reports]
+    losses = [r.get("losses") if isinstance(r.get("losses"), Mapping) else {} for r in reports]
+    parts: list[str] = []
+    for loss in losses:
+        parts += [p for p in loss if p not in parts]
+    suites = {str(r.get("monitor_suite", "monitor")) for r in reports if r.get("monitor")}
+    return {
+        "epochs": epochs,
+        "accuracy": {k: [_num(m.get(k)) for m in monitors] for k in ACCURACY_KEYS},
+        "has_monitor": any(monitors),
+        "monitor_suite": ", ".join(sorted(suites)) or "monitor",
+        # The monitor suite is an upper bound unless a report says otherwise.
+        "upper_bound": all(r.get("monitor_upper_bound", True) for r in reports if r.get("monitor")),
+        "losses": {p: [_num(loss.get(p)) for loss in losses] for p in parts},
+    }
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if number(value) else None
+
+
+def results(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The final evaluation's row, its warnings and the rigour checks, or None before a result."""
+    if not isinstance(result, Mapping) or not any(number(result.get(k)) for k in ACCURACY_KEYS):
+        return None
+    checks = result.get("checks") if isinstance(result.get("checks"), Mapping) else {}
+    epsilons = result.get("epsilons") if isinstance(result.get("epsilons"), Mapping) else {}
+    return {
+        "accuracy": {k: result.get(k) for k in ACCURACY_KEYS},
+        "suite": suite_label(result),
+        "upper_bound": is_upper_bound(result),
+        "n": result.get("n"),
+        "precision": result.get("precision"),
+        "epsilons": " ".join(f"{LABELS.get(k, k)}={fmt_value(epsilons[k])}" for k in _ordered_norms(epsilons))
+        or "-",
+        "warnings": result_warnings(result),
+        "checks": check_rows(checks),
+        "checks_n": checks.get("n"),
+        "checks_passed": checks.get("passed"),
+    }
+
+
+def check_rows(checks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per rigour check and norm (``docs/evaluation.md``): what it measured, and whether
+    it passed."""
+    rows: list[dict[str, Any]] = []
+    curves = _mapping(checks.get("curves"))
+    for norm, c in _by_norm(curves):
+        acc = [a for a in c.get("accuracy") or [] if number(a)]
+        detail = f"{pct(acc[0]) if acc else '-'} at radius 0 -> {pct(acc[-1]) if acc else '-'} unbounded"
+        if c.get("rises_at"):
+            detail += f"; rises at {', '.join(fmt_value(r) for r in c['rises_at'])}"
+        rows.append({"check": "accuracy vs radius", "norm": LABELS.get(norm, norm), "detail": detail,
+                     "passed": c.get("passed")})
+    for norm, c in _by_norm(_mapping(checks.get("iterations"))):
+        detail = (f"{pct(c.get('default'))} -> {pct(c.get('more'))} with {fmt_value(c.get('steps'))} "
+                  f"iterations on {fmt_value(c.get('n'))} points")
+        rows.append({"check": "10x iterations", "norm": LABELS.get(norm, norm), "detail": detail,
+                     "passed": c.get("passed")})
+    for norm, c in _by_norm(_mapping(checks.get("square"))):
+        detail = (f"Square ({fmt_value(c.get('queries'))} queries) fooled {fmt_value(c.get('found'))} of "
+                  f"{fmt_value(c.get('attacked'))} robust points: "
+                  f"{pct(c.get('default'))} -> {pct(c.get('after'))}")
+        rows.append({"check": "black-box Square", "norm": LABELS.get(norm, norm), "detail": detail,
+                     "passed": c.get("passed")})
+    ordering = _mapping(checks.get("ordering"))
+    if ordering:
+        rows.append({"check": "ordering", "norm": "all", "passed": ordering.get("passed"),
+                     "detail": "clean >= each norm's robust accuracy >= union"})
+    return rows
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _by_norm(per_norm: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    return [(n, _mapping(per_norm[n])) for n in _ordered_norms(per_norm)]
+
+
+def radius_curves(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The accuracy-vs-radius curve of each norm from the rigour checks (``checks.curves``)."""
+    curves = _mapping(_mapping(result).get("checks")).get("curves")
+    out = []
+    for norm in _ordered_norms(_mapping(curves)):
+        c = curves[norm]
+        pairs = [(r, a) for r, a in zip(c.get("radius") or [], c.get("accuracy") or [], strict=False)
+                 if number(r)]
+        out.append({
+            "norm": norm, "label": LABELS.get(norm, norm),
+            "radius": [float(r) for r, _ in pairs], "accuracy": [_num(a) for _, a in pairs],
+            "eps": _num(c.get("eps")), "unbounded": _num(c.get("unbounded")), "passed": c.get("passed"),
+        })
+    return out
+
+
+def _ordered_norms(keys: Iterable[str]) -> list[str]:
+    keys = list(keys)
+    return [n for n in NORMS if n in keys] + sorted(k for k in keys if k not in NORMS)
+
+
+# ------------------------------------------------------------------------------------- sweeps
+
+
+def trial_accuracies(trial: Trial) -> dict[str, Any]:
+    """A trial's final evaluation, else its last epoch's held-out check (as ``rampctl trials``)."""
+    if trial.final:
+        return dict(trial.final)
+    history = trial.metrics or []
+    return dict(history[-1]) if history else {}
+
+
+def trial_union(trial: Trial) -> tuple[float | None, bool]:
+    """The union accuracy a heat-map cell shows for ``trial`` and whether it is an upper bound.
+
+    Cells must be comparable: the monitor suite's union wherever the trial has one (its final
+    evaluation when that was the monitor suite; the best trial's own monitor evaluation, kept
+    under ``final.monitor`` when it was re-evaluated with the default suite), else the final
+    evaluation's, else the last epoch's held-out check (the monitor suite too).
+    """
+    final = trial.final if isinstance(trial.final, Mapping) else {}
+    if final and is_upper_bound(final) and number(final.get("union")):
+        return float(final["union"]), True
+    monitor = final.get("monitor")
+    if isinstance(monitor, Mapping) and number(monitor.get("union")):
+        return float(monitor["union"]), is_upper_bound({"suite": "monitor", **monitor})
+    if number(final.get("union")):
+        return float(final["union"]), False
+    history = trial.metrics or []
+    if history and number(history[-1].get("union")):
+        return float(history[-1]["union"]), True
+    return None, False
+
+
+def grid_axes(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The two keys of a sweep over exactly two grid axes (rows, columns); None otherwise."""
+    space = _mapping(spec.get("param_space"))
+    keys = list(space)
+    if len(keys) != 2 or not all(isinstance(space[k], Mapping) and "grid" in space[k] for k in keys):
+        return None
+    return keys[0], keys[1]
+
+
+def _cell_key(value: Any) -> str:
+    # Grid values come back from JSON: 5 and 5.0 are the same cell.
+    return repr(float(value)) if number(value) else repr(value)
+
+
+def union_heatmap(spec: Mapping[str, Any], trials: Sequence[Trial],
+                  best_id: str | None) -> dict[str, Any] | None:
+    """Union accuracy over a 2-D grid sweep (the mean over repeated samples of a cell), the best
+    trial's cell marked; None when the sweep is not a 2-D grid."""
+    axes = grid_axes(spec)
+    if axes is None:
+        return None
+    row_key, col_key = axes
+    space = spec["param_space"]
+    rows, cols = list(space[row_key]["grid"]), list(space[col_key]["grid"])
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    bounds: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    members: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for t in trials:
+        config = t.config or {}
+        key = (_cell_key(config.get(row_key)), _cell_key(config.get(col_key)))
+        members[key].append(t.trial_id)
+        value, upper = trial_union(t)
+        if value is not None:
+            values[key].append(value)
+            bounds[key].append(upper)
+    cells = []
+    for r in rows:
+        for c in cols:
+            key = (_cell_key(r), _cell_key(c))
+            vs = values.get(key) or []
+            cells.append({
+                "x": fmt_value(c), "y": fmt_value(r), "v": sum(vs) / len(vs) if vs else None,
+                "upper_bound": any(bounds.get(key) or []), "trials": members.get(key, []),
+                "best": best_id is not None and best_id in members.get(key, []),
+            })
+    flags = [f for fs in bounds.values() for f in fs]
+    if flags and all(flags):
+        label = "union accuracy (monitor suite: an upper bound)"
+    elif flags and any(flags):
+        label = "union accuracy (mixed suites: cells marked <= are upper bounds)"
+    else:
+        label = "union accuracy"
+    return {
+        "x_key": config_header(col_key), "y_key": config_header(row_key),
+        "x": [fmt_value(c) for c in cols], "y": [fmt_value(r) for r in rows],
+        "cells": cells, "label": label,
+    }
+
+
+def sweep_view(job: Job, trials: Sequence[Trial]) -> dict[str, Any]:
+    """The trial table (best trial first-class) and the heat map of a sweep."""
+    spec = job.spec or {}
+    metric, mode = str(spec.get("metric", "union")), str(spec.get("mode", "max"))
+    keys = list(_mapping(spec.get("param_space")))
+    best = trial_store.best(trials, metric, mode)
+    best_id = best.trial_id if best is not None else None
+    rows = []
+    for t in trials:
+        acc = trial_accuracies(t)
+        checkpoint = t.checkpoint
+        rows.append({
+            "trial_id": t.trial_id, "index": t.trial_index, "attempt": t.attempt, "status": t.status,
+            "config": [fmt_value((t.config or {}).get(k)) for k in keys],
+            "accuracy": {k: acc.get(k) for k in ACCURACY_KEYS},
+            "suite": suite_label(acc) if t.final else ("monitor (upper bound)" if acc else "-"),
+            "score": trial_store.score(t, metric),
+            "checkpoint": checkpoint,
+            "checkpoint_file": f"{checkpoint.rstrip('/')}/{CHECKPOINT_FILE}" if checkpoint else None,
+            "usable": t.status in trial_store.FINISHED_WITH_CHECKPOINT and bool(checkpoint),
+            "best": t.trial_id == best_id,
+            "error": t.error,
+        })
+    return {
+        "metric": metric, "mode": mode, "columns": [config_header(k) for k in keys],
+        "best_id": best_id, "best_score": trial_store.score(best, metric) if best is not None else None,
+        "rows": rows, "heatmap": union_heatmap(spec, trials, best_id),
+        "counts": _counts(t.status for t in trials),
+    }
+
+
+def _counts(statuses: Iterable[str]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for s in statuses:
+        counts[s] += 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+def job_label(job: Job) -> str:
+    return f"{job.method or job.kind} #{job.id}"
+
+
+def compare_view(jobs: Sequence[Job], histories: Mapping[int, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Jobs side by side: one row per job (the paper's Table 3: clean, per-norm, union), their
+    accuracy-vs-radius curves overlaid per norm, and their per-epoch monitor union accuracy."""
+    rows = []
+    for job in jobs:
+        res = results(job.result)
+        rows.append({
+            "id": job.id, "label": job_label(job), "kind": job.kind, "status": job.status,
+            "dataset": spec_field(job.spec or {}, "dataset") or "-",
+            "model": spec_field(job.spec or {}, "model") or "-",
+            "accuracy": res["accuracy"] if res else dict.fromkeys(ACCURACY_KEYS),
+            "suite": res["suite"] if res else "-", "n": res["n"] if res else None,
+            "warnings": res["warnings"] if res else [],
+        })
+    curves = []
+    per_job = {job.id: {c["norm"]: c for c in radius_curves(job.result)} for job in jobs}
+    norms = _ordered_norms({n for curves_of in per_job.values() for n in curves_of})
+    for norm in norms:
+        radii = sorted({r for curves_of in per_job.values() if norm in curves_of
+                        for r in curves_of[norm]["radius"]})
+        datasets = []
+        for job in jobs:
+            c = per_job[job.id].get(norm)
+            if c is None:
+                continue
+            at = dict(zip(c["radius"], c["accuracy"], strict=True))
+            datasets.append({"label": job_label(job), "data": [at.get(r) for r in radii]})
+        curves.append({"norm": norm, "label": LABELS.get(norm, norm), "labels": [fmt_value(r) for r in radii],
+                       "datasets": datasets})
+    epochs = []
+    for job in jobs:
+        series = epoch_series(histories.get(job.id, []))
+        if series["has_monitor"]:
+            epochs.append({"label": job_label(job), "epochs": series["epochs"],
+                           "union": series["accuracy"]["union"]})
+    return {"rows": rows, "curves": curves, "epochs": epochs}
