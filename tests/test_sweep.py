@@ -18,17 +18,20 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import NoopStopper
 from ray_support import wait_all_cpus_free
 
+from workers.contract.spec import TrainSpec
 from workers.contract.sweep import parse_sweep_spec
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, STEP, TRAIN_END
 from workers.ray_entry.sweep import (
     RESULT_FILE,
     RESULT_KEY,
+    LocalRun,
     TrainTrial,
     TrialCancelled,
     TrialFailed,
     TrialRecord,
     _CancelStopper,
     _Recorder,
+    _run_best_final,
     _scheduler,
     run_sweep,
 )
@@ -42,19 +45,24 @@ def _epoch(epoch: int, epochs: int, union: float) -> dict:
                        losses={"ce": 1.0}, monitor={"union": union, "clean": 0.9}).to_dict()
 
 
-class _Fit:
+class _Run:
+    runner = "in-trial"
+
     def __init__(self, alive: bool, error: BaseException | None = None) -> None:
         self.alive, self.error = alive, error
 
     def is_alive(self) -> bool:
         return self.alive
 
+    def describe_error(self) -> str:
+        return str(self.error)
+
 
 def _trial(events: list, *, alive: bool, error: BaseException | None = None) -> TrainTrial:
     t = object.__new__(TrainTrial)  # only the event bookkeeping, no actor
     t._key, t._pending, t._checkpoint = "trial_0000", deque(events), None
-    t._final, t._cancelled = None, False
-    t._fit = _Fit(alive, error)
+    t._final, t._cancelled = None, None
+    t._run = _Run(alive, error)
     return t
 
 
@@ -70,7 +78,7 @@ def test_trial_reports_one_epoch_per_step_and_the_last_with_its_final_metrics():
     # the last epoch waits for the run to end: its final evaluation comes with it
     assert t._next_result(finished=False) is None
     t._pending.append((TRAIN_END, {"union": 0.4}))
-    t._fit.alive = False
+    t._run.alive = False
     last = t._next_result(finished=True)
     assert last["done"] is True and last["union"] == 0.5 and last[RESULT_KEY]["final"] == {"union": 0.4}
 
@@ -197,6 +205,10 @@ def test_grid_sweep_records_every_trial_and_picks_the_best(ray_local, tmp_path):
         meta = json.loads((Path(t["checkpoint"]) / "meta.json").read_text())
         assert meta["spec"]["lr"] == t["config"]["lr"] and meta["spec"]["seed"] == t["config"]["seed"]
         assert meta["epoch"] == 2
+        # one worker: the loop ran inside the Tune trial (no Ray Train storage), and the trial's own
+        # evaluation is the monitor suite, labelled an upper bound
+        assert t["runner"] == "in-trial" and not (tmp_path / "trials" / tid / "ray").exists()
+        assert t["final"]["suite"] == "monitor" and t["final"]["upper_bound"] is True
         # each trial's events: start, one result per epoch, end (in that order)
         mine = [e for e in events if e["trial_id"] == tid]
         assert [e["type"] for e in mine] == ["trial_start", "trial_result", "trial_result", "trial_end"]
@@ -208,6 +220,17 @@ def test_grid_sweep_records_every_trial_and_picks_the_best(ray_local, tmp_path):
     expected = result.trials[last.index(max(last))]["trial_id"]
     assert result.best_trial_id == expected
     assert result.best_checkpoint == trials[expected]["checkpoint"]
+    # only the best trial is evaluated with the default suite (eval_n points): the sweep's numbers
+    final = result.best_final
+    assert final["suite"] == "standard" and final["upper_bound"] is False and final["n"] == 16
+    assert final["checkpoint"] == trials[expected]["checkpoint"]
+    written = {tid: json.loads((tmp_path / "trials" / tid / "metrics.json").read_text()) for tid in trials}
+    assert written[expected] == final
+    assert all(m["suite"] == "monitor" for tid, m in written.items() if tid != expected)
+    assert result.numbers["best_final"]["suite"] == "standard"
+    assert result.numbers["trials.final"]["suite"] == "monitor"
+    assert result.numbers["trials.final"]["upper_bound"] is True
+    assert result.best_final_error is None and 0 < result.best_final_seconds < result.seconds
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == json.loads(json.dumps(result.to_dict()))
     assert (tmp_path / "tune" / "sweep").is_dir()
     assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
@@ -237,3 +260,48 @@ def test_cancel_stops_all_trials_and_frees_resources(ray_local, tmp_path):
     assert all(e["status"] == "cancelled" for e in ends)
     assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
     assert time.monotonic() - started < 300
+
+
+@pytest.mark.slow
+def test_trials_asking_for_two_workers_train_on_ray_train(ray_local, tmp_path):
+    base = BASE | {"epochs": 1, "resources": {"num_workers": 2, "cpus_per_worker": 1}}
+    spec = {"kind": "sweep", "base": base, "param_space": {"lr": {"grid": [0.05]}}}
+    result = run_sweep(spec, tmp_path)
+
+    (t,) = result.trials
+    assert t["status"] == "succeeded" and t["runner"] == "ray-train"
+    assert (tmp_path / "trials" / t["trial_id"] / "ray").is_dir()  # the TorchTrainer's storage
+    assert [m["epoch"] for m in t["metrics"]] == [1]
+    assert t["final"]["suite"] == "monitor" and t["final"]["n"] == 16
+    assert result.best_trial_id == t["trial_id"]
+    assert result.best_final["suite"] == "standard" and result.best_final["n"] == 16
+    assert wait_all_cpus_free(ray_local) == ray_local.cluster_resources()["CPU"]
+
+
+@pytest.mark.slow
+def test_a_cancel_during_the_best_trials_evaluation_kills_it_and_frees_its_cpus(ray_local, tmp_path):
+    train = {k: v for k, v in BASE.items() if k not in ("kind", "resources")}
+    spec = TrainSpec.model_validate(train | {"epochs": 1, "eval_n": 1000, "checks_n": 100})
+    run = LocalRun(spec, tmp_path, device="cpu")
+    run.start()
+    run.join(120)
+    assert run.take()[-1][0] == "train_end"
+    total = ray_local.cluster_resources()["CPU"]
+    stop = threading.Event()
+
+    def cancel_once_it_holds_the_cpus() -> None:
+        deadline = time.monotonic() + 120
+        while ray_local.available_resources().get("CPU", 0.0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # well inside the default suite on 1,000 points
+        stop.set()
+
+    threading.Thread(target=cancel_once_it_holds_the_cpus, daemon=True).start()
+    started = time.monotonic()
+    final, error = _run_best_final("trial_0000", spec.model_dump(mode="json"), tmp_path,
+                                   {"num_cpus": total, "num_gpus": 0.0}, stop)
+    assert stop.is_set() and final is None and error is None
+    assert time.monotonic() - started < 150
+    assert wait_all_cpus_free(ray_local) == total
+    # the evaluation never finished: the trial directory still holds the trial's monitor numbers
+    assert json.loads((tmp_path / "metrics.json").read_text())["suite"] == "monitor"

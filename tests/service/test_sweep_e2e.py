@@ -92,6 +92,12 @@ def test_a_2x2_grid_sweep_records_four_trials_and_the_best(service: Any) -> None
     assert result["trials"] == {"succeeded": 4}
     best_final = next(t["final"] for t in trials if t["trial_id"] == expected)
     assert result["union"] == best_final["union"] and result["clean"] == best_final["clean"]
+    # The best trial's numbers are the default suite's; every other trial's its monitor upper bound.
+    assert result["suite"] == best_final["suite"] == "standard" and result["upper_bound"] is False
+    assert result["n"] == 16 and best_final["monitor"] == result["best_monitor"]
+    assert result["best_monitor"]["suite"] == "monitor" and result["best_monitor"]["upper_bound"] is True
+    others = [t["final"] for t in trials if t["trial_id"] != expected]
+    assert all(f["suite"] == "monitor" and f["upper_bound"] is True for f in others)
 
     # The best checkpoint is an artifact of the sweep (and its own checkpoint/ link).
     names = {a["name"] for a in service.get(f"/v1/jobs/{job_id}/artifacts").json()["artifacts"]}
@@ -144,16 +150,22 @@ def test_cancelling_a_sweep_stops_its_trials_and_frees_the_cpus(service: Any) ->
 
 def test_cancelling_a_sweep_waiting_for_cpus_leaks_no_placement_group(service: Any) -> None:
     """A sweep whose trials wait for CPUs another job holds (their placement groups pending) is
-    cancelled: nothing of it may stay reserved once the other job's CPUs come free."""
+    cancelled: nothing of it may stay reserved once the other job's CPUs come free. A one-worker
+    trial reserves its whole CPU share in Tune, so with one of the two CPUs taken one trial runs and
+    the next one waits for Tune's placement group."""
     dashboard = service.head.dashboard_url
     wait_for(lambda: (u := cpu_usage(dashboard)) is not None and u[0] == 0.0, 90, "an idle cluster", 1.0)
     long_run = {"epochs": 50, "max_steps": None, "train_n": 256}
     train_id = service.post("/v1/jobs", json=tiny_train_spec(**long_run)).json()["id"]
-    wait_status(service, train_id, {"running"}, 120)  # its driver trains in-process on 1 CPU
+    wait_status(service, train_id, {"running"}, 120)
+    # The train job holds one CPU before the sweep starts (else a trial could take it first).
+    wait_for(lambda: (u := cpu_usage(dashboard)) is not None and u[0] >= 1.0, 120, "the train job's CPU", 1.0)
     job_id = service.post("/v1/jobs", json=sweep_spec(**long_run)).json()["id"]
-    wait_for(lambda: sum(e["data"]["event"] == "trial_start" for e in events(service, job_id, "trial")) >= 2,
-             300, "two trials to start", 0.5)
-    time.sleep(5)  # their Train controllers now ask for workers that cannot fit
+    wait_for(lambda: sum(e["data"]["event"] == "trial_start" for e in events(service, job_id, "trial")) >= 1,
+             300, "a trial to start", 0.5)
+    time.sleep(5)  # the sweep's next trial now waits for a CPU the train job holds
+    statuses = [t["status"] for t in service.get(f"/v1/jobs/{job_id}/trials").json()["trials"]]
+    assert statuses.count("running") == 1 and statuses.count("pending") == 3, statuses
     assert service.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     job = wait_status(service, job_id, {"cancelled", "failed", "succeeded"}, 120)
     assert job["status"] == "cancelled", job

@@ -43,8 +43,11 @@ class FakeReporter:
         return [d for t, d in self.events if t == type_]
 
 
-def fake_runner(unions: dict[int, list[float] | None], *, cancel_after: int | None = None):  # noqa: ANN201
-    """A run_sweep stand-in: trial i reports the epochs' union values (None: it fails)."""
+def fake_runner(unions: dict[int, list[float] | None], *, cancel_after: int | None = None,  # noqa: ANN201
+                default_suite_ratio: float = 1.0, best_final_error: str | None = None):
+    """A run_sweep stand-in: trial i reports the epochs' union values (None: it fails); each trial's
+    final is a monitor evaluation (its last union), and the best trial's default-suite evaluation
+    gives ``default_suite_ratio`` times that union (or fails with ``best_final_error``)."""
 
     def run(spec: SweepSpec, out_dir: Path, *, on_trial_event: Any, stop_event: Any) -> Any:
         rows = []
@@ -66,18 +69,26 @@ def fake_runner(unions: dict[int, list[float] | None], *, cancel_after: int | No
                 on_trial_event(base | {"type": "trial_result", "epoch": e + 1, "metrics": m,
                                        "checkpoint": str(ckpt)})
             ok = values is not None
-            final = {"clean": 0.9, "union": values[-1]} if ok else None
+            final = ({"clean": 0.9, "union": values[-1], "suite": "monitor", "upper_bound": True}
+                     if ok else None)
             on_trial_event(base | {"type": "trial_end", "status": "succeeded" if ok else "failed",
                                    "error": None if ok else "worker died", "final": final,
                                    "checkpoint": str(ckpt) if ok else None})
-            rows.append({"trial_id": t.trial_id, "status": "succeeded" if ok else "failed",
+            rows.append({"trial_id": t.trial_id, "index": t.index, "status": "succeeded" if ok else "failed",
                          "metrics": history, "final": final, "checkpoint": str(ckpt) if ok else None,
                          "error": None if ok else "worker died", "config": t.overrides})
         best = best_trial(rows, spec.metric, spec.mode)
+        best_row = next((r for r in rows if r["trial_id"] == best), None)
+        best_final = None
+        if best_row is not None and cancel_after is None and best_final_error is None:
+            union = best_row["final"]["union"] * default_suite_ratio
+            best_final = {"clean": 0.9, "union": union, "suite": "standard", "upper_bound": False, "n": 16}
         return SimpleNamespace(
             trials=rows, best_trial_id=best,
             best_checkpoint=next((r["checkpoint"] for r in rows if r["trial_id"] == best), None),
             metric=spec.metric, mode=spec.mode, cancelled=cancel_after is not None, seconds=1.5,
+            best_final=best_final, best_final_error=best_final_error,
+            numbers={"best_final": {"suite": "standard"}},
         )
 
     return run
@@ -151,3 +162,35 @@ def test_paths_outside_the_job_dir_stay_absolute(tmp_path: Path) -> None:
     assert relative_to(str(tmp_path / "a" / "b"), tmp_path) == "a/b"
     assert relative_to("/elsewhere/ckpt", tmp_path) == "/elsewhere/ckpt"
     assert relative_to(None, tmp_path) is None
+
+
+def test_the_result_is_the_best_trials_default_suite_and_monitor_numbers_are_labelled(tmp_path: Path) -> None:
+    reporter = FakeReporter()
+    unions = {0: [0.1, 0.2], 1: [0.6, 0.3], 2: [0.2, 0.45], 3: [0.1, 0.1]}
+    runner = fake_runner(unions, default_suite_ratio=0.5)
+    result = run_sweep_job(SPEC, tmp_path, reporter, runner=runner)
+    # the job's numbers are the default suite's on the best trial, not its monitor upper bound
+    assert result["best_trial_id"] == "trial_0002" and result["best_score"] == 0.45
+    assert result["union"] == pytest.approx(0.225) and result["suite"] == "standard"
+    assert result["upper_bound"] is False
+    assert result["best_monitor"]["union"] == 0.45 and result["best_monitor"]["upper_bound"] is True
+    assert result["numbers"] == {"best_final": {"suite": "standard"}}
+    # the service hears the best trial's default suite as a second trial_end (its row keeps the
+    # latest final), not counted as a fifth finished trial
+    ends = [e for e in reporter.of("trial") if e["event"] == "trial_end" and e["trial_id"] == "trial_0002"]
+    assert [e["final"]["suite"] for e in ends] == ["monitor", "standard"]
+    assert ends[-1]["final"]["union"] == pytest.approx(0.225)
+    assert ends[-1]["final"]["monitor"]["union"] == 0.45
+    assert ends[-1]["status"] == "succeeded" and ends[-1]["checkpoint"] == "trials/trial_0002/checkpoint"
+    assert {e["event"] for e in reporter.of("trial")} == {"sweep_start", "trial_start", "trial_result",
+                                                          "trial_end"}
+    assert reporter.of("progress")[-1]["trials_done"] == 4
+    assert ends[-1]["index"] == 2 and ends[-1]["config"] == {"params.ramp.lambda": 5, "lr": 0.01}
+    assert any("the default suite on 16 points: union = 0.225" in e["message"] for e in reporter.of("log"))
+
+
+def test_a_failed_default_suite_evaluation_fails_the_sweep(tmp_path: Path) -> None:
+    error = "the evaluation ran out of memory"
+    runner = fake_runner({0: [0.5], 1: [0.1], 2: [0.1], 3: [0.1]}, best_final_error=error)
+    with pytest.raises(SweepFailed, match="out of memory"):
+        run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=runner)

@@ -8,9 +8,16 @@ job's other events do. Checkpoint paths are reported relative to the job directo
 them artifact names of the sweep job. The best trial's checkpoint is also linked as the job's own
 ``checkpoint/`` (hard links to its files), so the artifact list shows it at the usual place.
 
-The result (the job's final metrics) is the best trial's final metrics (``clean``, ``linf``,
-``l2``, ``l1``, ``union``, ...) plus ``best_trial_id``, ``best_checkpoint``, ``best_score``,
-``metric``, ``mode``, ``num_trials`` and ``trials`` (trial counts by status).
+Two suites, never mixed up: a trial's ``final`` is its own cheap ``monitor`` evaluation (an upper
+bound; its metrics say ``"suite": "monitor", "upper_bound": true``), and only the best trial is
+evaluated with the default suite once every trial has ended. That evaluation is sent as a second
+``trial_end`` of the best trial (``TrialEventForwarder.best_final``).
+
+The result (the job's final metrics) is the best trial's default-suite evaluation (``clean``,
+``linf``, ``l2``, ``l1``, ``union``, ``n``, ``suite``, ``checks``, ...) plus ``best_trial_id``,
+``best_checkpoint``, ``best_config``, ``best_score``, ``best_monitor`` (the best trial's own monitor
+evaluation: an upper bound), ``numbers`` (which numbers come from which suite), ``metric``,
+``mode``, ``num_trials`` and ``trials`` (trial counts by status).
 """
 
 from __future__ import annotations
@@ -105,6 +112,23 @@ class TrialEventForwarder:
             self.reporter.log(f"{data['trial_id']} {event.get('status')}{detail}", level=level)
             self._progress()
 
+    def best_final(self, result: Any) -> None:
+        """Tell the service the best trial's default-suite evaluation (``result``: a ``SweepResult``).
+
+        Sent as a second ``trial_end`` of that trial, same status: the service keeps a trial's latest
+        ``final``, so the best trial's row shows the default suite, its monitor numbers under
+        ``"monitor"``. Not counted as one more finished trial.
+        """
+        best = next((t for t in result.trials if t["trial_id"] == result.best_trial_id), None)
+        if best is None or result.best_final is None:
+            return
+        final = dict(result.best_final) | {"monitor": best.get("final")}
+        data = {"event": "trial_end", "trial_id": best["trial_id"], "index": best.get("index"),
+                "config": best.get("config"), "status": best["status"], "final": final}
+        if best.get("checkpoint") is not None:
+            data["checkpoint"] = relative_to(best["checkpoint"], self.job_dir)
+        self.reporter.emit(TRIAL_EVENT, data)
+
     def _progress(self) -> None:
         done = sum(self.ended.values())
         self.reporter.progress(done, self.num_trials, force=True, phase="sweep", trials_done=done,
@@ -149,7 +173,8 @@ def clear_best_checkpoint(job_dir: Path) -> None:
 
 
 def sweep_result(result: Any, job_dir: Path, num_trials: int) -> dict[str, Any]:
-    """The job's final metrics from a ``SweepResult``: the best trial's final metrics on top."""
+    """The job's final metrics from a ``SweepResult``: the best trial's default-suite evaluation on
+    top, its own monitor evaluation (an upper bound) under ``best_monitor``."""
     trials = list(result.trials)
     best = next((t for t in trials if t["trial_id"] == result.best_trial_id), None)
     if best is None:
@@ -159,12 +184,16 @@ def sweep_result(result: Any, job_dir: Path, num_trials: int) -> dict[str, Any]:
             f"no trial reported the metric {result.metric!r} ({dict(counts)})"
             + (f"; first errors: {' | '.join(errors)}" if errors else "")
         )
-    final = dict(best.get("final") or {})
-    return final | {
+    if result.best_final is None:
+        missing = f"the best trial {result.best_trial_id} was not evaluated with the default suite"
+        raise SweepFailed(result.best_final_error or missing)
+    return dict(result.best_final) | {
         "best_trial_id": result.best_trial_id,
         "best_checkpoint": relative_to(result.best_checkpoint, job_dir),
         "best_config": best.get("config"),
         "best_score": trial_score(best.get("metrics") or [], result.metric),
+        "best_monitor": best.get("final"),
+        "numbers": result.numbers,
         "metric": result.metric,
         "mode": result.mode,
         "num_trials": num_trials,
@@ -186,7 +215,7 @@ def run_sweep_job(
 
     ``stop_event`` (or SIGINT/SIGTERM while the sweep runs on the main thread) cancels it: every
     trial stops and frees its resources, then ``SweepCancelled`` is raised. ``SweepFailed`` when
-    no trial produced the metric.
+    no trial produced the metric or the best trial's default-suite evaluation failed.
     """
     sweep = spec if isinstance(spec, SweepSpec) else parse_sweep_spec(spec)
     job_dir = Path(job_dir)
@@ -201,8 +230,10 @@ def run_sweep_job(
         raise SweepCancelled(f"the sweep was cancelled after {sum(forward.ended.values())} of {len(trials)} "
                              "trials ended")
     metrics = sweep_result(result, job_dir, len(trials))
+    forward.best_final(result)
     linked = link_best_checkpoint(job_dir, metrics["best_checkpoint"])
-    reporter.log(f"best trial {metrics['best_trial_id']}: {sweep.metric} = {metrics['best_score']}"
+    reporter.log(f"best trial {metrics['best_trial_id']}: {sweep.metric} = {metrics['best_score']} (last "
+                 f"epoch); the default suite on {metrics.get('n')} points: union = {metrics.get('union')}"
                  + (f" (checkpoint: {metrics['best_checkpoint']}, also as {linked}/)" if linked else ""))
     return metrics
 
