@@ -170,6 +170,13 @@ def http_error(r: httpx.Response) -> str:
     except ValueError:
         return f"HTTP {r.status_code}: {r.text[:300]}"
     detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # 422: one line per offending field
+        detail = "; ".join(
+            f"{item.get('field', 'body')}: {item.get('msg', item)}" if isinstance(item, dict) else str(item)
+            for item in detail
+        )
+    if r.status_code in (429, 503) and (wait := r.headers.get("retry-after")):
+        detail = f"{detail} (retry in {wait} s)"
     if r.status_code == 401:
         detail = f"{detail} (set RAMP_TOKEN, or create one with `rampctl token create NAME`)"
     return f"HTTP {r.status_code}: {detail}"

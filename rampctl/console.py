@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -32,6 +33,7 @@ from rampctl.tables import (
     job_progress,
     jobs_table,
     results_table,
+    tokens_table,
     trials_table,
     union_grid,
 )
@@ -179,6 +181,14 @@ def print_jobs(page: Mapping[str, Any], limit: int) -> None:
     console.print(jobs_table(page["jobs"]))
     if page.get("next_cursor"):
         console.print(f"(more: --limit {min(200, limit * 2)})", highlight=False)
+
+
+def print_tokens(tokens: Sequence[Mapping[str, Any]], now: datetime) -> None:
+    """``rampctl token list``: the table, or a hint when there is no token yet."""
+    if not tokens:
+        console.print("no API tokens (create one with `rampctl token create NAME`)", highlight=False)
+        return
+    console.print(tokens_table(tokens, now))
 
 
 def follow_job(job_id: int, events: Events) -> None:

@@ -1,5 +1,5 @@
 """The service commands: ``rampctl serve | submit | jobs | status | cancel | retry | results | logs``,
-``rampctl token create`` and ``rampctl db upgrade``.
+``rampctl token create | list | revoke`` and ``rampctl db upgrade``.
 
 The client commands talk to the REST API through ``rampctl.client`` (settings: ``rampctl.settings``,
 RAMP_URL / RAMP_TOKEN / the embedded admin token file) and print through ``rampctl.console``.
@@ -29,6 +29,7 @@ from rampctl.console import (
     print_jobs,
     print_results_table,
     print_sweep,
+    print_tokens,
 )
 from rampctl.options import parse_pairs, read_spec_file
 from workers.contract.status import JobStatus
@@ -231,29 +232,84 @@ def _db_errors() -> Iterator[None]:
         fail(f"database error ({type(e).__name__}): {text.splitlines()[0]}")
 
 
-@token_app.command("create")
-def token_create(
-    name: Annotated[str, typer.Argument(help="who the token is for")],
-    admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
-) -> None:
-    """Create an API token; the token alone is printed on the last line (it is not stored)."""
-    from service.auth import tokens
-    from service.core.security import generate_token
+# The longest --expires-in accepted: later dates overflow datetime, and nobody means them.
+MAX_EXPIRES_DAYS = 36_500
+
+
+@contextmanager
+def _local_session() -> Iterator[Any]:
+    """A session on the local service database (DATABASE_URL), migrated to the current schema."""
     from service.db import migrate
     from service.db.session import make_engine, make_session_factory
 
     settings = _local_settings()
-    token = generate_token()
     with _db_errors():
         migrate.upgrade(str(settings.database_url))
         engine = make_engine(str(settings.database_url))
         try:
             with make_session_factory(engine)() as session:
-                row = tokens.create_api_token(session, name, token, is_admin=admin)
+                yield session
         finally:
             engine.dispose()
-    err_console.print(f"created token {name!r} (id {row.id}); it is shown only once:", highlight=False)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="who the token is for: the owner of the jobs it submits")],
+    admin: Annotated[bool, typer.Option("--admin", help="an admin token (sees every owner's jobs)")] = False,
+    expires_in: Annotated[float | None, typer.Option("--expires-in", metavar="DAYS",
+                                                     help="expire after DAYS days (default: never)")] = None,
+) -> None:
+    """Create an API token; the token alone is printed on the last line (it is not stored)."""
+    from datetime import timedelta
+
+    from service.auth import tokens
+    from service.core.security import generate_token
+    from service.db.base import utcnow
+
+    if not name.strip() or len(name) > 128:
+        fail("NAME must be 1-128 characters, not blank", USAGE_ERROR)
+    expires_at = None
+    if expires_in is not None:
+        if not 0 < expires_in <= MAX_EXPIRES_DAYS:  # also refuses NaN
+            fail(f"--expires-in must be a number of days > 0 and <= {MAX_EXPIRES_DAYS}, got {expires_in:g}",
+                 USAGE_ERROR)
+        expires_at = utcnow() + timedelta(days=expires_in)
+    token = generate_token()
+    with _local_session() as session:
+        row = tokens.create_api_token(session, name, token, is_admin=admin, expires_at=expires_at)
+    until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at is not None else ""
+    err_console.print(f"created token {name!r} (id {row.id}{until}); it is shown only once:", highlight=False)
     print(token)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List the API tokens: name, admin, created, expires, last used, revoked (never the secret)."""
+    from service.auth import tokens
+    from service.db.base import utcnow
+
+    with _local_session() as session:
+        rows = [
+            {"id": t.id, "name": t.name, "is_admin": t.is_admin, "created_at": t.created_at,
+             "expires_at": t.expires_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
+            for t in tokens.list_api_tokens(session)
+        ]
+    print_tokens(rows, utcnow())
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="revoke every active token of this name")]) -> None:
+    """Revoke every active token called NAME (at once: their next request is a 401)."""
+    from service.auth import tokens
+
+    with _local_session() as session:
+        revoked = tokens.revoke_api_tokens_named(session, name)
+        known = revoked > 0 or any(t.name == name for t in tokens.list_api_tokens(session))
+    if not revoked:
+        fail(f"no active token named {name!r}" if known else f"no token named {name!r} "
+             "(see `rampctl token list`)")
+    console.print(f"revoked {revoked} token{'s' if revoked != 1 else ''} named {name!r}", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -5,11 +5,13 @@ training run, an evaluation, a service job); a row is a ``metrics.json``-style m
 optional ``"name"``. Missing metrics show as "-". A row from an upper-bound suite (``monitor``)
 says so in its suite column, and ``check_lines(row)`` words its evaluation-rigour checks.
 
-``jobs_table(jobs)``: the service's job list. ``trials_table(listing)``: a sweep's trials (config
-columns, status, clean / per-norm / union, the best trial starred); ``union_grid(listing, spec)``:
-for a sweep over exactly two grid keys, the union accuracy over the grid (rows: the first key's
-values, columns: the second's; the mean over samples when ``num_samples`` > 1). A trial's
-accuracies are its final evaluation once it has one, else its last epoch's held-out check.
+``jobs_table(jobs)``: the service's job list. ``tokens_table(tokens, now)``: the API tokens of
+``rampctl token list`` (never their secrets: only hashes are stored).
+``trials_table(listing)``: a sweep's trials (config columns, status, clean / per-norm / union, the
+best trial starred); ``union_grid(listing, spec)``: for a sweep over exactly two grid keys, the
+union accuracy over the grid (rows: the first key's values, columns: the second's; the mean over
+samples when ``num_samples`` > 1). A trial's accuracies are its final evaluation once it has one,
+else its last epoch's held-out check.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
@@ -101,6 +104,26 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
         created = j["created_at"][:19].replace("T", " ")
         table.add_row(str(j["id"]), j["kind"], spec.get("method") or "-", spec.get("dataset") or "-",
                       j["status"], str(j["attempt"]), job_progress(j), union, created)
+    return table
+
+
+def format_time(value: datetime | None) -> str:
+    """A UTC timestamp to the minute; '-' when absent."""
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
+def tokens_table(tokens: Sequence[Mapping[str, Any]], now: datetime) -> Table:
+    """One row per token: ``id``, ``name``, ``is_admin``, ``created_at``, ``expires_at``,
+    ``last_used_at``, ``revoked_at`` (datetimes or None); times in UTC."""
+    table = Table(title=None)
+    for col in ("id", "name", "admin", "created", "expires", "last used", "revoked"):
+        table.add_column(col, justify="right" if col == "id" else "left")
+    for t in tokens:
+        expires = format_time(t["expires_at"])
+        if t["expires_at"] is not None and t["expires_at"] <= now:
+            expires += " (expired)"
+        table.add_row(str(t["id"]), t["name"], "yes" if t["is_admin"] else "no", format_time(t["created_at"]),
+                      expires, format_time(t["last_used_at"]), format_time(t["revoked_at"]))
     return table
 
 

@@ -14,6 +14,14 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
     (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
         || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }) >/dev/null
 fi
+# Debian's chromium (and its driver) for the web pages' browser tests (tests/ui/test_ui_browser.py;
+# Playwright drives /usr/bin/chromium, it never downloads a browser of its own).
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null; then
+    (export DEBIAN_FRONTEND=noninteractive
+     apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }) >/dev/null
+fi
 
 .venv/bin/ruff check .
 set +e

@@ -14,25 +14,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import metrics
+from service.api import errors, metrics
 from service.api.routes import artifacts, events, health, internal, jobs, trials
 from service.auth import tokens
 from service.core.config import Settings
 from service.core.logging import configure_logging
 from service.core.security import generate_token
 from service.db import migrate
-from service.db.session import make_engine, make_session_factory
-from service.jobs import store, transitions
-from service.jobs.specs import SpecError
-from service.state import IllegalTransition
+from service.db.session import engine_options, make_engine, make_session_factory
+from service.jobs import transitions
+from service.ui import install as install_ui
 
 log = logging.getLogger("service.main")
 
@@ -141,58 +137,6 @@ class RequestObserver:
                 )
 
 
-# ------------------------------------------------------------------------------ error handlers
-
-
-def _error(code: int, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": detail, **extra}, status_code=code)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(SpecError)
-    async def spec_error(_: Request, exc: SpecError) -> JSONResponse:
-        errors = [{"field": f, "message": m} for f, m in exc.errors]
-        return _error(422, str(exc), errors=errors)
-
-    @app.exception_handler(RequestValidationError)
-    async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for e in exc.errors():
-            field = ".".join(str(p) for p in e.get("loc", ()))
-            errors.append({"field": field, "message": str(e.get("msg", "invalid"))})
-        return _error(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
-
-    @app.exception_handler(store.JobNotFound)
-    async def not_found(_: Request, exc: store.JobNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(IllegalTransition)
-    async def illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
-        return _error(409, str(exc), status=exc.current)
-
-    @app.exception_handler(store.IdempotencyConflict)
-    async def idem_conflict(_: Request, exc: store.IdempotencyConflict) -> JSONResponse:
-        return _error(409, str(exc), job_id=exc.job_id)
-
-    @app.exception_handler(store.InvalidCursor)
-    async def bad_cursor(_: Request, exc: store.InvalidCursor) -> JSONResponse:
-        return _error(400, str(exc))
-
-    @app.exception_handler(OperationalError)
-    async def db_down(_: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error", extra={"error": str(exc.orig)[:500]})
-        return _error(503, "database unavailable, retry later")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return _error(500, f"internal error ({type(exc).__name__}); see the service log")
-
-
 # -------------------------------------------------------------------------------------- startup
 
 
@@ -230,7 +174,12 @@ def ensure_admin_token(app: FastAPI, settings: Settings) -> str | None:
 def create_app(settings: Settings | None = None, *, start_dispatcher: bool = True) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    engine = make_engine(str(settings.database_url))
+    url = str(settings.database_url)
+    engine = make_engine(url, **engine_options(
+        url, connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s, pool_timeout_s=settings.db_pool_timeout_s,
+        pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+    ))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -273,11 +222,13 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
 
     app.add_middleware(RequestObserver)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    _install_error_handlers(app)
+    errors.install(app, retry_after_s=settings.retry_after_s)
+    errors.document(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(trials.router)
     app.include_router(internal.router)
+    install_ui(app)
     return app

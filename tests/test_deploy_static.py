@@ -616,7 +616,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "postgresql": {"enabled": False},
         "externalDatabase": {"url": "postgresql://ramp:pw@db.internal:5432/ramp"},
     },
-    "ray-token-auth": {"postgresql": {"auth": {"password": "pw"}}, "ray": {"auth": {"mode": "token"}}},
+    "ray-auth-disabled": {"postgresql": {"auth": {"password": "pw"}}, "ray": {"auth": {"mode": "disabled"}}},
     "existing-secret": {"postgresql": {"enabled": False}, "auth": {"existingSecret": "my-ramp-secret"}},
     "external-ray": {
         "postgresql": {"enabled": False},
@@ -1127,6 +1127,27 @@ def test_ray_auth_mode_is_pinned_identically_on_ray_and_the_api(scenario: Any) -
             assert unknown_env_names(set(env)) == set(), where
 
 
+def test_ray_token_auth_is_on_by_default_in_the_chart() -> None:
+    """Ray's Jobs API runs whatever it is sent and lists every job's environment: by default every
+    Ray container, the autoscaler and the API carry the token from the release's Secret."""
+    values = chart_values(SCENARIOS["bundled-postgres"])
+    assert values["ray"]["auth"]["mode"] == "token"
+    docs = manifests(render_chart(SCENARIOS["bundled-postgres"]))
+    secret = f"{RELEASE}-ramp-orchestrator"
+    assert secret_data(one(docs, "Secret", secret))["RAY_AUTH_TOKEN"]
+    (rc,) = find(docs, "RayCluster")
+    envs = [("api", api_container(docs)["env"]),
+            ("autoscaler", rc["spec"]["autoscalerOptions"]["env"])]
+    envs += [(where, c["env"]) for where, pod in pod_specs([rc]) for c in pod["containers"]]
+    assert len(envs) >= 5
+    for where, env in envs:
+        by_name = {e["name"]: e for e in env}
+        assert by_name["RAY_AUTH_MODE"]["value"] == "token", where
+        ref = by_name["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret, "key": "RAY_AUTH_TOKEN"}, where
+    assert {e["name"]: e for e in api_container(docs)["env"]}["RAMP_RAY_AUTH_MODE"]["value"] == "token"
+
+
 def test_migrations_job_is_a_helm_hook_running_rampctl_db_upgrade(scenario: Any) -> None:
     _, values, docs = scenario
     jobs = find(docs, "Job")
@@ -1186,7 +1207,7 @@ def test_notes_render_with_the_admin_token_command(scenario: Any) -> None:
 
 
 def test_generated_tokens_are_long_and_distinct() -> None:
-    docs = manifests(render_chart(SCENARIOS["ray-token-auth"]))
+    docs = manifests(render_chart(SCENARIOS["bundled-postgres"]))
     data = secret_data(one(docs, "Secret", RELEASE + "-ramp-orchestrator"))
     assert len(data["RAMP_ADMIN_TOKEN"]) >= 32 and len(data["RAY_AUTH_TOKEN"]) >= 32
     assert data["RAMP_ADMIN_TOKEN"] != data["RAY_AUTH_TOKEN"]
@@ -1252,9 +1273,12 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
     return _COMPOSE_VAR.sub(sub, value)
 
 
+COMPOSE_REQUIRED = {"RAMP_ADMIN_TOKEN": "t0ken", "RAY_AUTH_TOKEN": "ray-t0ken"}
+
+
 def load_compose(env: dict[str, str] | None = None, text: str | None = None) -> dict[str, Any]:
     raw = yaml.safe_load(text if text is not None else COMPOSE.read_text())
-    return interpolate(raw, {"RAMP_ADMIN_TOKEN": "t0ken"} if env is None else env)
+    return interpolate(raw, dict(COMPOSE_REQUIRED) if env is None else env)
 
 
 def service_env(svc: dict[str, Any]) -> dict[str, str]:
@@ -1338,7 +1362,7 @@ def test_compose_shared_volume_is_mounted_at_the_same_path() -> None:
 def test_compose_env_names_exist_and_build_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.runtime import jobs_api_address
 
-    compose = load_compose({"RAMP_ADMIN_TOKEN": "t0ken"})
+    compose = load_compose()
     services = compose["services"]
     for s in RAY_AND_API:
         assert unknown_env_names(set(service_env(services[s]))) == set(), s
@@ -1365,12 +1389,30 @@ def test_compose_ray_auth_mode_is_the_same_for_head_workers_and_api(monkeypatch:
         settings = settings_from_env(service_env(services["api"]), monkeypatch)
         assert settings.ray_auth_mode == mode
     defaults = load_compose()["services"]
-    assert service_env(defaults["ray-head"])["RAY_AUTH_MODE"] == "disabled", "pinned, not left to Ray"
+    assert service_env(defaults["ray-head"])["RAY_AUTH_MODE"] == "token", "pinned, not left to Ray"
+
+
+def test_compose_turns_ray_token_auth_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.runtime import external_auth_token
+
+    services = load_compose()["services"]
+    for s in RAY_AND_API:
+        env = service_env(services[s])
+        assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", "ray-t0ken"), s
+    api = service_env(services["api"])
+    settings = settings_from_env(api, monkeypatch)
+    assert settings.ray_auth_mode == "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", api["RAY_AUTH_TOKEN"])
+    assert external_auth_token(settings) == "ray-t0ken", "the API sends the token to Ray's Jobs API"
+    # The head's healthcheck authenticates too (it must pass once auth is on).
+    assert "RAY_AUTH_TOKEN" in services["ray-head"]["healthcheck"]["test"][3]
+    with pytest.raises(ValueError, match="RAY_AUTH_TOKEN"):
+        load_compose({"RAMP_ADMIN_TOKEN": "t0ken"})
 
 
 def test_compose_requires_an_admin_token() -> None:
     with pytest.raises(ValueError, match="RAMP_ADMIN_TOKEN"):
-        load_compose({})
+        load_compose({"RAY_AUTH_TOKEN": "rt"})
 
 
 def test_compose_gpu_reservation_is_valid_once_uncommented() -> None:

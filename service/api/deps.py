@@ -1,4 +1,5 @@
-"""Shared request dependencies: settings, DB session, the caller's token, the Ray backend."""
+"""Shared request dependencies: settings, DB session, the caller's token (authenticated, then rate
+limited) and the ``Principal`` it acts as, the Ray backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
 from service.auth import tokens
+from service.auth.access import Principal
+from service.auth.ratelimit import limiter_for
 from service.core.config import Settings
 from service.db.models import ApiToken
 from service.jobs import store
@@ -48,14 +51,38 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def get_current_token(request: Request, session: Annotated[Session, Depends(get_db)]) -> ApiToken:
+    """The caller's active API token (401 saying why not), within its rate limit (429 otherwise).
+    Every /v1 router depends on it; FastAPI runs it once per request however often it is named."""
     token = bearer_token(request)
     if token is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    row = tokens.authenticate_token(session, token)
-    if row is None:
-        raise _unauthorized("invalid or revoked token")
+    try:
+        row = tokens.verify_api_token(session, token)
+    except tokens.TokenRejected as exc:
+        raise _unauthorized(str(exc)) from None
     request.state.token_id = row.id
+    enforce_rate_limit(request, row.id)
     return row
+
+
+def enforce_rate_limit(request: Request, token_id: int) -> None:
+    """429 with ``Retry-After`` once token ``token_id`` exceeds RAMP_RATE_LIMIT_PER_MINUTE."""
+    limiter = limiter_for(request.app.state, request.app.state.settings.rate_limit_per_minute)
+    if limiter is None:
+        return
+    wait = limiter.acquire(token_id)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"rate limit exceeded ({int(limiter.capacity)} requests per minute per token); "
+            f"retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def get_principal(token: Annotated[ApiToken, Depends(get_current_token)]) -> Principal:
+    """Whose jobs the caller sees and acts on (service.auth.access)."""
+    return Principal.of(token)
 
 
 def require_job_token(job_id: int, request: Request, session: Annotated[Session, Depends(get_db)]) -> int:
@@ -88,3 +115,4 @@ def wake_dispatcher(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 TokenDep = Annotated[ApiToken, Depends(get_current_token)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,12 +1,14 @@
-"""Tokens: the users' API tokens (stored hashed) and the per-job driver tokens."""
+"""Tokens: the users' API tokens (stored hashed; revocable, optionally expiring) and the per-job
+driver tokens."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.security import hash_token, token_matches
 from service.db.base import utcnow
@@ -31,11 +33,26 @@ def verify_job_token(session: Session, job_id: int, token: str) -> bool:
     return token_matches(token, stored)
 
 
+# last_used_at is a coarse "is this token still in use" signal: writing it on every request would
+# turn each read into a write (and a lock on SQLite), so it moves at most once per this interval.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class TokenRejected(Exception):
+    """A presented API token that authenticates nobody; the message says why (for the 401)."""
+
+
 def create_api_token(
-    session: Session, name: str, token: str, *, is_admin: bool = False
+    session: Session,
+    name: str,
+    token: str,
+    *,
+    is_admin: bool = False,
+    expires_at: datetime | None = None,
 ) -> ApiToken:
     """Store ``token`` (hashed). Generate the token with service.core.security.generate_token."""
-    row = ApiToken(name=name, token_hash=hash_token(token), is_admin=is_admin, created_at=utcnow())
+    row = ApiToken(name=name, token_hash=hash_token(token), is_admin=is_admin, created_at=utcnow(),
+                   expires_at=expires_at)
     session.add(row)
     session.commit()
     return row
@@ -53,15 +70,67 @@ def ensure_api_token(session: Session, name: str, token: str, *, is_admin: bool 
         return session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).one()
 
 
-def authenticate_token(session: Session, token: str) -> ApiToken | None:
-    """The active token row for a presented bearer token, or None."""
-    row = session.scalars(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-    ).first()
-    session.commit()
+def verify_api_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken:
+    """The token row for a presented bearer token, if it is active (not revoked, not expired);
+    ``TokenRejected`` saying which otherwise. Records the use (``touch_last_used``)."""
+    now = now or utcnow()
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is None:
+        session.commit()
+        # Also what a deleted token gets (the wording older clients and scripts match on).
+        raise TokenRejected("invalid or revoked token")
+    if row.revoked_at is not None:
+        session.commit()
+        raise TokenRejected("token revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        session.commit()
+        raise TokenRejected("token expired")
+    touch_last_used(session, row, now)
     return row
+
+
+def authenticate_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken | None:
+    """The active token row for a presented bearer token, or None (revoked, expired or unknown)."""
+    try:
+        return verify_api_token(session, token, now=now)
+    except TokenRejected:
+        return None
+
+
+def touch_last_used(session: Session, row: ApiToken, now: datetime) -> None:
+    """Set ``last_used_at`` unless it is more recent than ``LAST_USED_RESOLUTION``; the condition is
+    in the UPDATE, so concurrent requests (or replicas) write it once, not once each."""
+    cutoff = now - LAST_USED_RESOLUTION
+    if row.last_used_at is not None and row.last_used_at > cutoff:
+        session.commit()  # ends the read transaction, as every function here does
+        return
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == row.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= cutoff))
+        .values(last_used_at=now)
+    )
+    session.commit()
+    set_committed_value(row, "last_used_at", now)  # the row reflects the write without re-flushing it
 
 
 def revoke_api_token(session: Session, token_id: int, *, at: datetime | None = None) -> None:
     session.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=at or utcnow()))
     session.commit()
+
+
+def revoke_api_tokens_named(session: Session, name: str, *, at: datetime | None = None) -> int:
+    """Revoke every active token called ``name``; how many were revoked (0: none active)."""
+    res = session.execute(
+        update(ApiToken)
+        .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=at or utcnow())
+    )
+    session.commit()
+    return int(res.rowcount or 0)
+
+
+def list_api_tokens(session: Session) -> list[ApiToken]:
+    """Every token row (active, expired and revoked), oldest first."""
+    rows = list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+    session.commit()
+    return rows

@@ -6,13 +6,15 @@ the rest of the ecosystem (docker-compose, Helm charts, Ray itself) already uses
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.jobs.paths import PathPolicy
 from workers.contract.layout import JobLayout
 
 
@@ -35,6 +37,9 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(default=None, ge=1)
     ray_tmpdir: Path | None = None
     storage_dir: Path | None = None
+    # Directories a job spec may name paths under (data_root, data_file, checkpoint, init_from):
+    # RAMP_DATA_ROOTS=/data:/models (or comma-separated, or a JSON list). Default: $RAMP_HOME/data.
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # Where job drivers (possibly on other machines) reach the internal endpoints.
@@ -42,14 +47,34 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=2, ge=1)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Requests per minute per API token on /v1 (a burst of this many, refilled evenly); 0 disables.
+    # In-process: each replica counts on its own (service.auth.ratelimit).
+    rate_limit_per_minute: int = Field(default=600, ge=0)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
     admin_token_file: Path | None = None
     # Production: a pre-provisioned admin token (e.g. from a Kubernetes Secret) to register at start-up.
     admin_token: str | None = None
     driver_python: str = sys.executable
     run_migrations: bool = True
+    # Database faults surface as 503 + Retry-After instead of requests hanging on a dead server.
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_s: float = Field(default=30.0, gt=0)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    retry_after_s: int = Field(default=5, ge=1)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for chunk in text.split(",") for part in chunk.split(":") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
@@ -59,6 +84,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{home / 'ramp.db'}"
         if self.storage_dir is None:
             self.storage_dir = home / "artifacts"
+        if not self.data_roots:
+            self.data_roots = [home / "data"]
         if self.admin_token_file is None:
             self.admin_token_file = home / "admin_token"
         if self.ray_tmpdir is None:
@@ -83,6 +110,12 @@ class Settings(BaseSettings):
         """Where jobs' files live under ``storage_dir`` (drivers write, the API serves)."""
         assert self.storage_dir is not None
         return JobLayout(self.storage_dir)
+
+    @property
+    def path_policy(self) -> PathPolicy:
+        """Where job specs may point (``RAMP_DATA_ROOTS``; never into the storage by path)."""
+        assert self.storage_dir is not None
+        return PathPolicy.of(self.data_roots, self.storage_dir)
 
     def job_dir(self, job_id: int) -> Path:
         return self.layout.job_dir(job_id)

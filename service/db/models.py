@@ -11,9 +11,15 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from service.db.base import Base, utcnow
 from service.state import JobStatus
 
+# Owner of jobs whose submitter is unknown (rows from before tenancy, jobs made without a token):
+# the name the service gives its own admin token, so only admins (and that name) see them.
+DEFAULT_OWNER = "admin"
+
 
 class Job(Base):
     __tablename__ = "jobs"
+    # (owner, id): a tenant's listing, newest first with keyset cursors, is one index range scan.
+    __table_args__ = (Index("ix_jobs_owner_id", "owner", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
@@ -32,6 +38,9 @@ class Job(Base):
     driver_token_hash: Mapped[str | None] = mapped_column(String(64))
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    # The tenant: the submitting token's *name* (tokens sharing a name share their jobs, so a
+    # rotated token keeps its jobs). Access rules live in service.auth.access.
+    owner: Mapped[str] = mapped_column(String(128), server_default=DEFAULT_OWNER)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -88,8 +97,10 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Written at most once a minute per token (service.auth.tokens.LAST_USED_RESOLUTION).
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class IdempotencyKey(Base):

@@ -39,6 +39,27 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def engine_options(
+    database_url: str, *, connect_timeout_s: float, statement_timeout_s: float, pool_timeout_s: float,
+    pool_size: int, max_overflow: int,
+) -> dict[str, Any]:
+    """``create_engine`` keywords bounding how long a request can wait on the database: a dead
+    server, an exhausted pool or a stuck statement end as an error (503) instead of a hang."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        return {}  # SQLite: the busy timeout above bounds lock waits; there is no server to lose
+    return {
+        "pool_timeout": pool_timeout_s,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "connect_args": {
+            "connect_timeout": max(1, round(connect_timeout_s)),
+            "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}",
+            # Notice a server that vanished without closing the socket (a cut network).
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        },
+    }
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: repository functions commit and hand the objects back to callers.
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)

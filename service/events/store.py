@@ -1,5 +1,9 @@
 """A job's event log: what drivers report (de-duplicated by attempt and seq) and the service's own
-status events, read back in order."""
+status events, read back in order.
+
+Event data is made storable first (``service.db.jsonsafe``: NaN / Infinity -> null, listed under
+``nonfinite``), so the progress copied onto the job row and the trial metrics a sweep's events
+update are storable too; one odd number never costs the batch it came in."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
+from service.db.jsonsafe import sanitize_document
 from service.db.models import Job, JobEvent
 from service.jobs.store import get_job
 from service.sweeps import trials
@@ -26,7 +31,7 @@ def _validate_event(job_id: int, event: dict[str, Any]) -> tuple[int | None, str
     data = event.get("data") or {}
     if not isinstance(data, dict):
         raise ValueError(f"job {job_id}: event data must be an object, got {type(data).__name__}")
-    return seq, etype, data
+    return seq, etype, sanitize_document(data) or {}
 
 
 def add_events(session: Session, job_id: int, events: list[dict[str, Any]]) -> None:

@@ -67,3 +67,16 @@ def _sweep_checkpoint(
         )
     path = Path(row.checkpoint)
     return ResolvedCheckpoint(str(path if path.is_absolute() else settings.job_dir(sweep.id) / path), trial)
+
+
+def recording(resolver: CheckpointResolver) -> tuple[CheckpointResolver, set[str]]:
+    """``resolver`` plus the set of paths it handed out: those came from job ids (and the
+    caller's right to them was checked), so path confinement lets them into the storage."""
+    seen: set[str] = set()
+
+    def resolve(job_id: int, trial: str | None) -> ResolvedCheckpoint:
+        found = resolver(job_id, trial)
+        seen.add(found.path)
+        return found
+
+    return resolve, seen

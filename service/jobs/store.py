@@ -12,15 +12,18 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import IdempotencyKey, Job
+from service.db.models import DEFAULT_OWNER, ApiToken, IdempotencyKey, Job
 from service.state import ACTIVE, JobStatus, parse_status
+
+if TYPE_CHECKING:  # service.auth.access imports this module; store only calls Principal's methods
+    from service.auth.access import Principal
 
 # Ids beyond a signed 64-bit integer cannot exist (and SQLite's driver overflows on them).
 MAX_ID = 2**63 - 1
@@ -43,6 +46,15 @@ class IdempotencyConflict(Exception):
         )
 
 
+class IdempotencyKeyInUse(Exception):
+    """The key's scope holds another owner's job (a shared or re-used scope): never replayed,
+    and the message names no job, so nothing about that job leaks."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"Idempotency-Key {key!r} is already in use; send a different key")
+
+
 class InvalidCursor(ValueError):
     pass
 
@@ -60,7 +72,7 @@ def _spec_method(spec: dict[str, Any]) -> str | None:
     return method if isinstance(method, str) else None
 
 
-def _new_job(spec: dict[str, Any], kind: str, token_id: int | None) -> Job:
+def _new_job(spec: dict[str, Any], kind: str, token_id: int | None, owner: str) -> Job:
     now = utcnow()
     return Job(
         kind=kind,
@@ -70,6 +82,7 @@ def _new_job(spec: dict[str, Any], kind: str, token_id: int | None) -> Job:
         attempt=1,
         max_retries=int(spec.get("max_retries") or 0),
         token_id=token_id,
+        owner=owner,
         created_at=now,
         updated_at=now,
         queued_at=now,
@@ -85,15 +98,20 @@ def create_job_idempotent(
     token_id: int | None,
     request_hash: str | None = None,
     children: Callable[[Session, Job], None] | None = None,
+    owner: str | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job; returns (job, created). A repeated key returns the first job.
 
     The unique (scope, key) constraint is the arbiter under a race: the loser's insert fails, it
     rolls back its job too, and returns the winner's. ``children(session, job)`` adds rows that
-    belong to the new job (a sweep's trials) in the same transaction.
+    belong to the new job (a sweep's trials) in the same transaction. ``owner`` defaults to the
+    name of token ``token_id`` (``DEFAULT_OWNER`` without one). A replay returns a job only to its
+    own owner (``IdempotencyKeyInUse`` otherwise).
     """
+    if owner is None:
+        owner = _token_owner(session, token_id)
     if idempotency_key is None:
-        job = _new_job(spec, kind, token_id)
+        job = _new_job(spec, kind, token_id, owner)
         session.add(job)
         if children is not None:
             session.flush()
@@ -102,10 +120,10 @@ def create_job_idempotent(
         return job, True
     scope = token_id or 0
     fingerprint = request_hash or request_fingerprint({"kind": kind, "spec": spec})
-    existing = _idempotent_job(session, scope, idempotency_key, fingerprint)
+    existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner)
     if existing is not None:
         return existing, False
-    job = _new_job(spec, kind, token_id)
+    job = _new_job(spec, kind, token_id, owner)
     session.add(job)
     try:
         session.flush()
@@ -117,22 +135,32 @@ def create_job_idempotent(
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = _idempotent_job(session, scope, idempotency_key, fingerprint)
+        existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner)
         if existing is None:  # the winner was deleted in between: nothing sensible to return
             raise
         return existing, False
     return job, True
 
 
-def _idempotent_job(session: Session, scope: int, key: str, fingerprint: str) -> Job | None:
+def _token_owner(session: Session, token_id: int | None) -> str:
+    name = session.scalar(select(ApiToken.name).where(ApiToken.id == token_id)) if token_id else None
+    return name if name is not None else DEFAULT_OWNER
+
+
+def _idempotent_job(session: Session, scope: int, key: str, fingerprint: str, owner: str) -> Job | None:
     row = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
     ).first()
     if row is None:
         return None
+    job = get_job(session, row.job_id)
+    # Scopes are token ids, so this holds unless a scope is shared (no token: 0) or an id was
+    # re-used; either way another owner's job must not come back, nor be named in a conflict.
+    if job.owner != owner:
+        raise IdempotencyKeyInUse(key)
     if row.request_hash != fingerprint:
         raise IdempotencyConflict(key, row.job_id)
-    return get_job(session, row.job_id)
+    return job
 
 
 def create_job(
@@ -187,9 +215,14 @@ def list_jobs(
     method: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    principal: Principal | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first; ``next_cursor`` is None on the last page."""
+    """Newest first; ``next_cursor`` is None on the last page. Only the jobs ``principal`` may
+    see (``service.auth.access``); ``None`` lists every job and is for trusted internal callers
+    only, never on behalf of a request."""
     stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if principal is not None:
+        stmt = principal.visible(stmt)
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         stmt = stmt.where(Job.status.in_([parse_status(s).value for s in statuses]))

@@ -5,6 +5,15 @@ writers (an API cancel racing the dispatcher) cannot overwrite each other; the l
 re-decides. The effects of a change happen in the same transaction: the ``<status>_at`` stamp, the
 status event, the result (a success is never visible without its metrics), closing a sweep's open
 trials when the sweep ends, the requeue reset. Listeners (metrics) hear of it after the commit.
+
+JSON written here (a result) passes through ``service.db.jsonsafe`` first: NaN / Infinity become
+null and are listed under ``nonfinite``, so one diverged metric cannot make a job unrecordable.
+
+Driver reports go through ``driver_report``: a driver speaks for one attempt of a job, so a report
+from an attempt that is no longer current raises ``StaleAttempt``, and a job that already ended
+takes no report at all (``IllegalTransition``; both are answered 409). A requeue within an attempt
+keeps the attempt's driver token (a submit that timed out but reached Ray is adopted with its
+driver); a new attempt clears it, which also locks the previous attempt's driver out.
 """
 
 from __future__ import annotations
@@ -17,9 +26,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
+from service.db.jsonsafe import sanitize_document
 from service.db.models import Job, JobEvent
 from service.jobs.store import get_job
-from service.state import RETRYABLE, TERMINAL, IllegalTransition, JobStatus, check_transition, parse_status
+from service.state import (
+    ACTIVE,
+    RETRYABLE,
+    TERMINAL,
+    IllegalTransition,
+    JobStatus,
+    check_transition,
+    parse_status,
+)
 from service.sweeps import trials
 
 log = logging.getLogger(__name__)
@@ -41,14 +59,15 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
     if limit <= 0:
         return []
     queued = JobStatus.QUEUED.value
-    now = utcnow()
-    values = {
-        "status": JobStatus.DISPATCHING.value,
-        "dispatching_at": now,
-        "updated_at": now,
-        "claimed_by": claimer,
-        "status_reason": None,
-    }
+
+    def values() -> dict[str, Any]:
+        # Stamped after the rows were selected, never before: a job queued (or requeued) by another
+        # writer between an early stamp and the SELECT would otherwise be dispatching "before" it
+        # was queued (seen on a loaded machine as queued_at > dispatching_at).
+        now = utcnow()
+        return {"status": JobStatus.DISPATCHING.value, "dispatching_at": now, "updated_at": now,
+                "claimed_by": claimer, "status_reason": None}
+
     if session.get_bind().dialect.name == "postgresql":
         ids = list(
             session.scalars(
@@ -60,7 +79,7 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
             )
         )
         if ids:
-            session.execute(update(Job).where(Job.id.in_(ids)).values(**values))
+            session.execute(update(Job).where(Job.id.in_(ids)).values(**values()))
     else:
         ids = []
         while len(ids) < limit:
@@ -75,7 +94,7 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
                 break
             for job_id in candidates:
                 res = session.execute(
-                    update(Job).where(Job.id == job_id, Job.status == queued).values(**values)
+                    update(Job).where(Job.id == job_id, Job.status == queued).values(**values())
                 )
                 if res.rowcount == 1:
                     ids.append(job_id)
@@ -175,20 +194,79 @@ def transition(
         elif error is not None:
             values["error"] = error
         if result is not None:
-            values["result"] = result
+            values["result"] = sanitize_document(result)
         if target == JobStatus.QUEUED.value:
-            values |= _requeue_reset()
+            values |= _requeue_reset(new_attempt=False)
         return target, values
 
     return _cas(session, job_id, decide, reason=reason, error=error)
 
 
-def _requeue_reset() -> dict[str, Any]:
-    # A new attempt starts clean; the previous error stays in the job's status events.
-    return {
+class StaleAttempt(IllegalTransition):
+    """A driver of an attempt that is no longer the job's current one reported (answered 409)."""
+
+    def __init__(self, job: Job, attempt: int) -> None:
+        super().__init__(
+            job.id, job.status, job.status,
+            message=f"job {job.id} is at attempt {job.attempt}; attempt {attempt} is no longer current",
+        )
+        self.attempt = attempt
+        self.current_attempt = job.attempt
+
+
+def check_attempt(job: Job, attempt: int | None) -> None:
+    """Raise ``StaleAttempt`` when a driver of ``attempt`` speaks for ``job`` (None: not stated)."""
+    if attempt is not None and attempt != job.attempt:
+        raise StaleAttempt(job, attempt)
+
+
+def driver_report(
+    session: Session,
+    job_id: int,
+    to_status: str,
+    *,
+    attempt: int | None,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+    reason: str = "reported by the job driver",
+) -> Job:
+    """A job driver's status report: ``transition`` with the driver's fences, decided atomically.
+
+    Refused (nothing written) when ``attempt`` is not the job's current attempt (``StaleAttempt``)
+    or when the job has already ended (``IllegalTransition``: a late or repeated verdict must not
+    rewrite the recorded one). A report of the status the job already has is a no-op."""
+    target = parse_status(to_status).value
+
+    def decide(job: Job) -> tuple[str, dict[str, Any]] | None:
+        check_attempt(job, attempt)
+        if JobStatus(job.status) in TERMINAL:
+            raise IllegalTransition(
+                job.id, job.status, target,
+                message=f"job {job.id} already ended ({job.status}); its driver cannot report a status now",
+            )
+        if job.status == target:
+            return None
+        check_transition(job.status, target, job_id=job.id)
+        values: dict[str, Any] = {}
+        if target == JobStatus.FAILED.value:
+            values["error"] = error or "failed"
+        if result is not None:
+            values["result"] = sanitize_document(result)
+        return target, values
+
+    return _cas(session, job_id, decide, reason=reason, error=error)
+
+
+def _requeue_reset(*, new_attempt: bool) -> dict[str, Any]:
+    """What a job going back to ``queued`` forgets; the previous error stays in its status events.
+
+    Within an attempt (a submission that did not reach Ray, as far as we know) the driver token is
+    kept: the submission may have reached Ray after all, and the Ray job the next submit adopts
+    runs a driver holding exactly this token. A new attempt gets a new token at its submission;
+    clearing the hash now locks the previous attempt's driver out at once."""
+    reset: dict[str, Any] = {
         "ray_job_id": None,
         "claimed_by": None,
-        "driver_token_hash": None,
         "error": None,
         "result": None,
         "progress": None,
@@ -199,6 +277,9 @@ def _requeue_reset() -> dict[str, Any]:
         "failed_at": None,
         "cancelled_at": None,
     }
+    if new_attempt:
+        reset["driver_token_hash"] = None
+    return reset
 
 
 def request_cancel(session: Session, job_id: int, *, reason: str | None = "cancelled by user") -> Job:
@@ -234,6 +315,34 @@ def retry_job(session: Session, job_id: int, *, reason: str | None = "retry") ->
                 JobStatus.QUEUED.value,
                 message=f"cannot retry job {job.id}: it is {job.status} (only failed or cancelled jobs)",
             )
-        return JobStatus.QUEUED.value, _requeue_reset() | {"attempt": job.attempt + 1}
+        return JobStatus.QUEUED.value, _requeue_reset(new_attempt=True) | {"attempt": job.attempt + 1}
 
     return _cas(session, job_id, decide, reason=reason)
+
+
+def set_driver_token(session: Session, job_id: int, *, attempt: int, token_hash: str) -> bool:
+    """Store attempt ``attempt``'s driver token hash; False (nothing written) when the job has
+    moved on to another attempt meanwhile."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt).values(driver_token_hash=token_hash)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+def record_submission(session: Session, job_id: int, *, attempt: int, ray_job_id: str) -> Job | None:
+    """Record the Ray job of attempt ``attempt`` on a job still active in that attempt; None when the
+    job has moved on meanwhile (cancelled, re-queued, retried): then nobody will watch that Ray job
+    and the caller must stop it."""
+    active = [s.value for s in ACTIVE]
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(active))
+        .values(ray_job_id=ray_job_id)
+    )
+    session.commit()
+    if res.rowcount != 1:
+        return None
+    job = get_job(session, job_id)
+    session.commit()
+    return job

@@ -142,7 +142,7 @@ def make_settings(home: Path, database_url: str | None = None, **overrides: obje
         log_level="WARNING",
         log_json=True,
         sse_poll_interval_s=0.05,
-        **overrides,
+        **({"data_roots": [Path("/data"), home / "data"]} | overrides),
     )
 
 
@@ -244,3 +244,4 @@ def _make_driver_token(app: object, job_id: int) -> str:
 def driver_token():  # noqa: ANN201
     """driver_token(app, job_id) -> token: what the dispatcher does at submission (hash on the row)."""
     return _make_driver_token
+

@@ -132,7 +132,7 @@ def test_driver_spec_events_and_status_flow(api, driver_token) -> None:
     r = api.client.post(f"/internal/jobs/{job_id}/status", json=failed, headers=auth)
     assert r.status_code == 409 and r.json()["status"] == "succeeded"
     r = api.client.post(f"/internal/jobs/{job_id}/status", json={"status": "paused"}, headers=auth)
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.status"
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.status"
 
 
 def test_driver_failure_and_sanitised_text(api, driver_token) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
 
+from service.api.routes import health
 from service.core.config import Settings
 from service.db.session import make_engine
 from service.jobs import transitions
@@ -33,15 +36,61 @@ def test_healthz(api) -> None:
 
 def test_readyz_reports_db_and_ray(api) -> None:
     r = api.client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "ray": "not configured"}
+    assert r.status_code == 200 and r.json()["checks"] == {
+        "database": "ok", "ray": "not configured", "dispatcher": "not running in this process"}
     api.app.state.backend = Probe(True)
     assert api.client.get("/readyz").json()["checks"]["ray"] == "ok"
+    # Ray down: the API still serves (jobs queue), so ready -- but degraded, and it says why.
     api.app.state.backend = Probe(ConnectionError("GCS at 127.0.0.1:6379 unreachable"))
     r = api.client.get("/readyz")
-    assert r.status_code == 503 and r.json()["checks"]["ray"] == "unreachable"
+    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert r.json()["checks"]["ray"] == "unreachable"
     assert any("GCS at 127.0.0.1:6379 unreachable" in reason for reason in r.json()["reasons"])
     api.app.state.backend = Probe(False)
-    assert api.client.get("/readyz").status_code == 503
+    assert api.client.get("/readyz").json()["checks"]["ray"] == "unreachable"
+
+
+class HangingProbe:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def ping(self) -> None:
+        self.release.wait(60)
+
+
+def test_readyz_answers_in_bounded_time_when_ray_hangs(api) -> None:
+    probe = HangingProbe()
+    api.app.state.backend = probe
+    try:
+        started = time.monotonic()
+        r = api.client.get("/readyz")
+        elapsed = time.monotonic() - started
+        assert r.json()["checks"]["ray"] == "unreachable"
+        assert any("no answer within" in reason for reason in r.json()["reasons"]), r.json()
+        # The probe deadline is 2 s; 15 s leaves room for a loaded machine but not for a hang.
+        assert elapsed < health.READY_TIMEOUT_S + 13
+    finally:
+        probe.release.set()
+
+
+class FakeDispatcher:
+    def __init__(self, **health: object) -> None:
+        self._health = health
+
+    def health(self) -> dict[str, object]:
+        return self._health
+
+
+def test_readyz_includes_the_dispatcher_heartbeat(api) -> None:
+    api.app.state.dispatcher = FakeDispatcher(last_pass_age_s=0.4, last_error=None, passes=12,
+                                              reconciled=True)
+    r = api.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"]["dispatcher"] == "ok"
+    api.app.state.dispatcher = FakeDispatcher(last_pass_age_s=300.0, last_error="OperationalError: gone",
+                                              passes=12, reconciled=True)
+    r = api.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["dispatcher"] == "stalled"
+    assert "OperationalError: gone" in r.json()["reasons"][0]
 
 
 def test_readyz_and_api_when_the_database_is_down(api) -> None:

@@ -6,6 +6,7 @@ import threading
 
 import httpx
 import pytest
+from error_support import detail_text
 
 from service.jobs import transitions
 from workers.contract.spec import TrainSpec
@@ -77,15 +78,15 @@ def test_invalid_specs_are_422_naming_the_field(api, patch: dict, field: str, re
     r = _submit(api, TRAIN | patch)
     assert r.status_code == 422, r.text
     body = r.json()
-    assert any(e["field"] == field and reason in e["message"] for e in body["errors"]), body
-    assert field in body["detail"]
+    assert any(e["field"] == field and reason in e["msg"] for e in body["detail"]), body
+    assert field in detail_text(r)
 
 
 def test_finetune_from_a_job_resolves_its_checkpoint_and_requires_success(api) -> None:
     src = _submit(api, TRAIN).json()["id"]
     r = _submit(api, {"kind": "finetune", "init_from": {"job_id": src}, "epochs": 1})
-    assert r.status_code == 422 and "is queued" in r.json()["detail"]
-    assert r.json()["errors"][0]["field"] == "body.init_from.job_id"
+    assert r.status_code == 422 and "is queued" in detail_text(r)
+    assert r.json()["detail"][0]["field"] == "body.init_from.job_id"
     _finish(api, src)
     r = _submit(api, {"kind": "finetune", "init_from": {"job_id": src}, "epochs": 1})
     assert r.status_code == 201, r.text
@@ -96,9 +97,9 @@ def test_finetune_from_a_job_resolves_its_checkpoint_and_requires_success(api) -
     r = _submit(api, {"kind": "finetune", "init_from": {"checkpoint": "/data/ckpt"}})
     assert r.status_code == 201 and r.json()["spec"]["init_from"] == "/data/ckpt"
     r = _submit(api, {"kind": "finetune", "init_from": {"job_id": 9999}})
-    assert r.status_code == 422 and "job 9999 does not exist" in r.json()["detail"]
+    assert r.status_code == 422 and "job 9999 does not exist" in detail_text(r)
     r = _submit(api, {"kind": "finetune"})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.init_from"
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.init_from"
 
 
 def test_eval_takes_a_checkpoint_or_a_succeeded_training_job(api) -> None:
@@ -112,11 +113,11 @@ def test_eval_takes_a_checkpoint_or_a_succeeded_training_job(api) -> None:
     eval_id = r.json()["id"]
     _finish(api, eval_id)
     r = _submit(api, {"kind": "eval", "job_id": eval_id})
-    assert r.status_code == 422 and "eval job" in r.json()["detail"]
+    assert r.status_code == 422 and "eval job" in detail_text(r)
     assert _submit(api, {"kind": "eval", "checkpoint": "/c", "job_id": src}).status_code == 422
     assert _submit(api, {"kind": "eval"}).status_code == 422
     r = _submit(api, {"kind": "eval", "checkpoint": "/c", "suite": ["apgd", "nope"]})
-    assert r.status_code == 422 and "unknown attack(s) nope" in r.json()["detail"]
+    assert r.status_code == 422 and "unknown attack(s) nope" in detail_text(r)
 
 
 def test_idempotency_key_replays_and_conflicts(api) -> None:
@@ -173,7 +174,7 @@ def test_list_filters_and_paginates_newest_first(api) -> None:
     assert get(status="queued,cancelled", kind="train") == ids[::-1]
     assert get(kind="eval") == []
     r = api.client.get("/v1/jobs", params={"status": "paused"}, headers=api.auth)
-    assert r.status_code == 422 and "unknown status 'paused'" in r.json()["detail"]
+    assert r.status_code == 422 and "unknown status 'paused'" in detail_text(r)
     assert api.client.get("/v1/jobs", params={"cursor": "%%%"}, headers=api.auth).status_code == 400
     assert api.client.get("/v1/jobs", params={"limit": 0}, headers=api.auth).status_code == 422
 

@@ -49,4 +49,4 @@ def test_conflicts_and_bad_references_are_422_naming_the_field(api) -> None:
     for body, field, reason in cases:
         r = _submit(api, body)
         assert r.status_code == 422, (body, r.text)
-        assert any(e["field"] == field and reason in e["message"] for e in r.json()["errors"]), r.text
+        assert any(e["field"] == field and reason in e["msg"] for e in r.json()["detail"]), r.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from error_support import assert_error_model
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -60,7 +61,7 @@ NASTY: list[bytes] = [
 def test_nasty_bodies_are_4xx(api, body: bytes) -> None:
     r = api.client.post("/v1/jobs", content=body, headers=api.auth | {"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:300])
-    assert isinstance(r.json()["detail"], str)
+    assert_error_model(r)
 
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -94,7 +95,7 @@ def test_random_json_never_causes_a_server_error(api, body: object) -> None:
     r = api.client.post("/v1/jobs", content=json.dumps(body), headers=headers)
     assert r.status_code < 500, (body, r.text[:300])
     if r.status_code >= 400:
-        assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+        assert_error_model(r)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -21,6 +21,7 @@ from service.dispatcher import Dispatcher, DispatchPolicy, entrypoint_resources,
 from service.events import store as events
 from service.jobs import store, transitions
 from workers.contract import outbox
+from workers.contract.attempts import read_token_file
 
 
 @pytest.fixture
@@ -83,10 +84,12 @@ def test_submits_with_a_job_token_and_respects_the_concurrency_limit(
     # A training driver reserves nothing: its Ray Train workers reserve their own CPUs.
     assert ray.num_cpus == 0.0 and ray.num_gpus is None
     assert ray.env_vars["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
+    assert ray.env_vars["RAMP_JOB_ATTEMPT"] == "1"
+    token = read_token_file(ray.env_vars["RAMP_JOB_TOKEN_FILE"])
     with session_factory() as s:
-        # The token in the Ray job's environment opens this job, and only this job.
-        assert tokens.verify_job_token(s, ids[0], ray.env_vars["RAMP_JOB_TOKEN"])
-        assert not tokens.verify_job_token(s, ids[1], ray.env_vars["RAMP_JOB_TOKEN"])
+        # The token in the file the Ray job is pointed at opens this job, and only this job.
+        assert token and tokens.verify_job_token(s, ids[0], token)
+        assert not tokens.verify_job_token(s, ids[1], token)
     # A finished job frees a slot for the third.
     ray.status = "RUNNING"
     dispatcher.tick()

@@ -258,12 +258,16 @@ def test_a_revoked_token_stops_delivery(service: dict[str, Any], tmp_path: Path)
 
 
 def _train_in_process(spec: Any, out_dir: Path, reporter: Any, resume: bool, *,
-                      resources: Any = None) -> dict:
+                      resources: Any = None, fence: Any = None) -> dict:
     """The driver's training step without Ray Train (the Ray path is tested in test_dispatcher_ray)."""
     from workers.jobs.driver import ReportingCallback
+    from workers.training.callbacks import AttemptFenceCallback
     from workers.training.loop import run_training
 
-    return run_training(spec, out_dir, callbacks=[ReportingCallback(reporter, out_dir)], resume=resume)
+    callbacks: list[Any] = [] if reporter is None else [ReportingCallback(reporter, out_dir)]
+    if fence is not None:
+        callbacks.append(AttemptFenceCallback(fence))
+    return run_training(spec, out_dir, callbacks=callbacks, resume=resume)
 
 
 def test_driver_runs_a_training_job_and_reports_everything(
@@ -377,6 +381,136 @@ def test_reporting_callback_maps_training_hooks_to_events(tmp_path: Path) -> Non
 
 
 
+# ------------------------------------------------------------------ a batch with one bad event
+
+
+def _stub(handler: Any, attempt: int | None = 1) -> ServiceClient:
+    return ServiceClient("http://svc", 7, "tok", attempt=attempt, backoff=FAST,
+                         http=httpx.Client(transport=httpx.MockTransport(handler)))
+
+
+def test_one_refused_event_costs_only_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One oversized log line makes the service answer 413 for its whole batch: the batch is
+    bisected, the 199 other events are delivered (in order, once each) and only that line is
+    dropped, with a warning on stderr and a log event saying so."""
+    received: list[dict[str, Any]] = []
+    posts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        batch = json.loads(request.content)["events"]
+        if any(len(e["data"].get("message", "")) > 10_000 for e in batch):
+            return httpx.Response(413, json={"detail": "request body too large"})
+        received.extend(batch)
+        return httpx.Response(200, json={"ok": True, "received": len(batch)})
+
+    rep = Reporter(_stub(handler), attempt=1, spool_dir=tmp_path, batch_size=200, flush_interval_s=0.01)
+    for i in range(200):
+        rep.log("x" * 20_000 if i == 137 else f"line {i}")
+    assert rep.start().close(timeout_s=30) is True
+    seqs = [e["seq"] for e in received]
+    assert seqs[:199] == [i for i in range(200) if i != 137] and len(set(seqs)) == len(seqs)
+    (notice,) = received[199:]
+    assert notice["data"]["dropped_seq"] == 137 and notice["data"]["status_code"] == 413
+    assert (rep.delivered, rep.dropped) == (200, 1)
+    assert outbox.Spool(tmp_path, 1).acked() == 200
+    assert len(posts) <= 2 * 8 + 2, "bisected, not sent one by one"
+    assert all(p.headers["x-ramp-attempt"] == "1" for p in posts)
+    assert "dropped event seq 137" in capsys.readouterr().err
+
+
+def test_a_refusal_of_the_driver_itself_stops_delivery_without_bisecting(tmp_path: Path) -> None:
+    posts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(409, json={"detail": "stale", "refusal": "stale_attempt", "status": "running"})
+
+    rep = Reporter(_stub(handler), attempt=1, spool_dir=tmp_path, flush_interval_s=0.01)
+    for i in range(50):
+        rep.log(f"line {i}")
+    assert rep.start().close(timeout_s=10) is False
+    assert len(posts) == 1 and rep.dropped == 0
+    assert len(outbox.Spool(tmp_path, 1).pending()) == 50, "kept in the spool"
+
+
+# ------------------------------------------------------------------- the driver's own fences
+
+
+def _eval_job(app: Any, tmp_path: Path) -> tuple[int, str]:
+    from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
+
+    token = generate_token(DRIVER_TOKEN_PREFIX)
+    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "monitor", "n": 8}
+    with app.state.session_factory() as s:
+        job = store.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
+        tokens.set_job_token(s, job.id, hash_token(token))
+        transitions.claim_queued_jobs(s, limit=5, claimer="test")
+    return job.id, token
+
+
+def test_the_driver_reads_its_token_file_and_states_its_attempt(
+    service: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from workers.contract.attempts import issue_token_file
+    from workers.jobs import driver
+
+    app = service["app"]
+    job_id, token = _eval_job(app, tmp_path)
+    token_file = tmp_path / "secrets" / "t.token"
+    issue_token_file(token_file, lambda: token)
+    monkeypatch.delenv("RAMP_JOB_TOKEN", raising=False)
+    monkeypatch.setenv("RAMP_SERVICE_URL", service["url"])
+    monkeypatch.setenv("RAMP_JOB_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("RAMP_STORAGE_DIR", str(tmp_path / "storage"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with running_server(app, service["port"]):
+            monkeypatch.setenv("RAMP_JOB_ATTEMPT", "2")  # not the job's attempt: refused, runs nothing
+            assert driver.main(["--job-id", str(job_id)]) == driver.EXIT_FAILED
+            with app.state.session_factory() as s:
+                assert store.get_job(s, job_id).status == "dispatching"
+            assert not (tmp_path / "storage" / "jobs" / str(job_id)).exists()
+            monkeypatch.setenv("RAMP_JOB_ATTEMPT", "1")
+            # Accepted now; the eval itself fails (no such checkpoint), and says so.
+            assert driver.main(["--job-id", str(job_id)]) == driver.EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with app.state.session_factory() as s:
+        job = store.get_job(s, job_id)
+    assert job.status == "failed" and "CheckpointError" in job.error
+
+
+def test_a_driver_started_after_its_job_ended_or_was_superseded_touches_nothing(
+    service: dict[str, Any], tmp_path: Path
+) -> None:
+    from workers.contract.attempts import write_attempt_marker
+    from workers.jobs.driver import EXIT_STOPPED, run_job
+
+    app = service["app"]
+    storage = tmp_path / "storage"
+    layout = JobLayout.at(storage)
+    cancelled, cancelled_token = _eval_job(app, tmp_path)
+    superseded, superseded_token = _eval_job(app, tmp_path)
+    with app.state.session_factory() as s:
+        transitions.request_cancel(s, cancelled)
+        transitions.transition(s, cancelled, "cancelled")
+    # The marker names a later attempt than the one this driver runs (its Ray job started late).
+    write_attempt_marker(layout.attempt_marker(superseded), 2)
+    outbox.write_result(layout.job_dir(superseded), attempt=2, status="succeeded", metrics={"union": 1.0})
+    with running_server(app, service["port"]):
+        for job_id, token in ((cancelled, cancelled_token), (superseded, superseded_token)):
+            assert run_job(ServiceClient(service["url"], job_id, token, attempt=1), storage) == EXIT_STOPPED
+    assert not layout.job_dir(cancelled).exists()
+    assert outbox.read_result(layout.job_dir(superseded), attempt=2) is not None, "the newer result is kept"
+    with app.state.session_factory() as s:
+        assert store.get_job(s, cancelled).status == "cancelled"
+        assert store.get_job(s, superseded).status == "dispatching"
+        assert events.list_events(s, superseded, type="log") == []
+
+
 @pytest.mark.slow
 def test_driver_selects_the_key_pair_before_a_ramp_job(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -391,11 +525,12 @@ def test_driver_selects_the_key_pair_before_a_ramp_job(tmp_path: Path,
 
     calls: list[str] = []
 
-    def train(spec: Any, out_dir: Path, reporter: Any, resume: bool, *, resources: Any = None) -> dict:
+    def train(spec: Any, out_dir: Path, reporter: Any, resume: bool, *, resources: Any = None,
+              fence: Any = None) -> dict:
         calls.append(spec.method)
         if reporter is None:  # the selection's single-norm models train quietly
             return run_training(spec, out_dir, resume=resume)
-        return _train_in_process(spec, out_dir, reporter, resume)
+        return _train_in_process(spec, out_dir, reporter, resume, fence=fence)
 
     monkeypatch.setattr(driver, "run_train_job", train)
     port = free_port()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -97,3 +100,81 @@ def test_the_alembic_command_line_uses_the_same_scripts(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert _tables(url) == TABLES
+
+
+# ------------------------------------------------------------------------------ 0003 tenancy
+
+
+@contextmanager
+def _empty_database(kind: str, tmp_path: Path, pg_url: str | None) -> Iterator[str]:
+    """A new, empty database: a SQLite file, or a throwaway PostgreSQL database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tenancy.db'}"
+        return
+    assert pg_url is not None
+    name = f"ramp_mig_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(make_url(pg_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_tenancy_migration_backfills_owners_and_keeps_every_row(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0002 -> 0003 on a database with data: owners come from the submitting token's name (else
+    'admin'); up and down again lose no job, event, trial or idempotency key (SQLite would cascade
+    deletes into them if the migration rebuilt the jobs table)."""
+    pg_url = request.getfixturevalue("pg_url") if kind == "postgresql" else None
+    with _empty_database(kind, tmp_path, pg_url) as url:
+        migrate.upgrade(url, "0002")
+        engine = make_engine(url)
+        ts = "2026-01-01 00:00:00"
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO api_tokens (id, name, token_hash, is_admin, created_at) VALUES "
+                              f"(1, 'alice', 'h1', false, '{ts}'), (2, 'bob', 'h2', false, '{ts}')"))
+            for job_id, token_id in ((1, 1), (2, 2), (3, None)):
+                conn.execute(text(
+                    "INSERT INTO jobs (id, kind, spec, status, attempt, max_retries, token_id, created_at, "
+                    f"updated_at) VALUES (:id, 'train', '{{}}', 'queued', 1, 0, :token, '{ts}', '{ts}')"
+                ), {"id": job_id, "token": token_id})
+            conn.execute(text("INSERT INTO job_events (job_id, attempt, type, data, created_at) "
+                              f"VALUES (1, 1, 'log', '{{}}', '{ts}')"))
+            conn.execute(text("INSERT INTO trials (job_id, trial_id, trial_index, attempt, status, config, "
+                              f"metrics, created_at, updated_at) VALUES (2, 't0', 0, 1, 'pending', '{{}}', "
+                              f"'[]', '{ts}', '{ts}')"))
+            conn.execute(text("INSERT INTO idempotency_keys (scope, key, request_hash, job_id, created_at) "
+                              f"VALUES (1, 'k', 'h', 1, '{ts}')"))
+        counts = "SELECT (SELECT count(*) FROM job_events), (SELECT count(*) FROM trials), " \
+                 "(SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM jobs)"
+        try:
+            migrate.upgrade(url)
+            with engine.connect() as conn:
+                owners = dict(conn.execute(text("SELECT id, owner FROM jobs")).all())
+                assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 3)
+            assert owners == {1: "alice", 2: "bob", 3: "admin"}
+            assert "expires_at" in _columns(url, "api_tokens")
+            assert _diff(url) == []
+
+            migrate.downgrade(url, "0002")
+            assert "owner" not in _columns(url, "jobs") and "expires_at" not in _columns(url, "api_tokens")
+            with engine.connect() as conn:
+                assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 3)
+            migrate.upgrade(url)  # and up again
+            assert _diff(url) == []
+        finally:
+            engine.dispose()

@@ -161,4 +161,4 @@ def test_the_curl_script_submits_a_sweep(live_server: Any, tmp_path: Path) -> No
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(SWEEP | {"metric": "nope"}))
     r = run(str(bad))
-    assert r.returncode == 22 and json.loads(r.stdout)["errors"][0]["field"] == "body.metric"
+    assert r.returncode == 22 and json.loads(r.stdout)["detail"][0]["field"] == "body.metric"

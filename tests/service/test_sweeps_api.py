@@ -182,8 +182,8 @@ def test_the_driver_gets_exactly_the_runners_spec(api: Any, driver_token: Any) -
 def test_invalid_sweeps_are_422_naming_the_field(api: Any, patch: dict, field: str, reason: str) -> None:
     r = submit(api, SWEEP | patch)
     assert r.status_code == 422, r.text
-    errors = r.json()["errors"]
-    assert any(e["field"] == field and reason in e["message"] for e in errors), errors
+    errors = r.json()["detail"]
+    assert any(e["field"] == field and reason in e["msg"] for e in errors), errors
 
 
 _json = st.recursive(
@@ -335,7 +335,7 @@ def test_finetune_and_eval_start_from_a_trials_checkpoint(any_api: Any, driver_t
     def rejected(body: dict[str, Any], field: str, reason: str) -> None:
         r = submit(any_api, body)
         assert r.status_code == 422, r.text
-        assert any(e["field"] == field and reason in e["message"] for e in r.json()["errors"]), r.text
+        assert any(e["field"] == field and reason in e["msg"] for e in r.json()["detail"]), r.text
 
     rejected(finetune, "body.init_from.trial", "trial_0001 of sweep")  # still pending
     driver = make_running(any_api, sweep, driver_token)

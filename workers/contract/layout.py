@@ -4,8 +4,10 @@
         checkpoint/                            the latest training checkpoint (``CHECKPOINT_DIR``)
         metrics.json, per_sample.npz, ...      the final evaluation
         result.json                            the driver's final word: attempt, status, metrics | error
+        .attempt                               the current attempt (the fence of stale trainers)
         trials/<trial id>/...                  a sweep's trials
     <storage>/spool/jobs/<id>/attempt-<n>.jsonl, .acked   the driver's event spool per attempt
+    <storage>/secrets/jobs/<id>/<submission id>.token     an attempt's driver token (0600, dirs 0700)
 
 The service, the driver and the outbox all go through ``JobLayout``.
 """
@@ -21,6 +23,7 @@ TRAIN_STATE_FILE = "train_state.pt"  # inside a checkpoint: what a resumed run c
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.json"
 TRIALS_DIR = "trials"
+ATTEMPT_MARKER = ".attempt"  # hidden: drivers do not list dot-files as artifacts
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,22 @@ class JobLayout:
 
     def spool_dir(self, job_id: int) -> Path:
         return self.storage_dir / "spool" / "jobs" / str(job_id)
+
+    def attempt_marker(self, job_id: int) -> Path:
+        """The job's current attempt number, written by the service before it submits an attempt."""
+        return self.job_dir(job_id) / ATTEMPT_MARKER
+
+    def secrets_dir(self, job_id: int) -> Path:
+        """Outside the job dir, so no artifact listing or download can reach it."""
+        return self.storage_dir / "secrets" / "jobs" / str(job_id)
+
+    def driver_token_file(self, job_id: int, submission: str) -> Path:
+        """Where the service leaves the driver token of one attempt (named by its Ray submission id,
+        unique per job, attempt and database) for its driver to read: the token never travels in
+        the Ray job's environment, which Ray's Jobs API lists."""
+        if not submission or "/" in submission or submission.startswith("."):
+            raise ValueError(f"bad submission id {submission!r}")
+        return self.secrets_dir(job_id) / f"{submission}.token"
 
     @staticmethod
     def storage_of(job_dir: str | os.PathLike[str]) -> Path:

@@ -9,8 +9,10 @@ Reading uses :class:`LocalCIFAR10`, a subclass of torchvision's ``CIFAR10`` that
 files the same way but checks that they exist instead of comparing their md5 with torchvision's
 hard-coded digests of the official release. Why: hashing 180 MB on every load costs time on each
 Ray worker, and a byte-identical re-pickle of the data (or the small synthetic batches our tests
-write) is rejected by the md5 check although it is the same format. The format itself is still
-validated: every batch must reshape to (N, 3, 32, 32) uint8 with one label per image in 0..9.
+write) is rejected by the md5 check although it is the same format. Batches are read with a
+data-only unpickler (``workers.datasets.safe_pickle``): a file that would run code is refused. The
+format itself is still validated: every batch must reshape to (N, 3, 32, 32) uint8 with one
+label per image in 0..9.
 
 Train augmentation is the standard one: ``RandomCrop(32, padding=4)`` then
 ``RandomHorizontalFlip()``; both splits end with ``ToTensor()`` (float [0, 1], no normalisation).
@@ -25,10 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, VisionDataset
 
 from workers.datasets.base import DatasetLoader, DatasetNotFoundError, Points, Split, reject_options
 from workers.datasets.registry import DATASETS
+from workers.datasets.safe_pickle import load_data_pickle
 
 BASE_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 DEFAULT_ROOT = str(Path("~/.cache/ramp/datasets/cifar10").expanduser())
@@ -36,11 +39,12 @@ NUM_CLASSES = 10
 
 
 class LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 reader with the md5 comparison replaced by an existence check.
+    """torchvision's CIFAR10 reader with the md5 comparison replaced by an existence check and
+    ``pickle.load`` replaced by a data-only unpickler.
 
-    ``check_integrity(path, None)`` in torchvision only tests that the file exists, so clearing
-    the digests keeps every other behaviour of the parent class (file list, pickle layout, HWC
-    conversion, PIL output, transforms). Never downloads.
+    Every other behaviour of the parent class is kept (file list, batch layout, HWC conversion,
+    PIL output, transforms). Never downloads. A batch that names any global beyond NumPy's array
+    rebuilders is refused (``UnsafePickleError``) before anything in it runs.
     """
 
     train_list = [[name, None] for name, _ in CIFAR10.train_list]
@@ -48,7 +52,22 @@ class LocalCIFAR10(CIFAR10):
     meta = {**CIFAR10.meta, "md5": None}
 
     def __init__(self, root: str | Path, train: bool = True, transform: Any = None) -> None:
-        super().__init__(root, train=train, transform=transform, download=False)
+        # VisionDataset's constructor, not CIFAR10's: the parent unpickles with pickle.load.
+        VisionDataset.__init__(self, str(root), transform=transform)
+        self.train = train
+        folder = Path(self.root) / self.base_folder
+        images, targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            entry = load_data_pickle(folder / name)
+            if not isinstance(entry, dict) or "data" not in entry:
+                raise ValueError(f"cifar10: {folder / name} is not a CIFAR-10 batch (no 'data' entry)")
+            images.append(np.asarray(entry["data"]))
+            targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        self.data = np.vstack(images).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = list(targets)
+        meta = load_data_pickle(folder / self.meta["filename"])
+        self.classes = meta[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         labels = np.asarray(self.targets)
         if self.data.shape[1:] != (32, 32, 3) or self.data.dtype != np.uint8:
             raise ValueError(f"cifar10 in {root}: images are {self.data.dtype} {self.data.shape}, "

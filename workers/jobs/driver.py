@@ -1,9 +1,13 @@
 """The Ray job entry point of a service job: ``python -m workers.jobs.driver --job-id ID``.
 
-The dispatcher starts it with RAMP_SERVICE_URL, RAMP_JOB_TOKEN (valid for this job only) and
-RAMP_STORAGE_DIR in its environment. The driver
+The dispatcher starts it with RAMP_SERVICE_URL, RAMP_JOB_TOKEN_FILE (a 0600 file holding the token
+of this job's attempt: never the token itself, which Ray's Jobs API would show to anyone), RAMP_JOB_ATTEMPT
+and RAMP_STORAGE_DIR in its environment (RAMP_JOB_TOKEN works too, for runs outside the service's
+dispatcher). The driver
 
 1. fetches its spec from ``GET /internal/jobs/{id}/spec`` (resolved spec, attempt, resume hint),
+   stating its attempt on every call; it does not run when that attempt was superseded or the job
+   already ended (a Ray job started late, after its cancel or retry),
 2. reports ``running``, runs the job kind's step (train / finetune through
    ``workers.training.loop.run_training``, eval through ``run_evaluation``) while a callback
    streams progress, per-epoch metrics, log lines and artifacts as numbered events,
@@ -11,8 +15,10 @@ RAMP_STORAGE_DIR in its environment. The driver
    status (``succeeded`` with the metrics, or ``failed`` with the error).
 
 If the service is unreachable at the end, result.json and the event spool stay on disk and the
-service's reconciliation picks them up. SIGTERM (a cancel: Ray stops the job) ends the run quickly
-after flushing what can be flushed in a second or two.
+service's reconciliation picks them up. Training checks the job's attempt marker before each
+checkpoint write (``workers.contract.attempts``), so a trainer outliving a superseded attempt
+never overwrites the checkpoint the next attempt resumes from. SIGTERM (a cancel: Ray stops the
+job) ends the run quickly after flushing what can be flushed in a second or two.
 """
 
 from __future__ import annotations
@@ -31,14 +37,18 @@ from types import FrameType
 from typing import Any
 
 from workers.contract import outbox
+from workers.contract.attempts import AttemptFence, AttemptSuperseded, read_token_file
 from workers.contract.jobs import StoredJob
 from workers.contract.layout import JobLayout
 from workers.contract.registry import Registry
 from workers.contract.spec import EvalSpec, TrainSpec
 from workers.jobs.reporter import (
+    ENV_JOB_ATTEMPT,
     ENV_JOB_TOKEN,
+    ENV_JOB_TOKEN_FILE,
     ENV_SERVICE_URL,
     ENV_STORAGE_DIR,
+    Rejected,
     Reporter,
     ReportError,
     ServiceClient,
@@ -66,6 +76,7 @@ class JobContext:
     out_dir: Path
     resume: bool  # the service's decision: an earlier attempt left a training state to continue
     reporter: Reporter
+    fence: AttemptFence | None = None  # checked before every checkpoint write
 
     @property
     def kind(self) -> str:
@@ -160,14 +171,16 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter | None, resume: bool, *,
-                  resources: dict[str, Any] | None = None) -> dict[str, Any]:
+                  resources: dict[str, Any] | None = None,
+                  fence: AttemptFence | None = None) -> dict[str, Any]:
     """Train ``spec`` into ``out_dir`` as a Ray Train run, reporting through ``reporter`` (None: a
     quiet run, e.g. the pair selection's single-norm models).
 
     The TorchTrainer workers (``workers.ray_entry.train``) take the job's ``resources``
     (workers, CPUs each, GPU); this driver only relays their per-epoch events. A stop (SIGTERM
     from Ray's job stop) ends the run at the workers' next optimiser step, keeping the last
-    checkpoint, and surfaces here as ``JobStopped``.
+    checkpoint, and surfaces here as ``JobStopped``. ``fence``: rank 0 checks it before each
+    checkpoint write (a superseded attempt's run fails instead of writing).
     """
     from workers.ray_entry.train import TrainingCancelled
     from workers.ray_entry.train import run_train_job as run_on_ray_train
@@ -175,7 +188,7 @@ def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter | None, res
     try:
         callbacks = [] if reporter is None else [ReportingCallback(reporter, out_dir)]
         return run_on_ray_train(spec, out_dir, callbacks=callbacks, resume=resume,
-                                resources=resources or None)
+                                resources=resources or None, fence=fence)
     except TrainingCancelled as e:
         raise JobStopped(str(e)) from e
 
@@ -202,14 +215,14 @@ def _train_kind(ctx: JobContext) -> dict[str, Any]:
 
     def train_quietly(sub: TrainSpec, out_dir: Path, resume: bool) -> dict[str, Any]:
         ctx.reporter.log(f"pair selection: training {sub.method} in {out_dir.name}")
-        return runner(sub, out_dir, None, resume, resources=ctx.resources)
+        return runner(sub, out_dir, None, resume, resources=ctx.resources, fence=ctx.fence)
 
     spec, report = pair_selection.prepare(spec, ctx.out_dir, train=train_quietly)
     if report is not None:
         ctx.reporter.log(f"pair selection: (q, r) = ({report['q']}, {report['r']})", pair_selection=report)
     if ctx.resume:
         ctx.reporter.log(f"attempt {ctx.attempt}: resuming from the checkpoint in {ctx.out_dir}")
-    metrics = runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources)
+    metrics = runner(spec, ctx.out_dir, ctx.reporter, ctx.resume, resources=ctx.resources, fence=ctx.fence)
     return pair_selection.record(ctx.out_dir, metrics, report)
 
 
@@ -247,11 +260,25 @@ def _configure_threads(resources: dict[str, Any]) -> None:
     torch.set_num_threads(cpus)
 
 
+# Job statuses in which a driver that just started has nothing to do: the job was cancelled or
+# ended while its Ray job waited to start (a cancel under way is finished by Ray's stop).
+NOT_TO_RUN = frozenset({"cancelling", "cancelled", "succeeded", "failed"})
+
+
 def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
     """Fetch, run and report one job; returns the process exit code."""
     info = client.get_spec()
     job_id, attempt, kind = int(info["job_id"]), int(info["attempt"]), str(info["kind"])
     layout = JobLayout.at(storage_dir if storage_dir is not None else JobLayout.storage_of(info["job_dir"]))
+    fence = AttemptFence(str(layout.attempt_marker(job_id)), attempt)
+    if info.get("status") in NOT_TO_RUN:
+        print(f"job {job_id} is {info['status']}: attempt {attempt} does not run", file=sys.stderr)
+        return EXIT_STOPPED
+    try:
+        fence.check()
+    except AttemptSuperseded as e:  # before touching any of the job's files
+        print(f"job {job_id}: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     out_dir = layout.job_dir(job_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (previous := outbox.read_result(out_dir)) is not None and previous.get("attempt") != attempt:
@@ -263,12 +290,20 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
     try:
         try:
             client.post_status("running", timeout_s=RUNNING_REPORT_S)
+        except Rejected as e:
+            if e.refusal in ("stale_attempt", "job_ended"):
+                print(f"job {job_id} attempt {attempt}: the service refused 'running' ({e}); stopping",
+                      file=sys.stderr)
+                reporter.close(STOP_FLUSH_S)
+                return EXIT_STOPPED
+            # A cancel under way (Ray's stop follows), or a re-queued attempt the dispatcher will
+            # adopt: keep going.
+            log.warning("could not report 'running': %s", e)
         except ReportError as e:
-            # Not fatal: the dispatcher sees RUNNING in Ray too. A 409 means a cancel is under
-            # way (Ray's stop follows); a service outage must not cost the job.
+            # Not fatal: the dispatcher sees RUNNING in Ray too; a service outage must not cost the job.
             log.warning("could not report 'running': %s", e)
         ctx = JobContext(job_id=job_id, attempt=attempt, job=StoredJob.from_stored(info["spec"]),
-                         out_dir=out_dir, resume=bool(info["resume"]), reporter=reporter)
+                         out_dir=out_dir, resume=bool(info["resume"]), reporter=reporter, fence=fence)
         reporter.log(f"job {job_id} attempt {attempt}: {kind} on {os.uname().nodename}, pid {os.getpid()}")
         _configure_threads(ctx.resources)
         metrics = JOB_KINDS.get(kind)(ctx)
@@ -281,6 +316,10 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
         return EXIT_OK
     except JobStopped:
         reporter.log("stopped (SIGTERM): the job was cancelled", level="warning")
+        reporter.close(STOP_FLUSH_S)
+        return EXIT_STOPPED
+    except AttemptSuperseded as e:  # raised in-process; a Ray Train run fails with it instead
+        print(f"job {job_id}: {e}", file=sys.stderr)
         reporter.close(STOP_FLUSH_S)
         return EXIT_STOPPED
     except Exception as e:
@@ -299,8 +338,30 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
 def _final_status(client: ServiceClient, status: str, **kwargs: Any) -> None:
     try:
         client.post_status(status, **kwargs)
+    except Rejected as e:
+        # The job already has its verdict (recorded from result.json, or this very report whose
+        # answer was lost), or this attempt was superseded: nothing to add.
+        print(f"the service did not take '{status}' ({e})", file=sys.stderr)
     except ReportError as e:  # result.json holds the verdict; the service reconciles from it
         print(f"could not report '{status}' to the service ({e}); left in result.json", file=sys.stderr)
+
+
+def _job_token() -> str | None:
+    """The attempt's token: from the file the dispatcher wrote (RAMP_JOB_TOKEN_FILE), else RAMP_JOB_TOKEN."""
+    if path := os.environ.get(ENV_JOB_TOKEN_FILE):
+        try:
+            return read_token_file(path)
+        except OSError as e:
+            print(f"cannot read the job token file {path}: {e}", file=sys.stderr)
+            return None
+    return os.environ.get(ENV_JOB_TOKEN) or None
+
+
+def _job_attempt() -> int | None:
+    try:
+        return int(os.environ[ENV_JOB_ATTEMPT])
+    except (KeyError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,12 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per report would drown the job log
-    missing = [k for k in (ENV_SERVICE_URL, ENV_JOB_TOKEN) if not os.environ.get(k)]
+    token = _job_token()
+    missing = [k for k, v in ((ENV_SERVICE_URL, os.environ.get(ENV_SERVICE_URL)),
+                              (f"{ENV_JOB_TOKEN_FILE} (or {ENV_JOB_TOKEN})", token)) if not v]
     if missing:
         print(f"driver for job {args.job_id}: {', '.join(missing)} not set", file=sys.stderr)
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _on_sigterm)
-    client = ServiceClient(os.environ[ENV_SERVICE_URL], args.job_id, os.environ[ENV_JOB_TOKEN])
+    assert token is not None
+    client = ServiceClient(os.environ[ENV_SERVICE_URL], args.job_id, token, attempt=_job_attempt())
     storage = os.environ.get(ENV_STORAGE_DIR)
     try:
         return run_job(client, Path(storage) if storage else None)

@@ -3,10 +3,14 @@
 ``ServiceClient`` makes one request to the service's internal endpoints, retrying transport errors,
 5xx, 408 and 429 under the project's retry policy (``workers.contract.retry``, through tenacity)
 until a deadline; any other 4xx is final
-(``Rejected``). ``Reporter`` numbers every event (``seq``, per attempt), appends it to the on-disk
-spool first, and sends spooled events in order from a background thread, so the training loop never
-waits on the network. If the service is down longer than the driver lives, the events stay in the
-spool and the service ingests them later (``workers.contract.outbox``).
+(``Rejected``). Every request names the driver's attempt (``X-Ramp-Attempt``), so the service can
+refuse a driver whose attempt was superseded. ``Reporter`` numbers every event (``seq``, per
+attempt), appends it to the on-disk spool first, and sends spooled events in order from a
+background thread, so the training loop never waits on the network. If the service is down longer
+than the driver lives, the events stay in the spool and the service ingests them later
+(``workers.contract.outbox``). A batch the service refuses as a whole (one oversized or malformed
+event: 413 / 400 / 422) is bisected until the offending events are isolated; only those are
+dropped, each with a warning, and their neighbours are delivered.
 """
 
 from __future__ import annotations
@@ -23,14 +27,20 @@ from typing import Any
 
 import httpx
 
+from workers.contract.attempts import ATTEMPT_HEADER
 from workers.contract.events import Event
 from workers.contract.outbox import Spool
 from workers.contract.retry import Deadline, RetryPolicy
 
 ENV_SERVICE_URL = "RAMP_SERVICE_URL"
-ENV_JOB_TOKEN = "RAMP_JOB_TOKEN"
+ENV_JOB_TOKEN = "RAMP_JOB_TOKEN"  # the token itself: for runs outside Ray (tests, by hand)
+ENV_JOB_TOKEN_FILE = "RAMP_JOB_TOKEN_FILE"  # what the dispatcher passes: the attempt's 0600 token file
+ENV_JOB_ATTEMPT = "RAMP_JOB_ATTEMPT"
 ENV_STORAGE_DIR = "RAMP_STORAGE_DIR"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# The service no longer takes anything from this driver: its token is gone (401/403), the job is
+# gone (404), or its attempt was superseded (409 on events). Resending cannot help.
+FATAL_STATUS = frozenset({401, 403, 404, 409})
 MAX_BATCH = 1000  # the service's limit per POST
 
 log = logging.getLogger(__name__)
@@ -44,11 +54,28 @@ class ReportError(RuntimeError):
 
 
 class Rejected(ReportError):
-    """The service refused a report (a 4xx other than 408/429): retrying cannot help."""
+    """The service refused a report (a 4xx other than 408/429): retrying cannot help.
 
-    def __init__(self, message: str, status_code: int) -> None:
+    ``payload``: the response's JSON object, if any (a 409 from the internal endpoints carries the
+    job's ``status`` and a ``refusal``: ``stale_attempt``, ``job_ended`` or ``illegal_transition``)."""
+
+    def __init__(self, message: str, status_code: int, payload: dict[str, Any] | None = None) -> None:
         self.status_code = status_code
+        self.payload = payload or {}
         super().__init__(message)
+
+    @property
+    def refusal(self) -> str | None:
+        value = self.payload.get("refusal")
+        return value if isinstance(value, str) else None
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 class _Transient(Exception):
@@ -83,6 +110,7 @@ class ServiceClient:
         job_id: int,
         token: str,
         *,
+        attempt: int | None = None,
         backoff: Backoff | None = None,
         timeout_s: float = 10.0,
         http: httpx.Client | None = None,
@@ -92,9 +120,12 @@ class ServiceClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.job_id = job_id
+        self.attempt = attempt
         self.backoff = backoff or Backoff()
         self._http = http or httpx.Client(timeout=timeout_s)
         self._headers = {"Authorization": f"Bearer {token}"}
+        if attempt is not None:
+            self._headers[ATTEMPT_HEADER] = str(int(attempt))
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -126,7 +157,8 @@ class ServiceClient:
             if r.status_code < 400:
                 return r
             if r.status_code not in RETRYABLE_STATUS:
-                raise Rejected(f"{method} {url} -> {r.status_code}: {r.text[:500]}", r.status_code)
+                raise Rejected(f"{method} {url} -> {r.status_code}: {r.text[:500]}", r.status_code,
+                               _json_object(r))
             raise _Transient(f"HTTP {r.status_code}")
 
         def pause(seconds: float) -> None:
@@ -207,6 +239,7 @@ class Reporter:
         self._last_progress = -math.inf
         self._thread: threading.Thread | None = None
         self.delivered = 0
+        self.dropped = 0
 
     # ------------------------------------------------------------------------------ emitting
 
@@ -276,23 +309,61 @@ class Reporter:
                 self._wake.clear()
                 continue
             try:
-                self.client.post_events(batch, deadline=lambda: self._deadline, sleep=self._backoff_sleep)
+                done = self._deliver(batch)
             except Rejected as e:
-                if e.status_code in (401, 403, 404):
-                    # This attempt's token is gone (job retried or deleted): nobody will take these.
-                    self._dead = str(e)
-                    print(f"ramp reporter: service refused events, giving up: {e}", file=sys.stderr)
-                    return
-                # A malformed batch cannot be fixed by resending: skip it (it stays in the spool file).
-                print(f"ramp reporter: dropped {len(batch)} events: {e}", file=sys.stderr)
-                self.spool.ack(int(batch[-1]["seq"]))
-            except ReportError:
-                return  # close() deadline passed; the rest stays in the spool
-            else:
-                self.delivered += len(batch)
-                self.spool.ack(int(batch[-1]["seq"]))
+                # This attempt's token is gone (job retried or deleted), or its attempt was
+                # superseded: nobody will take these events.
+                self._dead = str(e)
+                print(f"ramp reporter: service refused events, giving up: {e}", file=sys.stderr)
+                return
             with self._lock:
-                del self._pending[: len(batch)]
+                del self._pending[:done]
+            if done < len(batch):
+                return  # close() deadline passed; the rest stays in the spool
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> int:
+        """Send ``batch`` in order; returns how many of its leading events are done (delivered, or
+        dropped because the service refuses them). A refused batch is split in halves, recursively,
+        so one bad event costs only itself. Raises ``Rejected`` for a refusal of the driver itself
+        (``FATAL_STATUS``); stops early (returning less than ``len(batch)``) at the close deadline."""
+        done = 0
+        parts = [(0, len(batch))]  # a stack of [lo, hi) ranges, the leftmost on top
+        while parts:
+            lo, hi = parts.pop()
+            part = batch[lo:hi]
+            try:
+                self.client.post_events(part, deadline=lambda: self._deadline, sleep=self._backoff_sleep)
+            except Rejected as e:
+                if e.status_code in FATAL_STATUS:
+                    raise
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    parts += [(mid, hi), (lo, mid)]
+                    continue
+                self._drop(part[0], e)
+            except ReportError:
+                return done
+            else:
+                self.delivered += len(part)
+            # Acknowledged in order: everything up to this part's last seq is done.
+            self.spool.ack(int(part[-1]["seq"]))
+            done = hi
+        return done
+
+    def _drop(self, event: dict[str, Any], error: Rejected) -> None:
+        """Give up on one event the service refuses; say so (it stays in the spool file)."""
+        self.dropped += 1
+        reason = str(error)[:300]
+        print(f"ramp reporter: dropped event seq {event.get('seq')} ({event.get('type')}): {reason}",
+              file=sys.stderr)
+        log.warning("event dropped", extra={"seq": event.get("seq"), "type": event.get("type"),
+                                            "status_code": error.status_code})
+        if (event.get("data") or {}).get("dropped_seq") is None:
+            # A small log event the service can take, so the job's log shows the gap (never for a
+            # notice itself: a service refusing everything must not make this loop forever).
+            self.log(f"an event was dropped: the service refused it ({error.status_code})",
+                     level="warning", dropped_seq=event.get("seq"), dropped_type=event.get("type"),
+                     status_code=error.status_code)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything emitted so far was delivered (True) or ``timeout_s`` passed."""

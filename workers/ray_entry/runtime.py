@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from workers import checkpoint
 from workers.contract.spec import TrainSpec
-from workers.training.callbacks import Callback, EpochReport, TrainInfo
+from workers.training.callbacks import AttemptFenceCallback, Callback, EpochReport, TrainInfo
 from workers.training.loop import run_training
 from workers.training.runtime import Runtime
 
@@ -290,8 +290,9 @@ def train_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: ``run_training`` with the Ray runtime and glue.
 
     ``config``: ``spec`` (the resolved ``TrainSpec`` itself, or its JSON), ``out_dir`` (absolute),
-    ``resume``, ``channel`` (the ``RunChannel`` actor's name) and ``key`` (this run's key on the
-    channel). With ``resume`` the run continues from the staged checkpoint, if a restart of Ray
+    ``resume``, ``channel`` (the ``RunChannel`` actor's name), ``key`` (this run's key on the
+    channel) and optionally ``fence`` (an ``AttemptFence`` rank 0 checks before each checkpoint
+    write). With ``resume`` the run continues from the staged checkpoint, if a restart of Ray
     Train's found one (a worker restarted before any checkpoint starts afresh).
     """
     runtime = RayTrainRuntime()
@@ -303,6 +304,8 @@ def train_worker(config: dict[str, Any]) -> None:
     callbacks: list[Callback] = [CancelWatch(channel, key, runtime), ReportBridge()]
     if forwarder is not None:
         callbacks.append(forwarder)
+    if config.get("fence") is not None and runtime.is_main:  # only the writing rank saves
+        callbacks.insert(0, AttemptFenceCallback(config["fence"]))
     try:
         if runtime.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from workers.contract.attempts import AttemptFence
 from workers.contract.spec import TrainSpec
 from workers.contract.sweep import Resources, is_unresolved_init, split_base
 from workers.ray_entry.runtime import (
@@ -135,12 +136,13 @@ def build_trainer(
     scaling: ray.train.ScalingConfig,
     storage_path: str,
     max_failures: int = 0,
+    fence: AttemptFence | None = None,
 ) -> TorchTrainer:
     return TorchTrainer(
         train_worker,
         train_loop_config={
             "spec": absolute_paths(spec), "out_dir": str(out_dir), "resume": resume,
-            "channel": channel_name, "key": key,
+            "channel": channel_name, "key": key, "fence": fence,
         },
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
@@ -246,6 +248,7 @@ def run_train_job(
     handle_signals: bool = True,
     storage_path: str | None = None,
     max_failures: int = 0,
+    fence: AttemptFence | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` on Ray Train workers into ``out_dir``; returns the final metrics.
 
@@ -255,7 +258,8 @@ def run_train_job(
     ``resume=True`` continues from the newest checkpoint (Ray Train's, else ``out_dir/checkpoint``).
     ``max_failures``: Ray Train restarts of failed workers, from the latest checkpoint.
     ``stop_event`` (or SIGINT/SIGTERM while this runs, with ``handle_signals`` on the main thread)
-    stops the run at the workers' next optimiser step.
+    stops the run at the workers' next optimiser step. ``fence``: the service job's attempt; rank 0
+    refuses to write a checkpoint once a newer attempt was submitted (the run then fails).
     Raises ``TrainingCancelled`` when stopped, ``TrainingFailed`` when a worker failed.
     """
     train_spec, spec_resources = _as_train_spec(spec)
@@ -274,7 +278,7 @@ def run_train_job(
     try:
         trainer = build_trainer(
             train_spec, out, resume=resume, channel_name=channel_name, key=key,
-            scaling=scaling_config(res), storage_path=storage, max_failures=max_failures,
+            scaling=scaling_config(res), storage_path=storage, max_failures=max_failures, fence=fence,
         )
         with signals_set(stop, enabled=handle_signals):
             fit = FitThread(trainer)

@@ -1,7 +1,8 @@
 """How a training run reports: a ``Callback`` interface and the per-epoch ``EpochReport``.
 
 The loop calls, in order: ``on_train_start(info)``; per optimiser step ``on_step(step, total)``;
-per epoch ``on_checkpoint(path)`` (the rank that writes only) then ``on_epoch_end(report)``
+per epoch ``before_checkpoint(path)`` and ``on_checkpoint(path)`` around the save (the rank that
+writes only; a ``before_checkpoint`` that raises stops the run without writing) then ``on_epoch_end(report)``
 (every rank, so a distributed reporter can call its collective report there; ``report.monitor``
 is only filled on the writing rank); during the final evaluation ``on_eval_progress(done, total)``
 (the writing rank); finally ``on_train_end(metrics)``. The CLI plugs a progress
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from workers.contract.attempts import AttemptFence
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ class Callback:
     def on_epoch_end(self, report: EpochReport) -> None:
         pass
 
+    def before_checkpoint(self, path: str) -> None:
+        """Just before the writing rank saves the checkpoint at ``path``; raise to prevent it."""
+
     def on_checkpoint(self, path: str) -> None:
         pass
 
@@ -102,6 +108,10 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.on_epoch_end(report)
 
+    def before_checkpoint(self, path: str) -> None:
+        for cb in self.callbacks:
+            cb.before_checkpoint(path)
+
     def on_checkpoint(self, path: str) -> None:
         for cb in self.callbacks:
             cb.on_checkpoint(path)
@@ -113,3 +123,18 @@ class CallbackList(Callback):
     def on_train_end(self, metrics: dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_train_end(metrics)
+
+
+class AttemptFenceCallback(Callback):
+    """Refuses to write a checkpoint once a newer attempt of the service job was submitted
+    (``workers.contract.attempts``): a stale trainer stops instead of overwriting the job's
+    checkpoint that the newer attempt resumes from."""
+
+    def __init__(self, fence: AttemptFence) -> None:
+        self.fence = fence
+
+    def on_train_start(self, info: TrainInfo) -> None:
+        self.fence.check()
+
+    def before_checkpoint(self, path: str) -> None:
+        self.fence.check()

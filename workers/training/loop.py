@@ -261,6 +261,7 @@ def run_training(
                 progress, optimizer=optimizer, method=method, loader_generator=loader.generator,
                 spec=spec_dict,
             )
+            cb.before_checkpoint(str(ckpt_dir))
             checkpoint.save(
                 ckpt_dir, bare, meta | {"epoch": progress.epoch, "step": progress.step, "metrics": monitor},
                 train_state=train_state,

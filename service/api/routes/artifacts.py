@@ -9,9 +9,9 @@ from pathlib import Path, PurePosixPath
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
-from service.api.deps import SessionDep, SettingsDep, get_current_token
+from service.api.deps import PrincipalDep, SessionDep, SettingsDep, get_current_token
 from service.api.schemas import ArtifactListOut, ArtifactOut
-from service.jobs import store
+from service.auth.access import owned_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], dependencies=[Depends(get_current_token)])
 
@@ -66,13 +66,17 @@ def safe_artifact_path(root: Path, name: str) -> Path:
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactListOut)
-def list_artifacts(job_id: int, session: SessionDep, settings: SettingsDep) -> ArtifactListOut:
-    store.get_job(session, job_id)
+def list_artifacts(
+    job_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> ArtifactListOut:
+    owned_job(session, principal, job_id)
     return ArtifactListOut(job_id=job_id, artifacts=_list_artifacts(settings.job_dir(job_id)))
 
 
 @router.get("/{job_id}/artifacts/{name:path}")
-def download_artifact(job_id: int, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    store.get_job(session, job_id)
+def download_artifact(
+    job_id: int, name: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> FileResponse:
+    owned_job(session, principal, job_id)  # before the name is looked at: 404, never 400, for others
     path = safe_artifact_path(settings.job_dir(job_id), name)
     return FileResponse(path, filename=path.name, media_type="application/octet-stream")

@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.api.deps import SessionDep, get_current_token
+from service.api.deps import PrincipalDep, SessionDep, get_current_token
 from service.api.schemas import EventListOut, EventOut, MetricsOut
+from service.auth.access import owned_job
 from service.events import store as events
 from service.jobs import store
 from service.state import TERMINAL
@@ -26,8 +27,8 @@ Page = Callable[[int | None], tuple[list[EventOut], str]]
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
-def job_metrics(job_id: int, session: SessionDep) -> MetricsOut:
-    job = store.get_job(session, job_id)
+def job_metrics(job_id: int, session: SessionDep, principal: PrincipalDep) -> MetricsOut:
+    job = owned_job(session, principal, job_id)
     history: list[dict[str, Any]] = []
     after: int | None = None
     while True:
@@ -43,6 +44,7 @@ def job_metrics(job_id: int, session: SessionDep) -> MetricsOut:
 async def job_events(
     job_id: int,
     request: Request,
+    principal: PrincipalDep,
     after: Annotated[int | None, Query(ge=0, le=store.MAX_ID, description="last event id seen")] = None,
     type: Annotated[str | None, Query()] = None,  # noqa: A002
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -52,8 +54,9 @@ async def job_events(
     factory: sessionmaker[Session] = request.app.state.session_factory
 
     def page(after_id: int | None) -> tuple[list[EventOut], str]:
+        # Every poll of a stream re-checks the job through the same rule as the first page.
         with factory() as session:
-            job = store.get_job(session, job_id)
+            job = owned_job(session, principal, job_id)
             evs = events.list_events(session, job_id, after_id=after_id, type=type, limit=limit)
             return [EventOut.model_validate(e) for e in evs], job.status
 

@@ -1,14 +1,22 @@
-"""Liveness, readiness and Prometheus metrics: open endpoints (no token)."""
+"""Liveness, readiness and Prometheus metrics: open endpoints (no token).
+
+``/readyz`` answers within ``READY_TIMEOUT_S`` whatever its dependencies do: the probes run
+concurrently on their own small thread pool and a probe still running at the deadline is reported
+as timed out (its thread is abandoned, not waited for). Not ready (503) means this process cannot
+serve its API: the database is unreachable, or its dispatcher has stopped completing passes. Ray
+being unreachable is reported (``degraded``, with the reason) but does not take the API out of
+a load balancer: submissions are still accepted and queue until Ray returns.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from service.api import metrics
@@ -16,7 +24,10 @@ from service.jobs import store
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
-PROBE_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 2.0
+# A dispatcher that has not completed a pass for this long (or 20 intervals) is stuck.
+DISPATCHER_STALE_S = 30.0
+_PROBES = anyio.CapacityLimiter(4)  # abandoned probes cannot starve the request thread pool
 
 
 @runtime_checkable
@@ -24,6 +35,12 @@ class ReadinessProbe(Protocol):
     """What /readyz asks about Ray: ``ping()`` returns normally (or True) when reachable."""
 
     def ping(self) -> Any: ...
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: dict[str, str]
+    reasons: list[str] = []
 
 
 @router.get("/healthz")
@@ -41,37 +58,73 @@ def _check_ray(probe: ReadinessProbe) -> None:
         raise RuntimeError("ping returned False")
 
 
-async def _run_check(fn: Any, *args: Any) -> str | None:
+async def _probe(fn: Any, *args: Any) -> str | None:
+    """None when ``fn`` returned within the deadline, else why not."""
     try:
-        with anyio.fail_after(PROBE_TIMEOUT_S):
-            await run_in_threadpool(fn, *args)
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=_PROBES)
     except TimeoutError:
-        return f"timed out after {PROBE_TIMEOUT_S:.0f}s"
+        return f"no answer within {READY_TIMEOUT_S:.0f} s"
     except Exception as exc:  # any failure means not ready; say which
         return f"{type(exc).__name__}: {exc}"[:500]
     return None
 
 
-@router.get("/readyz")
+def _dispatcher_problem(dispatcher: Any, interval_s: float) -> str | None:
+    health = dispatcher.health()
+    age = health.get("last_pass_age_s")
+    stale = max(DISPATCHER_STALE_S, 20 * interval_s)
+    if age is None:
+        if health.get("started_age_s", 0.0) > stale:
+            return f"no dispatcher pass completed in {health['started_age_s']:.0f} s since start"
+        return None
+    if age > stale:
+        last = health.get("last_error")
+        return f"last dispatcher pass completed {age:.0f} s ago" + (f" (last error: {last})" if last else "")
+    return None
+
+
+@router.get("/readyz", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "not ready: reasons say why"}})
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     reasons: list[str] = []
-    db_err = await _run_check(_check_db, request)
-    checks["database"] = "ok" if db_err is None else "unreachable"
-    if db_err:
-        reasons.append(f"database: {db_err}")
+    fatal = False
     probe = getattr(request.app.state, "backend", None)
+    results: dict[str, str | None] = {}
+
+    async def run(name: str, fn: Any, *args: Any) -> None:
+        results[name] = await _probe(fn, *args)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, "database", _check_db, request)
+        if probe is not None:
+            group.start_soon(run, "ray", _check_ray, probe)
+
+    checks["database"] = "ok" if results["database"] is None else "unreachable"
+    if results["database"] is not None:
+        fatal = True
+        reasons.append(f"database: {results['database']}")
     if probe is None:
         checks["ray"] = "not configured"
     else:
-        ray_err = await _run_check(_check_ray, probe)
-        checks["ray"] = "ok" if ray_err is None else "unreachable"
-        if ray_err:
-            reasons.append(f"ray: {ray_err}")
+        checks["ray"] = "ok" if results["ray"] is None else "unreachable"
+        if results["ray"] is not None:
+            reasons.append(f"ray: {results['ray']}; jobs are accepted and queue until Ray answers again")
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is None:
+        checks["dispatcher"] = "not running in this process"
+    elif problem := _dispatcher_problem(dispatcher, request.app.state.settings.dispatch_interval_s):
+        checks["dispatcher"] = "stalled"
+        fatal = True
+        reasons.append(f"dispatcher: {problem}")
+    else:
+        checks["dispatcher"] = "ok"
+    status = "unavailable" if fatal else "degraded" if reasons else "ok"
     if reasons:
-        log.warning("not ready", extra={"reasons": reasons})
-        return JSONResponse({"status": "unavailable", "checks": checks, "reasons": reasons}, status_code=503)
-    return JSONResponse({"status": "ok", "checks": checks})
+        log.warning("readiness", extra={"status": status, "reasons": reasons})
+    body = ReadyOut(status=status, checks=checks, reasons=reasons).model_dump()
+    return JSONResponse(body, status_code=503 if fatal else 200)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from service.api.deps import SessionDep, get_current_token
+from service.api.deps import PrincipalDep, SessionDep, get_current_token
 from service.api.schemas import TrialListOut, TrialOut
+from service.auth.access import Principal, owned_job
 from service.db.models import Job, Trial
-from service.jobs import store
 from service.sweeps import trials
 
 router = APIRouter(prefix="/v1/jobs", tags=["sweeps"], dependencies=[Depends(get_current_token)])
@@ -19,8 +19,8 @@ def trial_out(trial: Trial, metric: str, *, history: bool = True) -> TrialOut:
     return TrialOut.of(trial, trials.score(trial, metric), history=history)
 
 
-def _sweep(session: SessionDep, job_id: int) -> Job:
-    job = store.get_job(session, job_id)
+def _sweep(session: SessionDep, principal: Principal, job_id: int) -> Job:
+    job = owned_job(session, principal, job_id)
     try:
         trials.require_sweep(job)
     except trials.NotASweep as exc:
@@ -32,9 +32,10 @@ def _sweep(session: SessionDep, job_id: int) -> Job:
 def list_trials(
     job_id: int,
     session: SessionDep,
+    principal: PrincipalDep,
     history: Annotated[bool, Query(description="include each trial's per-epoch metrics")] = True,
 ) -> TrialListOut:
-    job = _sweep(session, job_id)
+    job = _sweep(session, principal, job_id)
     metric, mode = str(job.spec.get("metric", "union")), str(job.spec.get("mode", "max"))
     rows = trials.list_trials(session, job_id)
     best = trials.best(rows, metric, mode)
@@ -51,8 +52,8 @@ def list_trials(
 
 
 @router.get("/{job_id}/trials/{trial_id}", response_model=TrialOut)
-def get_trial(job_id: int, trial_id: str, session: SessionDep) -> TrialOut:
-    job = _sweep(session, job_id)
+def get_trial(job_id: int, trial_id: str, session: SessionDep, principal: PrincipalDep) -> TrialOut:
+    job = _sweep(session, principal, job_id)
     try:
         row = trials.get_trial(session, job_id, trial_id)
     except trials.TrialNotFound as exc:
