@@ -1,9 +1,12 @@
 """Every read and write the web pages make, on behalf of the caller's API token.
 
 The pages see exactly what the REST API shows the same token: these functions call the very store
-functions the API routes call. Which jobs a token may see is decided in two places only,
-``visible_job`` (one job, by id) and ``visible_jobs`` (a listing); everything else here reaches a
-job through one of them, so restricting a token to its owner's jobs is a change to those two.
+functions the API routes call, under the same tenancy rule (``service.auth.access``). A non-admin
+token sees and acts on its own owner's jobs only; another owner's job is ``store.JobNotFound``,
+exactly as for a job that does not exist (the pages answer their 404). Every function here reaches
+a job through ``visible_job`` (``access.owned_job``) or ``visible_jobs`` (``store.list_jobs`` with
+the caller's ``Principal``), and a submission goes through ``access.guard_resolver`` and the path
+confinement of ``POST /v1/jobs``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from sqlalchemy.orm import Session
 
 from service.api.routes.artifacts import _list_artifacts, safe_artifact_path
 from service.api.schemas import ArtifactOut, JobOut
+from service.auth.access import Principal, guard_resolver, owned_job
 from service.core.config import Settings
 from service.db.models import ApiToken, Job, JobEvent, Trial
 from service.events import store as event_store
 from service.jobs import store, transitions
-from service.jobs.checkpoints import checkpoint_resolver
-from service.jobs.specs import SweepJob, build_stored_spec, build_sweep_spec, parse_job_request
+from service.jobs.checkpoints import checkpoint_resolver, recording
+from service.jobs.paths import confine_submission
+from service.jobs.specs import SpecError, SweepJob, build_stored_spec, build_sweep_spec, parse_job_request
 from service.sweeps import trials as trial_store
 
 EVENT_PAGE = 1000
@@ -29,9 +34,15 @@ EVENT_PAGE = 1000
 MAX_EVENTS = 20_000
 
 
+def principal(token: ApiToken) -> Principal:
+    """Whose jobs ``token`` sees and acts on: the API's rule (``Principal.of``)."""
+    return Principal.of(token)
+
+
 def visible_job(session: Session, token: ApiToken, job_id: int) -> Job:
-    """The job, if ``token`` may see it; ``store.JobNotFound`` otherwise (as the API answers 404)."""
-    return store.get_job(session, job_id)
+    """The job, if ``token`` may see it; ``store.JobNotFound`` otherwise -- for another owner's job
+    exactly as for a missing one (as the API answers 404)."""
+    return owned_job(session, principal(token), job_id)
 
 
 def visible_jobs(
@@ -47,7 +58,7 @@ def visible_jobs(
     """A page of the jobs ``token`` may see, newest first, and the cursor of the next page."""
     statuses = list(status) if status is not None else None
     return store.list_jobs(session, status=statuses or None, kind=kind, method=method, cursor=cursor,
-                           limit=limit)
+                           limit=limit, principal=principal(token))
 
 
 def jobs_by_id(session: Session, token: ApiToken, ids: Iterable[int]) -> tuple[list[Job], list[int]]:
@@ -130,19 +141,24 @@ def retry(session: Session, token: ApiToken, job_id: int) -> Job:
 
 def submit(session: Session, token: ApiToken, settings: Settings, payload: Any) -> Job:
     """Create a job from a decoded JSON spec exactly as ``POST /v1/jobs`` does (without an
-    Idempotency-Key: a page's form is submitted once). Raises ``SpecError``."""
+    Idempotency-Key: a page's form is submitted once): owned by the token's owner, starting only
+    from a checkpoint of a job the token may see, its paths confined to the data roots. Raises
+    ``SpecError``."""
+    caller = principal(token)
     req = parse_job_request(payload)
-    resolver = checkpoint_resolver(session, settings)
+    # Another owner's job is refused with the message a missing job gets (guard_resolver).
+    resolver, resolved = recording(guard_resolver(session, caller, checkpoint_resolver(session, settings)))
+    children = None
+    trial_rows: list[dict[str, Any]] | None = None
     if isinstance(req, SweepJob):
         spec, trial_rows = build_sweep_spec(req, resolve_checkpoint=resolver)
 
         def children(s: Session, job: Job) -> None:
-            trial_store.create_trials(s, job.id, trial_rows)
-
-        job, _ = store.create_job_idempotent(session, spec, kind=req.kind, idempotency_key=None,
-                                             token_id=token.id, children=children)
-        return job
-    spec = build_stored_spec(req, resolve_checkpoint=resolver)
+            trial_store.create_trials(s, job.id, trial_rows or [])
+    else:
+        spec = build_stored_spec(req, resolve_checkpoint=resolver)
+    if refused := confine_submission(spec, trial_rows, settings.path_policy, frozenset(resolved)):
+        raise SpecError(refused)
     job, _ = store.create_job_idempotent(session, spec, kind=req.kind, idempotency_key=None,
-                                         token_id=token.id)
+                                         token_id=token.id, owner=caller.owner, children=children)
     return job

@@ -274,6 +274,7 @@ def trials_fragment(job_id: int, request: Request, session: SessionDep, caller: 
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
 def driver_log(job_id: int, request: Request, session: SessionDep, caller: DataCaller) -> PlainTextResponse:
+    data.visible_job(session, caller.token, job_id)  # 404 for another owner's job, with or without Ray
     backend = getattr(request.app.state, "backend", None)
     if backend is None:
         return PlainTextResponse("(no Ray backend in this process: the driver log is not available)")
@@ -291,9 +292,12 @@ def driver_log(job_id: int, request: Request, session: SessionDep, caller: DataC
 
 
 @router.get("/jobs/{job_id}/artifacts/{name:path}")
-def download(job_id: int, name: str, session: SessionDep, settings: SettingsDep,
-             caller: PageCaller) -> FileResponse:
-    path = data.artifact_path(session, caller.token, settings, job_id, name)
+def download(job_id: int, name: str, request: Request, session: SessionDep, settings: SettingsDep,
+             caller: PageCaller) -> Response:
+    try:
+        path = data.artifact_path(session, caller.token, settings, job_id, name)
+    except store.JobNotFound:  # missing, or another owner's: the same page either way
+        return not_found(request, caller, job_id)
     return FileResponse(path, filename=path.name, media_type="application/octet-stream")
 
 
@@ -302,6 +306,8 @@ def _action(job_id: int, request: Request, session: Any, settings: Any, caller: 
     auth.check_csrf(caller, form.get("csrf"))
     try:
         change(session, caller.token, job_id)
+    except store.JobNotFound:  # missing, or another owner's: changes nothing, the same page either way
+        return not_found(request, caller, job_id)
     except IllegalTransition as exc:  # e.g. the job finished before the click: say so on its page
         return _job_page(request, session, settings, caller, job_id, error=str(exc), status_code=409)
     wake_dispatcher(request)
