@@ -116,20 +116,26 @@ class RayJobsBackend:
         self._auth_token = auth_token
         self._timeout_s = timeout_s
         self._client: Any = None
+        self.last_ping_error: str | None = None  # why the latest ping failed
         self._lock = threading.Lock()
 
     def _get_client(self) -> Any:
         with self._lock:
-            if self._client is None:
-                cls = _client_class()
-                headers = {"Authorization": f"Bearer {self._auth_token}"} if self._auth_token else None
-                try:
-                    client = cls(self.dashboard_url, headers=headers)
-                except Exception as e:  # the constructor already calls /api/version
-                    raise self._translate(e, "connect") from e
+            if self._client is not None:
+                return self._client
+            cls = _client_class()
+            headers = {"Authorization": f"Bearer {self._auth_token}"} if self._auth_token else None
+            try:
+                client = cls(self.dashboard_url, headers=headers)
+            except Exception as e:  # the constructor already calls /api/version
+                failure = e
+            else:
                 client.timeout_s = self._timeout_s
                 self._client = client
-            return self._client
+                return client
+        # Outside the lock: _translate takes it (to forget the client), and it is not reentrant --
+        # translating in there deadlocked the first caller and every later one while Ray was down.
+        raise self._translate(failure, "connect") from failure
 
     def _translate(self, exc: Exception, what: str) -> Exception:
         import requests
@@ -209,6 +215,8 @@ class RayJobsBackend:
     def ping(self) -> bool:
         try:
             self._call("ping", "get_version")
-        except (RayUnavailable, RayRequestError):
+        except (RayUnavailable, RayRequestError) as e:
+            self.last_ping_error = str(e)  # what /readyz tells (the dispatcher pings too: either is news)
             return False
+        self.last_ping_error = None
         return True

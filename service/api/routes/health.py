@@ -54,8 +54,8 @@ def _check_db(request: Request) -> None:
 
 
 def _check_ray(probe: ReadinessProbe) -> None:
-    if probe.ping() is False:
-        raise RuntimeError("ping returned False")
+    if probe.ping() is False:  # RayJobsBackend keeps why: the reason a reader of /readyz needs
+        raise ConnectionError(getattr(probe, "last_ping_error", None) or "ping returned False")
 
 
 async def _probe(fn: Any, *args: Any) -> str | None:
