@@ -194,6 +194,18 @@ def _error_entry(code: int) -> dict[str, Any]:
     return entry
 
 
+# Request bodies routes parse themselves (the drivers' lenient JSON), documented by name.
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its JSON body itself: documents ``model`` as the body
+    (``document`` adds it to the components), so clients and fuzzers know what to send."""
+    _REQUEST_MODELS[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def document(app: FastAPI) -> None:
     """Make the served OpenAPI document list every error each operation can answer, all in the one
     model above (and 422 as ValidationErrorOut rather than FastAPI's stock HTTPValidationError)."""
@@ -205,8 +217,10 @@ def document(app: FastAPI) -> None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ErrorOut, ValidationIssue, ValidationErrorOut):
-            components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for model in (ErrorOut, ValidationIssue, ValidationErrorOut, *_REQUEST_MODELS.values()):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
         for path, operations in schema.get("paths", {}).items():

@@ -73,7 +73,14 @@ def list_artifacts(
     return ArtifactListOut(job_id=job_id, artifacts=_list_artifacts(settings.job_dir(job_id)))
 
 
-@router.get("/{job_id}/artifacts/{name:path}")
+@router.get(
+    "/{job_id}/artifacts/{name:path}",
+    response_class=FileResponse,
+    responses={200: {
+        "description": "the file's bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }},
+)
 def download_artifact(
     job_id: int, name: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> FileResponse:

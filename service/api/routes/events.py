@@ -23,6 +23,17 @@ from service.state import TERMINAL
 router = APIRouter(prefix="/v1/jobs", tags=["events"], dependencies=[Depends(get_current_token)])
 
 SSE_KEEPALIVE_S = 15
+# One event of the follow=true stream (the media type's schema describes each event).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "the event's type, or `end` after the last one"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "the event as JSON (as in a page of events); for `end`: {\"status\": ...}"},
+        "id": {"type": "string", "description": "the event's id (what Last-Event-ID resumes after)"},
+    },
+}
 Page = Callable[[int | None], tuple[list[EventOut], str]]
 
 
@@ -40,7 +51,14 @@ def job_metrics(job_id: int, session: SessionDep, principal: PrincipalDep) -> Me
     return MetricsOut(job_id=job.id, history=history, final=job.result)
 
 
-@router.get("/{job_id}/events", response_model=EventListOut)
+@router.get(
+    "/{job_id}/events",
+    response_model=EventListOut,
+    responses={200: {
+        "description": "a page of events; with follow=true a server-sent-events stream",
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+    }},
+)
 async def job_events(
     job_id: int,
     request: Request,

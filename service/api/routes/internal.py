@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from service.api import errors
 from service.api.body import decode_json
 from service.api.deps import SessionDep, SettingsDep, require_job_token
 from service.api.schemas import DriverSpecOut, DriverStatusIn, EventsIn
@@ -83,7 +84,7 @@ def driver_spec(
     )
 
 
-@router.post("/{job_id}/events")
+@router.post("/{job_id}/events", openapi_extra=errors.request_body(EventsIn))
 def driver_events(
     job_id: JobAuth, session: SessionDep, payload: Annotated[Any, Depends(_lenient_body)],
     attempt: AttemptHeader = None,
@@ -96,7 +97,7 @@ def driver_events(
     return {"ok": True, "received": len(batch.events)}
 
 
-@router.post("/{job_id}/status")
+@router.post("/{job_id}/status", openapi_extra=errors.request_body(DriverStatusIn))
 def driver_status(
     job_id: JobAuth, session: SessionDep, payload: Annotated[Any, Depends(_lenient_body)],
     attempt: AttemptHeader = None,

@@ -31,6 +31,7 @@ from service.jobs import store, transitions
 from service.jobs.checkpoints import checkpoint_resolver, recording
 from service.jobs.paths import confine_submission
 from service.jobs.specs import SpecError, SweepJob, build_stored_spec, build_sweep_spec, parse_job_request
+from service.ray_backend import RayUnavailable
 from service.state import JobStatus
 from service.sweeps import trials
 
@@ -159,7 +160,7 @@ def job_logs(
         raise HTTPException(404, detail=f"job {job_id} has no Ray job yet (status {job.status})")
     try:
         text = backend.logs(job.ray_job_id)
-    except Exception as exc:  # Ray unreachable or the job purged from its history
+    except Exception as exc:  # Ray unreachable (503, worth a retry) or answering with an error (502)
         detail = f"could not fetch logs from Ray: {type(exc).__name__}: {exc}"[:500]
-        raise HTTPException(502, detail=detail) from None
+        raise HTTPException(503 if isinstance(exc, RayUnavailable) else 502, detail=detail) from None
     return PlainTextResponse(text or "")
