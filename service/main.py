@@ -26,7 +26,7 @@ from service.core.config import Settings
 from service.core.logging import configure_logging
 from service.core.security import generate_token
 from service.db import migrate
-from service.db.session import engine_options, make_engine, make_session_factory
+from service.db.session import bound_waits, engine_options, make_engine, make_session_factory
 from service.jobs import transitions
 from service.ui import install as install_ui
 
@@ -180,6 +180,9 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
         statement_timeout_s=settings.db_statement_timeout_s, pool_timeout_s=settings.db_pool_timeout_s,
         pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
     ))
+    if engine.dialect.name == "postgresql":  # no request (nor the dispatcher) waits on a silent database
+        bound_waits(connect_s=settings.db_connect_timeout_s,
+                    answer_s=settings.db_statement_timeout_s + settings.db_connect_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,68 @@ def engine_options(
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         },
     }
+
+
+# ------------------------------------------------------------------- bounded waits (PostgreSQL)
+
+# (connect, answer) seconds; None until bound_waits() is called.
+_WAIT_LIMITS: tuple[float, float] | None = None
+
+
+def bound_waits(*, connect_s: float, answer_s: float) -> None:
+    """Bound every wait of a psycopg2 connection in this process: ``connect_s`` to connect,
+    ``answer_s`` for the answer to a statement (set it above the server's statement_timeout, so a
+    slow query ends with the server's own error first).
+
+    libpq alone waits forever on a connection that stops answering (a frozen server, a network
+    path that drops everything): ``connect_timeout`` covers connecting only, ``statement_timeout``
+    is enforced by the server itself, and TCP keepalives do not fire while a request is unanswered.
+    So a pooled connection's ping or query would hang its request (and the dispatcher) for as long
+    as the outage lasts. Here, a connection past its deadline is shut down (``shutdown(2)`` on its
+    socket): libpq fails at once with "server closed the connection unexpectedly", an
+    OperationalError the pool discards and the API answers with 503.
+
+    Installed as psycopg2's wait callback, which is process-wide (libpq then runs non-blocking, as
+    with ``psycopg2.extras.wait_select``; COPY and large objects are unavailable); the limits are
+    the latest call's.
+    """
+    import psycopg2.extensions
+
+    global _WAIT_LIMITS
+    _WAIT_LIMITS = (connect_s, answer_s)
+    psycopg2.extensions.set_wait_callback(_wait_with_deadline)
+
+
+def _wait_with_deadline(conn: Any) -> None:
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    limits = _WAIT_LIMITS or (float("inf"), float("inf"))
+    connecting = conn.status not in (ext.STATUS_READY, ext.STATUS_BEGIN, ext.STATUS_PREPARED)
+    deadline = time.monotonic() + (limits[0] if connecting else limits[1])
+    severed = False
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if severed:  # libpq did not notice the shutdown: give up on the connection ourselves
+                raise psycopg2.OperationalError("the database did not answer in time; connection closed")
+            _sever(conn.fileno())  # the next poll() fails with the connection lost
+            severed = True
+            continue
+        if state not in (ext.POLL_READ, ext.POLL_WRITE):
+            raise psycopg2.OperationalError(f"unexpected state from poll(): {state}")
+        waiter = select.poll()
+        waiter.register(conn.fileno(), select.POLLIN if state == ext.POLL_READ else select.POLLOUT)
+        waiter.poll(max(1, int(remaining * 1000)))
+
+
+def _sever(fd: int) -> None:
+    """Shut down the socket behind ``fd`` without closing libpq's descriptor."""
+    with suppress(OSError), socket.socket(fileno=socket.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
