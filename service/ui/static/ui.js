@@ -89,7 +89,8 @@
       data: { labels: curve.labels, datasets: datasets },
       options: {
         scales: { x: { title: { display: true, text: curve.axis } }, y: percentAxis("accuracy") },
-        plugins: { tooltip: percentTooltip(), legend: { display: legend } },
+        // The legend shows each curve's point style: a dashed line's swatch reads as a smudge.
+        plugins: { tooltip: percentTooltip(), legend: { display: legend, labels: { usePointStyle: true } } },
       },
     });
   }
@@ -239,8 +240,10 @@
   function jobsPage() {
     const body = document.getElementById("job-rows");
     poll(page.fragment, page.poll_ms, async (r) => {
+      const rows = await r.text();
+      // From here on nothing awaits: a box ticked while the rows were on their way is kept.
       const checked = new Set(Array.from(body.querySelectorAll("input[name=ids]:checked")).map((i) => i.value));
-      body.innerHTML = await r.text();  // server-rendered rows, escaped by the template engine
+      body.innerHTML = rows;  // server-rendered rows, escaped by the template engine
       body.querySelectorAll("input[name=ids]").forEach((i) => { i.checked = checked.has(i.value); });
       return true;
     });
@@ -265,7 +268,7 @@
         data: { labels: epochs, datasets: datasets },
         options: { scales: { x: { title: { display: true, text: "epoch" } },
                              y: percentAxis("union (monitor, upper bound)") },
-                   plugins: { tooltip: percentTooltip() } },
+                   plugins: { tooltip: percentTooltip(), legend: { labels: { usePointStyle: true } } } },
       });
     }
   }
