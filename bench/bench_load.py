@@ -277,12 +277,15 @@ def run_load(url: str, database_url: str, tokens: list[str], *, submissions: int
     """Send the plan's requests from ``clients`` concurrent clients, then check the responses and
     the database. ``tokens``: one per tenant. The database must hold no job before the run."""
     requests = plan(submissions, len(tokens), seed)
+    load_before = os.getloadavg()[0]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=30) as c:
         c.get("/v1/jobs", params={"limit": 1}).raise_for_status()  # warm-up: imports, first connection
     outcomes, wall = asyncio.run(_drive(url, tokens, requests, clients, timeout_s))
     result = LoadResult(submissions=submissions, repeats=len(requests) - submissions, clients=clients,
                         tenants=len(tokens), outcomes=outcomes, wall_s=wall)
     check(result, database_url)
+    result.figures["loadavg_1m"] = load_before
+    result.figures["cpus"] = os.cpu_count()
     return result
 
 
@@ -350,7 +353,8 @@ def summary(figures: dict[str, Any]) -> str:
             f"other errors {f['other_errors']}; jobs stored {f['jobs_stored']}, "
             f"duplicates {f['duplicates']}, "
             f"lost {f['lost']}; latency p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
-            f"max {f['max_ms']:.0f} ms; {f['throughput_per_s']:.0f} req/s over {f['wall_s']:.1f} s")
+            f"max {f['max_ms']:.0f} ms; {f['throughput_per_s']:.0f} req/s over {f['wall_s']:.1f} s "
+            f"({f.get('cpus')} CPUs, load average {f.get('loadavg_1m', 0):.1f} at the start)")
 
 
 def main(argv: list[str] | None = None) -> int:
