@@ -14,14 +14,22 @@ worker per trial (the default) every trial runs the training loop inside its Tun
   training loop alone) plus the trial's own evaluation (the monitor suite);
 - span: the sum over trials of trial start -> trial end as the driver saw it;
 - ideal: train / concurrency, the wall time if orchestration cost nothing;
-- overhead: wall - ideal, and per trial: (span - train) / trials, i.e. Tune trial actor, (Ray Train
-  controller and workers start-up), per-epoch monitor evaluation, checkpoint writes, teardown;
+- overhead: wall - ideal, and per trial: (span - train) / trials, what a trial costs beyond its
+  own work once its actor is up: (Ray Train controller and workers start-up), per-epoch monitor
+  evaluation, checkpoint writes, teardown;
+- startup: call -> the first trial's start: Tune's start and the first trial actors' processes
+  (a Python process importing torch, Ray Tune and the training code), once per sweep and
+  concurrency slot (with ``reuse_actors`` off every trial starts a new actor, outside its span:
+  all-in/trial counts those too);
+- all-in/trial: (trials' part x concurrency - train) / trials, every slot-second not spent on a
+  trial's own work, start-up included, shared out over the trials;
 - best_eval: the best trial's default-suite evaluation (a Ray task, its start-up included), which
   runs once after every trial has ended;
 - wall/train: (wall - best_eval) / train, the trials' part of the sweep against their work.
 
 The last line gives the per-trial overhead and wall / train of the default run (``reuse_actors``
-on). Timings on a shared machine are noisy; ``--out FILE`` also writes them as JSON.
+on), and the one-off start-up in them. Timings on a shared machine are noisy (the line also gives
+the load average before and after); ``--out FILE`` also writes them as JSON.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, A
         print(f"[reuse_actors={reuse}] the best trial's evaluation failed: {result.best_final_error[-600:]}")
     ended = [s for s in seen.values() if {"trial_start", "trial_end"} <= set(s)]
     span = sum(s["trial_end"] - s["trial_start"] for s in ended)
+    startup = min((s["trial_start"] for s in seen.values() if "trial_start" in s), default=started) - started
+    trials_part = wall - best_eval
     n = len(result.trials)
     for t in result.trials:
         if t["status"] != "succeeded":
@@ -72,8 +82,9 @@ def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, A
     return {
         "reuse_actors": reuse, "trials": n, "statuses": sorted({t["status"] for t in result.trials}),
         "wall_s": wall, "train_s": train, "span_s": span, "ideal_s": ideal, "overhead_s": wall - ideal,
-        "overhead_per_trial_s": (span - train) / n, "best_eval_s": best_eval,
-        "wall_over_train": (wall - best_eval) / train if train else None,
+        "overhead_per_trial_s": (span - train) / n, "startup_s": startup,
+        "all_in_per_trial_s": (trials_part * args.concurrent - train) / n, "best_eval_s": best_eval,
+        "wall_over_train": trials_part / train if train else None,
         "wall_with_best_eval_over_train": wall / train if train else None,
         "runners": sorted({str(t["runner"]) for t in result.trials}),
     }
@@ -95,6 +106,7 @@ def main() -> None:
 
     import ray
 
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
@@ -109,17 +121,20 @@ def main() -> None:
     print(f"{args.method}, {args.epochs} epochs x {args.train_n} points, 4 trials, "
           f"{args.concurrent} at once, {args.workers} worker(s) each, {args.cpus} CPUs")
     header = ("reuse_actors", "wall_s", "train_s", "span_s", "ideal_s", "overhead_s", "overhead_per_trial_s",
-              "best_eval_s", "wall_over_train")
-    print(" | ".join(f"{h:>14}" for h in header))
+              "startup_s", "all_in_per_trial_s", "best_eval_s", "wall_over_train")
+    print(" | ".join(f"{h:>{len(h)}}" for h in header))
     for row in rows:
-        cells = (f"{row[h]:>14.2f}" if isinstance(row[h], float) else f"{row[h]!s:>14}" for h in header)
+        cells = (f"{row[h]:>{len(h)}.2f}" if isinstance(row[h], float) else f"{row[h]!s:>{len(h)}}"
+                 for h in header)
         print(" | ".join(cells))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
     default = rows[0]  # reuse_actors on: the sweep spec's default
-    print(f"trials run {', '.join(default['runners'])}: per-trial overhead "
-          f"{default['overhead_per_trial_s']:.2f} s (target <= 3); wall / sum(trial training) "
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"trials run {', '.join(default['runners'])}: per-trial overhead "
+          f"{default['overhead_per_trial_s']:.2f} s (target <= 3; {default['all_in_per_trial_s']:.2f} s "
+          f"all-in, the {default['startup_s']:.1f} s start-up included); wall / sum(trial training) "
           f"{default['wall_over_train']:.2f} (target <= 1.3; {default['wall_with_best_eval_over_train']:.2f} "
           f"counting the best trial's {default['best_eval_s']:.1f} s default-suite evaluation as overhead)")
 

@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
+from workers.contract.jobs import StoredJob
 from workers.contract.sweep import SweepSpec, best_trial
+from workers.jobs import sweep_job
 from workers.jobs.sweep_job import (
     SweepCancelled,
     SweepFailed,
     relative_to,
     run_sweep_job,
+    sweep_kind,
 )
 
 SPEC = {
@@ -194,3 +197,23 @@ def test_a_failed_default_suite_evaluation_fails_the_sweep(tmp_path: Path) -> No
     runner = fake_runner({0: [0.5], 1: [0.1], 2: [0.1], 3: [0.1]}, best_final_error=error)
     with pytest.raises(SweepFailed, match="out of memory"):
         run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=runner)
+
+
+def test_the_driver_entry_runs_the_typed_sweep_spec_it_was_handed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = StoredJob.from_stored(dict(SPEC) | {"resources": {"cpus_per_worker": 1}})
+    seen: list[Any] = []
+    runner = fake_runner({0: [0.1], 1: [0.4], 2: [0.2], 3: [0.3]})
+
+    def spy(spec: Any, out_dir: Path, **kwargs: Any) -> Any:
+        seen.append(spec)
+        return runner(spec, out_dir, **kwargs)
+
+    monkeypatch.setattr(sweep_job, "_default_runner", lambda: spy)
+    ctx = SimpleNamespace(job=job, out_dir=tmp_path, reporter=FakeReporter())
+    assert sweep_kind(ctx)["best_trial_id"] == "trial_0001"
+    assert seen == [job.work] and seen[0] is job.work  # the driver's one parse, not a re-parse
+    with pytest.raises(TypeError, match="SweepSpec"):
+        sweep_kind(SimpleNamespace(job=SimpleNamespace(work={"kind": "sweep"}), out_dir=tmp_path,
+                                   reporter=FakeReporter()))

@@ -83,11 +83,6 @@ class JobContext:
         return self.job.kind
 
     @property
-    def work_spec(self) -> dict[str, Any]:
-        """The work spec as JSON (for the sweep runner, which expands its trials from it)."""
-        return self.job.work.model_dump(mode="json")
-
-    @property
     def resources(self) -> dict[str, Any]:
         return self.job.resources.model_dump(mode="json")
 

@@ -240,9 +240,13 @@ def run_sweep_job(
 
 def sweep_kind(ctx: Any) -> dict[str, Any]:
     """The driver's entry for kind ``sweep`` (``JOB_KINDS.add("sweep", sweep_kind)``); ``ctx`` is
-    the driver's ``JobContext`` (``work_spec``, ``out_dir``, ``reporter``)."""
+    the driver's ``JobContext``: ``job.work`` is the ``SweepSpec`` (the driver's one parse of the
+    stored spec), ``out_dir``, ``reporter``."""
+    spec = ctx.job.work
+    if not isinstance(spec, SweepSpec):
+        raise TypeError(f"a sweep job's work is a SweepSpec, not {type(spec).__name__}")
     try:
-        return run_sweep_job(ctx.work_spec, ctx.out_dir, ctx.reporter)
+        return run_sweep_job(spec, ctx.out_dir, ctx.reporter)
     except SweepCancelled:
         # The sweep held SIGTERM while it stopped its trials; hand the signal back to the driver,
         # whose own handler ends the job as stopped (cancelled), not failed.

@@ -1,9 +1,10 @@
 """Sweeps: a Ray Tune ``Tuner`` of training trials; the best trial evaluated with the default suite.
 
 ``run_sweep(spec, out_dir, on_trial_event=..., stop_event=...)`` expands the sweep spec into its
-trials (``sweep_spec.SweepSpec.trials``: deterministic, validated) and runs one Tune trial per
-expanded config. A trial is a ``TrainTrial`` actor that hands Tune one result per epoch, so ASHA can
-stop it between epochs. How it trains depends on the workers a trial asks for:
+trials (``workers.contract.sweep.SweepSpec.trials``: deterministic), validates and resolves each
+trial's ``TrainSpec`` once (``trial_specs``) and runs one Tune trial per trial, handing it that
+typed, resolved spec. A trial is a ``TrainTrial`` actor that hands Tune one result per epoch, so
+ASHA can stop it between epochs. How it trains depends on the workers a trial asks for:
 
 - one worker (``resources.num_workers == 1``): the trial runs the training loop itself
   (``run_training`` with a ``LocalRuntime`` on the trial's device, torch threads = the trial's CPUs)
@@ -57,7 +58,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ from workers.contract.sweep import (
     ResourcePlan,
     Resources,
     SweepSpec,
+    TrialConfig,
     best_trial,
     is_unresolved_init,
     parse_sweep_spec,
@@ -95,13 +97,13 @@ from workers.ray_entry.runtime import (
 )
 from workers.ray_entry.train import (
     FitThread,
+    absolute_paths,
     build_trainer,
     ensure_ray,
     forget_ray_run,
     open_channel,
     scaling_config,
     signals_set,
-    worker_spec,
 )
 from workers.training.artifacts import write_metrics
 from workers.training.callbacks import Callback, EpochReport, TrainInfo
@@ -176,15 +178,18 @@ def evaluate_trial(spec: TrainSpec, out_dir: Path, *, device: torch.device | str
                                steps=resolved.monitor_steps, checks=0, device=device)
 
 
-def evaluate_trial_task(spec: dict[str, Any], out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
+def evaluate_trial_task(spec: TrainSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
     """``evaluate_trial`` as a Ray task (a Ray Train trial's evaluation, on one worker's resources)."""
     torch.set_num_threads(threads)
-    return evaluate_trial(TrainSpec.model_validate(spec), Path(out_dir), device=device)
+    return evaluate_trial(spec, Path(out_dir), device=device)
 
 
-def evaluate_best(spec: dict[str, Any], out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
+def evaluate_best(
+    spec: TrainSpec | dict[str, Any], out_dir: str, *, device: str, threads: int
+) -> dict[str, Any]:
     """The best trial's final evaluation: the default suite on the spec's ``eval_n`` points with the
-    rigour checks on ``checks_n`` (what a training run's own final evaluation is). Runs as a Ray task."""
+    rigour checks on ``checks_n`` (what a training run's own final evaluation is). Runs as a Ray task.
+    ``spec``: the trial's resolved ``TrainSpec`` (a dict is validated and resolved here)."""
     torch.set_num_threads(threads)  # the attacks shard over this many CPU threads
     resolved = resolve_spec(TrainSpec.model_validate(spec))
     return evaluate_checkpoint(resolved, Path(out_dir), suite=DEFAULT_SUITE, n=resolved.eval_n, steps=None,
@@ -260,7 +265,24 @@ class _Collector(Callback):
         self.events.append((EPOCH_END, report.to_dict()))
 
 
-class LocalRun:
+class _ThreadedRun:
+    """A trial's run, driven from a thread of the trial's actor (``_thread``): started, watched and
+    waited on by ``TrainTrial`` alike whichever way it trains."""
+
+    runner: str
+    _thread: threading.Thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
+class LocalRun(_ThreadedRun):
     """The training loop in a thread of the trial's own actor (one worker, no Ray Train).
 
     Events (checkpoint, epoch end, then ``TRAIN_END`` with the trial's evaluation, or
@@ -292,15 +314,6 @@ class LocalRun:
         except BaseException as e:  # handed to the trial's thread
             self.error = e
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
     def take(self) -> list[Event]:
         out = []
         while self._events:
@@ -317,7 +330,7 @@ class LocalRun:
         return "".join(traceback.format_exception(self.error)).strip()
 
 
-class TrainRun:
+class TrainRun(_ThreadedRun):
     """A TorchTrainer run (several workers); its events come through the sweep's channel.
 
     Its workers run the loop with the default-suite evaluation switched off; when the run's
@@ -339,20 +352,11 @@ class TrainRun:
             spec.model_copy(update={"eval_n": 0}), out_dir, resume=False, channel_name=channel_name,
             key=key, storage_path=storage, scaling=scaling_config(resources, cpus_per_worker=cpus_per_worker),
         )
-        self._fit = FitThread(trainer)
+        self._thread = FitThread(trainer)  # ``trainer.fit()``: waits on the Ray Train workers
 
     @property
     def error(self) -> BaseException | None:
-        return self._fit.error
-
-    def start(self) -> None:
-        self._fit.start()
-
-    def is_alive(self) -> bool:
-        return self._fit.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._fit.join(timeout)
+        return self._thread.error
 
     def take(self) -> list[Event]:
         events = ray.get(self._channel.take.remote(self._key))
@@ -360,16 +364,15 @@ class TrainRun:
                 for kind, payload in events]
 
     def _evaluate(self) -> dict[str, Any]:
-        return run_task(evaluate_trial_task, self._eval_resources, self.spec.model_dump(mode="json"),
-                        str(self.out_dir))
+        return run_task(evaluate_trial_task, self._eval_resources, self.spec, str(self.out_dir))
 
     def stop(self) -> None:
-        if self._fit.is_alive():
+        if self._thread.is_alive():
             ray.get(self._channel.cancel.remote(self._key))
-            self._fit.join(STOP_TIMEOUT_S)
+            self._thread.join(STOP_TIMEOUT_S)
 
     def describe_error(self) -> str:
-        return "" if self._fit.error is None else str(self._fit.error)
+        return "" if self._thread.error is None else str(self._thread.error)
 
 
 def _cancel_flag(channel: Any, key: str) -> Callable[[], bool]:
@@ -406,7 +409,7 @@ class TrainTrial(tune.Trainable):
         self._channel = channel = ray.get_actor(run["channel"], namespace=CHANNEL_NAMESPACE)
         self._run_key = key = f"{self._key}/{uuid.uuid4().hex[:12]}"
         out = Path(run["trials_dir"]) / self._key
-        spec = TrainSpec.model_validate(trial["spec"])
+        spec = TrainSpec.model_validate(trial["spec"])  # run_sweep's resolved TrainSpec, taken as it is
         resources = Resources.model_validate(run["resources"])
         # Process-wide; a trial actor runs one trial at a time.
         torch.set_num_threads(run["threads"])
@@ -699,7 +702,7 @@ def best_final_resources(plan: ResourcePlan, total_cpus: float) -> dict[str, flo
 
 
 def _run_best_final(
-    trial_id: str, spec: dict[str, Any], trial_dir: Path, resources: dict[str, float], stop: threading.Event,
+    trial_id: str, spec: TrainSpec, trial_dir: Path, resources: dict[str, float], stop: threading.Event,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The default-suite evaluation of the best trial as a Ray task: (metrics, None), (None, error),
     or (None, None) when ``stop`` cancelled it."""
@@ -709,6 +712,13 @@ def _run_best_final(
         return None, None
     except Exception as e:  # the task's error, with its traceback, into the result
         return None, f"evaluating {trial_id} with the default suite failed: {str(e)[-2000:]}"
+
+
+def trial_specs(trials: Iterable[TrialConfig]) -> dict[str, TrainSpec]:
+    """Each trial's ``TrainSpec``, validated and resolved once, here (a swept method or dataset
+    changes the defaults, so a sweep's base is stored unresolved), paths made absolute. The trials'
+    actors and the best trial's evaluation take these objects as they are."""
+    return {t.trial_id: absolute_paths(resolve_spec(TrainSpec.model_validate(t.spec))) for t in trials}
 
 
 def run_sweep(
@@ -741,7 +751,7 @@ def run_sweep(
     plan = plan_resources(resources, total_cpus=total.get("CPU", 0.0), total_gpus=total.get("GPU", 0.0),
                           max_concurrent_trials=spec.max_concurrent_trials)
     records = {t.trial_id: TrialRecord(t.trial_id, t.index, dict(t.overrides)) for t in trials}
-    specs = {t.trial_id: worker_spec(TrainSpec.model_validate(t.spec)) for t in trials}
+    specs = trial_specs(trials)
     stop = stop_event or threading.Event()
     channel, channel_name = open_channel()
     param_space = {
@@ -782,7 +792,7 @@ def run_sweep(
         rows = [asdict(r) for r in records.values()]
         best = best_trial(rows, spec.metric, spec.mode)
         if best is not None and not stop.is_set():
-            trial_spec = TrainSpec.model_validate(specs[best])
+            trial_spec = specs[best]
             log.info("evaluating the best trial %s with the default suite on %d points (rigour checks on %d)",
                      best, trial_spec.eval_n, min(trial_spec.checks_n, trial_spec.eval_n))
             final_started = time.perf_counter()

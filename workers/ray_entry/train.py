@@ -115,11 +115,6 @@ def absolute_paths(spec: TrainSpec) -> TrainSpec:
     return spec.model_copy(update=paths)
 
 
-def worker_spec(spec: TrainSpec) -> dict[str, Any]:
-    """The spec as JSON, paths made absolute."""
-    return absolute_paths(spec).model_dump(mode="json")
-
-
 def forget_ray_run(storage_path: str, name: str = RUN_NAME) -> None:
     """Drop a previous Ray Train run's state, so Train V2 does not restore it into a fresh run."""
     if "://" not in storage_path:
