@@ -7,18 +7,21 @@ exit non-zero. This module prints nothing and imports neither torch nor the serv
 ``follow`` reads ``GET /v1/jobs/{id}/events?follow=true`` (server-sent events, parsed by
 ``httpx-sse``) until the service's ``end`` event. A stream that drops before it is reopened with
 ``Last-Event-ID`` set to the last event id seen, so the service resumes right after it: no event
-is lost or repeated across a service restart.
+is lost or repeated across a service restart. The reopening is the project's one retry policy
+(``workers.contract.retry``, run by tenacity) as ``CliSettings.reconnect_policy`` configures it:
+each event read is one retried call, so the ``reconnect_attempts`` budget counts failures in a row.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, NamedTuple
 
 import httpx
-from httpx_sse import ServerSentEvent, SSEError, connect_sse
+import tenacity
+from httpx_sse import EventSource, ServerSentEvent, SSEError, connect_sse
 from pydantic import ValidationError
 
 from rampctl.settings import CliSettings
@@ -120,36 +123,85 @@ class ServiceClient:
 
     def follow(self, job_id: int, after: int | None = None) -> Iterator[StreamEvent]:
         """The job's events after event id ``after`` (all when None), live, until the job has ended."""
-        last_id = after
-        failures = 0
-        # No read timeout: a quiet job's stream carries only keep-alive comments for long stretches.
-        timeout = httpx.Timeout(self.settings.request_timeout_s, read=None)
-        while True:
-            headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-            try:
-                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", params={"follow": "true"},
-                                 headers=headers, timeout=timeout) as source:
-                    if source.response.status_code >= 400:
-                        source.response.read()
-                        raise ServiceError(http_error(source.response))
-                    for sse in source.iter_sse():
-                        failures = 0
-                        if sse.id.isdigit():
-                            last_id = int(sse.id)
-                        if not sse.data:
-                            continue  # nothing to report (e.g. a bare id or retry field)
-                        yield StreamEvent(sse.event, _payload(sse))
-                        if sse.event == "end":
-                            return
-            # SSEError is a TransportError too, but a wrong content type will not fix itself.
-            except SSEError as e:
-                raise ServiceError(f"{self.url} did not answer with an event stream: {e}") from e
-            except httpx.TransportError as e:
-                failures += 1
-                if failures > self.settings.reconnect_attempts:
+        stream = _EventStream(self, job_id, after)
+        try:
+            while True:
+                try:
+                    sse = self._reconnecting(stream.next_event)
+                except httpx.TransportError as e:  # the budget of failures in a row is spent
                     raise ServiceError(f"lost the event stream from {self.url}: {type(e).__name__}") from e
-                time.sleep(self.settings.reconnect_wait_s(failures))  # the service may be restarting
-            # A stream closed without "end" (a proxy's idle timeout, a restart) is reopened at once.
+                if not sse.data:
+                    continue  # nothing to report (e.g. a bare id or retry field)
+                yield StreamEvent(sse.event, _payload(sse))
+                if sse.event == "end":
+                    return
+        finally:
+            stream.close()
+
+    def _reconnecting(self, fn: Any) -> Any:
+        """``fn()`` retried on a dropped connection: the configured policy's waits, at most
+        ``reconnect_attempts`` retries; the last error re-raised when they are spent."""
+        policy = self.settings.reconnect_policy()
+        stop = tenacity.stop_after_attempt(self.settings.reconnect_attempts + 1)
+        if policy is None:  # reopen at once
+            retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_dropped), stop=stop, reraise=True)
+        else:
+            retrying = policy.retrying(retry_on=_dropped).copy(stop=stop)
+        return retrying(fn)
+
+
+def _dropped(e: BaseException) -> bool:
+    # ``_EventStream`` turns an SSEError (a TransportError too) into a ServiceError first: a wrong
+    # content type will not fix itself.
+    return isinstance(e, httpx.TransportError)
+
+
+class _EventStream:
+    """One job's event stream, reopened from the last event id seen whenever it is not open."""
+
+    def __init__(self, client: ServiceClient, job_id: int, after: int | None) -> None:
+        self.client, self.job_id, self.last_id = client, job_id, after
+        self._open = contextlib.ExitStack()  # holds the open stream's response
+        self._events: Iterator[ServerSentEvent] | None = None
+
+    def next_event(self) -> ServerSentEvent:
+        """The next event; opens the stream first if needed. A stream closed without ``end`` (a
+        proxy's idle timeout, a restart) is reopened at once; a dropped one raises its
+        ``TransportError`` (after closing it) for the caller's retry policy."""
+        try:
+            while True:
+                if self._events is None:
+                    self._events = self._connect().iter_sse()
+                sse = next(self._events, None)
+                if sse is None:
+                    self.close()
+                    continue
+                if sse.id.isdigit():
+                    self.last_id = int(sse.id)
+                return sse
+        except SSEError as e:
+            self.close()
+            raise ServiceError(f"{self.client.url} did not answer with an event stream: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> EventSource:
+        headers = {"Last-Event-ID": str(self.last_id)} if self.last_id is not None else {}
+        # No read timeout: a quiet job's stream carries only keep-alive comments for long stretches.
+        timeout = httpx.Timeout(self.client.settings.request_timeout_s, read=None)
+        source = self._open.enter_context(connect_sse(
+            self.client.http, "GET", f"/v1/jobs/{self.job_id}/events", params={"follow": "true"},
+            headers=headers, timeout=timeout,
+        ))
+        if source.response.status_code >= 400:
+            source.response.read()
+            raise ServiceError(http_error(source.response))
+        return source
+
+    def close(self) -> None:
+        self._events = None
+        self._open.close()
 
 
 def _payload(sse: ServerSentEvent) -> dict[str, Any]:

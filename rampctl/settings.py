@@ -17,6 +17,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.contract.retry import RetryPolicy
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -38,8 +40,9 @@ class CliSettings(BaseSettings):
     # (a quiet job sends only keep-alives), so only its connect uses this.
     request_timeout_s: float = Field(default=30.0, gt=0)
     # A dropped event stream is reopened (with Last-Event-ID) up to this many times in a row,
-    # waiting reconnect_delay_s more after each failure, at most reconnect_max_delay_s: the service
-    # may be restarting, which takes a few seconds.
+    # waiting reconnect_delay_s, then twice as long after each failure, at most
+    # reconnect_max_delay_s (``reconnect_policy``): the service may be restarting, which takes a
+    # few seconds.
     reconnect_attempts: int = Field(default=30, ge=0)
     reconnect_delay_s: float = Field(default=0.5, ge=0)
     reconnect_max_delay_s: float = Field(default=5.0, ge=0)
@@ -61,6 +64,11 @@ class CliSettings(BaseSettings):
         except OSError:
             return None
 
-    def reconnect_wait_s(self, failures: int) -> float:
-        """How long to wait before reopening a stream after ``failures`` failures in a row."""
-        return min(self.reconnect_max_delay_s, self.reconnect_delay_s * failures)
+    def reconnect_policy(self) -> RetryPolicy | None:
+        """The waits before reopening a dropped stream: the project's one retry policy, from
+        ``reconnect_delay_s`` doubling up to ``reconnect_max_delay_s`` (jitter 20%); None when
+        ``reconnect_delay_s`` is 0 (reopen at once)."""
+        if self.reconnect_delay_s == 0:
+            return None
+        return RetryPolicy(base_s=self.reconnect_delay_s, factor=2.0,
+                           max_s=max(self.reconnect_max_delay_s, self.reconnect_delay_s), jitter=0.2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -238,5 +239,20 @@ def test_invalid_settings_are_one_line(clean_env: Path, monkeypatch: pytest.Monk
 
 
 def test_reconnect_waits_grow_to_a_cap() -> None:
-    s = CliSettings(reconnect_delay_s=0.5, reconnect_max_delay_s=5.0)
-    assert [s.reconnect_wait_s(n) for n in (1, 2, 9, 10, 30)] == [0.5, 1.0, 4.5, 5.0, 5.0]
+    # The project's one retry policy; rand = 0.5 is the middle of its jitter band.
+    policy = CliSettings(reconnect_delay_s=0.5, reconnect_max_delay_s=5.0).reconnect_policy()
+    assert [policy.delay(n, 0.5) for n in (0, 1, 2, 3, 4, 9, 29)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert all(0.4 <= policy.delay(0, r) <= 0.6 for r in (0.0, 0.99))
+    assert CliSettings(reconnect_delay_s=0).reconnect_policy() is None  # reopen at once
+
+
+def test_follow_waits_by_the_retry_policy_between_reopenings(scripted: Any) -> None:
+    server = scripted(stream(event(1, "log", message="a"), then="drop"), stream(then="drop"),
+                      stream(event(2, "log", message="b"), END))
+    settings = {"reconnect_delay_s": 0.2, "reconnect_max_delay_s": 0.3}
+    started = time.monotonic()
+    with ServiceClient(CliSettings(url=server.url, token="tok", **settings)) as client:
+        got = [payload.get("id") for _, payload in client.follow(7)]
+    assert got == [1, 2, None]
+    assert time.monotonic() - started >= 0.16 + 0.24  # two waits: ~0.2 s, then ~0.3 s (the cap)
+    assert [s["last_event_id"] for s in server.seen] == [None, "1", "1"]
