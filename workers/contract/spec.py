@@ -7,9 +7,18 @@ checkpoint's metadata, so a run is reproducible from it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from workers.contract import catalog
 from workers.contract.norms import NORMS
@@ -83,6 +92,13 @@ def coerce_param(key: str, value: Any) -> ParamValue:
     return value
 
 
+# The fields of a TrainSpec that name a catalog entry, and the names each accepts.
+CATALOG_FIELDS: dict[str, Collection[str]] = {
+    "method": catalog.METHODS, "dataset": catalog.DATASETS, "model": catalog.MODELS,
+    "schedule": catalog.SCHEDULES, "optimizer": catalog.OPTIMIZERS,
+}
+
+
 class TrainSpec(BaseModel):
     """A training (or fine-tuning, with ``init_from``) run. None means: take the default."""
 
@@ -121,39 +137,13 @@ class TrainSpec(BaseModel):
     data_root: str | None = None
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
 
-    @field_validator("method")
+    @field_validator(*CATALOG_FIELDS)
     @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in catalog.METHODS:
-            raise ValueError(f"unknown method {v!r}; available: {', '.join(catalog.METHODS)}")
-        return v
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        if v not in catalog.DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(catalog.DATASETS)}")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str | None) -> str | None:
-        if v is not None and v not in catalog.MODELS:
-            raise ValueError(f"unknown model {v!r}; available: {', '.join(catalog.MODELS)}")
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str | None) -> str | None:
-        if v is not None and v not in catalog.SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r}; available: {', '.join(catalog.SCHEDULES)}")
-        return v
-
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        if v not in catalog.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {v!r}; available: {', '.join(catalog.OPTIMIZERS)}")
+    def _known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # model and schedule may be None (the dataset's default)
+        names = CATALOG_FIELDS[str(info.field_name)]
+        if v is not None and v not in names:
+            raise ValueError(f"unknown {info.field_name} {v!r}; available: {', '.join(names)}")
         return v
 
     @field_validator("epsilons")
