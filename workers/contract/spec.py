@@ -8,9 +8,10 @@ checkpoint's metadata, so a run is reproducible from it.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -52,6 +53,11 @@ def _check_precision(value: str) -> str:
     if value not in catalog.PRECISIONS:
         raise ValueError(f"unknown precision {value!r}; use one of {', '.join(catalog.PRECISIONS)}")
     return value
+
+
+# Radii per norm and the evaluation's arithmetic, checked the same way in every spec that has them.
+Epsilons = Annotated[dict[str, float], AfterValidator(_check_epsilons)]
+Precision = Annotated[str, AfterValidator(_check_precision)]
 
 
 def coerce_param(key: str, value: Any) -> ParamValue:
@@ -118,7 +124,7 @@ class TrainSpec(BaseModel):
     optimizer: str = Field(default="sgd", description="sgd (momentum) | adam (MSD's MNIST recipe)")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    epsilons: dict[str, float] = Field(default_factory=dict)
+    epsilons: Epsilons = Field(default_factory=dict)
     eps_warmup: float = Field(default=0.0, ge=0.0, le=1.0, description=(
         "share of the optimiser steps over which the training radii grow linearly from 0 to their full "
         "values (0: full radii from the first step); evaluation always uses the full radii"))
@@ -133,7 +139,8 @@ class TrainSpec(BaseModel):
     eval_n: int = Field(default=1000, ge=0, le=1_000_000, description="points in the final evaluation")
     checks_n: int = Field(default=100, ge=0, le=100_000,
                           description="points of the final evaluation the rigour checks run on (0: none)")
-    precision: str = Field(default="auto", description="arithmetic of the evaluation's gradient attacks")
+    precision: Precision = Field(default="auto",
+                                 description="arithmetic of the evaluation's gradient attacks")
     data_root: str | None = None
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
 
@@ -145,16 +152,6 @@ class TrainSpec(BaseModel):
         if v is not None and v not in names:
             raise ValueError(f"unknown {info.field_name} {v!r}; available: {', '.join(names)}")
         return v
-
-    @field_validator("epsilons")
-    @classmethod
-    def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_epsilons(v)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        return _check_precision(v)
 
     @model_validator(mode="after")
     def _params(self) -> TrainSpec:
@@ -248,22 +245,12 @@ class EvalSpec(BaseModel):
     n: int = Field(default=1000, ge=1, le=1_000_000)
     checks_n: int = Field(default=100, ge=0, le=100_000,
                           description="points the evaluation-rigour checks run on (0: none)")
-    precision: str = Field(default="auto", description="arithmetic of the gradient attacks")
-    epsilons: dict[str, float] = Field(default_factory=dict)
+    precision: Precision = Field(default="auto", description="arithmetic of the gradient attacks")
+    epsilons: Epsilons = Field(default_factory=dict)
     data_file: str | None = None
     batch_size: int = Field(default=256, ge=1, le=4096)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     corruptions: bool = False
-
-    @field_validator("epsilons")
-    @classmethod
-    def _epsilons(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_epsilons(v)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        return _check_precision(v)
 
     @field_validator("suite")
     @classmethod
