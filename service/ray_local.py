@@ -322,6 +322,9 @@ class LocalRayHead:
         (self.tmp_dir / RECORD_FILE).write_text(json.dumps(record))
 
 
+KILL_WAIT_S = 30.0
+
+
 def kill_session(root_pid: int, *, grace_s: float = 2.0, start_ticks: int | None = None) -> None:
     """Terminate the session led by ``root_pid`` and its descendants; raise if any survive."""
     root = read_proc(root_pid)
@@ -337,12 +340,16 @@ def kill_session(root_pid: int, *, grace_s: float = 2.0, start_ticks: int | None
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(targets):
         time.sleep(0.1)
-    # Ray may spawn replacements while it shuts down: re-scan and kill until the set is empty.
-    for _ in range(20):
+    # Ray may spawn replacements while it shuts down: re-scan and kill until the set is empty. A
+    # killed process can take seconds to finish exiting on a loaded machine: bound by time, not tries.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while True:
         targets |= session_processes(root_pid)
         live = _alive(targets)
         if not live:
             return
+        if time.monotonic() >= deadline:
+            break
         for info in live:
             _signal_if_same(info, signal.SIGKILL)
         time.sleep(0.1)

@@ -177,19 +177,19 @@ def test_backend_submits_watches_stops_and_reads_logs(runtime: ServiceRuntime) -
     ok = backend.submit(f"{py} -c \"import os; print('hello', os.environ['RAMP_X'])\"", "t-ok",
                         env_vars={"RAMP_X": "42"})
     assert ok == "t-ok"
-    wait_for(lambda: backend.status(ok) == "SUCCEEDED", 60, "the job to succeed")
+    wait_for(lambda: backend.status(ok) == "SUCCEEDED", 300, "the job to succeed")
     assert "hello 42" in backend.logs(ok)
 
     bad = backend.submit(f"{py} -c \"import sys; print('about to fail'); sys.exit(3)\"", "t-bad")
-    wait_for(lambda: backend.status(bad) == "FAILED", 60, "the job to fail")
+    wait_for(lambda: backend.status(bad) == "FAILED", 300, "the job to fail")
     info = backend.info(bad)
     assert info is not None and "exit code 3" in info.message and "about to fail" in info.message
 
     slow = backend.submit(f"{py} -c \"import time; time.sleep(300)\"", "t-slow")
-    wait_for(lambda: backend.status(slow) == "RUNNING", 60, "the job to run")
+    wait_for(lambda: backend.status(slow) == "RUNNING", 300, "the job to run")
     started = time.monotonic()
     assert backend.stop(slow) is True
-    wait_for(lambda: backend.status(slow) == "STOPPED", 30, "the job to stop")
+    wait_for(lambda: backend.status(slow) == "STOPPED", 300, "the job to stop")
     assert time.monotonic() - started < 15
     assert backend.stop(slow) is False  # already finished
 
@@ -206,7 +206,7 @@ def test_stopping_the_runtime_leaves_no_ray_process(runtime: ServiceRuntime) -> 
     backend, head = runtime.backend, runtime.head
     assert backend is not None and head is not None
     job = backend.submit(f"{sys.executable} -c \"import time; time.sleep(301)\"", "t-left-running")
-    wait_for(lambda: backend.status(job) == "RUNNING", 60, "the job to run")
+    wait_for(lambda: backend.status(job) == "RUNNING", 300, "the job to run")
     procs = head.processes()
     drivers = [p for p in procs.values() if "sleep(301)" in Path(f"/proc/{p.pid}/cmdline").read_text()]
     assert drivers and all(d.sid != head.pid for d in drivers)  # Ray put the driver in its own session
