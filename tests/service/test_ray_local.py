@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,8 +208,14 @@ def test_stopping_the_runtime_leaves_no_ray_process(runtime: ServiceRuntime) -> 
     assert backend is not None and head is not None
     job = backend.submit(f"{sys.executable} -c \"import time; time.sleep(301)\"", "t-left-running")
     wait_for(lambda: backend.status(job) == "RUNNING", 300, "the job to run")
+    # RUNNING can come before the entrypoint's shell has started the Python process: wait for it.
+    def drivers_now() -> list[Any]:
+        procs = head.processes()
+        return [p for p in procs.values() if "sleep(301)" in _cmdline(p.pid)]
+
+    wait_for(lambda: bool(drivers_now()), 300, "the driver process to start")
     procs = head.processes()
-    drivers = [p for p in procs.values() if "sleep(301)" in Path(f"/proc/{p.pid}/cmdline").read_text()]
+    drivers = drivers_now()
     assert drivers and all(d.sid != head.pid for d in drivers)  # Ray put the driver in its own session
     url = runtime.settings.ray_dashboard_url
     runtime.stop()
@@ -218,3 +225,10 @@ def test_stopping_the_runtime_leaves_no_ray_process(runtime: ServiceRuntime) -> 
     assert runtime.head is None
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/api/version", timeout=2)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # the process ended between the listing and the read
+        return ""
