@@ -57,3 +57,24 @@ def test_the_contract_imports_no_heavy_framework() -> None:
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_training_and_sweep_trials_do_not_import_torchvision() -> None:
+    # torchvision pulls in torch._dynamo: seconds of start-up for every Ray worker and Tune trial
+    # actor. Only the loaders and models that need it (cifar10, imagefolder, resnet18) import it,
+    # when they are used.
+    code = ("import sys\n"
+            "import workers.ray_entry.sweep, workers.ray_entry.train, workers.jobs.driver\n"
+            "import workers.training.loop, workers.evaluation, workers.datasets, workers.models\n"
+            "from workers.datasets import load_tensors\n"
+            "load_tensors('mnist-5k', 'test', n=4)\n"
+            "from workers.models import build_model\n"
+            "build_model('small-cnn', num_classes=10, in_channels=1, input_size=28)\n"
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
+    code = ("import sys\nfrom workers.models import build_model\n"
+            "build_model('resnet18', num_classes=10, in_channels=3, input_size=32)\n"
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "True", "the check must see torchvision when it is imported"

@@ -272,6 +272,18 @@ def test_torchvision_md5_check_rejects_fixture_but_local_reader_accepts(tmp_path
     assert len(load_dataset("cifar10", "test", root=tmp_path)) == 6
 
 
+def test_cifar10_file_names_are_torchvisions():
+    # The loader spells torchvision's names out (to register without importing it); they must agree.
+    from torchvision.datasets import CIFAR10
+
+    from workers.datasets import cifar10
+
+    assert CIFAR10.base_folder == cifar10.BASE_FOLDER
+    assert list(cifar10.TRAIN_FILES) == [name for name, _ in CIFAR10.train_list]
+    assert list(cifar10.TEST_FILES) == [name for name, _ in CIFAR10.test_list]
+    assert CIFAR10.meta["filename"] == cifar10.META_FILE
+
+
 def test_cifar10_train_augmentation_is_padded_crop_and_flip(tmp_path: Path):
     written = write_cifar10(tmp_path, per_batch=2)
     image = torch.from_numpy(written["train"][0][0]).float() / 255

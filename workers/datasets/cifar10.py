@@ -21,61 +21,25 @@ Train augmentation is the standard one: ``RandomCrop(32, padding=4)`` then
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets import CIFAR10, VisionDataset
 
 from workers.datasets.base import DatasetLoader, DatasetNotFoundError, Points, Split, reject_options
 from workers.datasets.registry import DATASETS
-from workers.datasets.safe_pickle import load_data_pickle
 
-BASE_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+if TYPE_CHECKING:
+    from workers.datasets.cifar10_reader import LocalCIFAR10
+
+# torchvision's names for the release's files (torchvision.datasets.CIFAR10), spelled out here so
+# that registering the dataset does not import torchvision (seconds of start-up per Ray worker).
+BASE_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+META_FILE = "batches.meta"
 DEFAULT_ROOT = str(Path("~/.cache/ramp/datasets/cifar10").expanduser())
 NUM_CLASSES = 10
-
-
-class LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 reader with the md5 comparison replaced by an existence check and
-    ``pickle.load`` replaced by a data-only unpickler.
-
-    Every other behaviour of the parent class is kept (file list, batch layout, HWC conversion,
-    PIL output, transforms). Never downloads. A batch that names any global beyond NumPy's array
-    rebuilders is refused (``UnsafePickleError``) before anything in it runs.
-    """
-
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
-
-    def __init__(self, root: str | Path, train: bool = True, transform: Any = None) -> None:
-        # VisionDataset's constructor, not CIFAR10's: the parent unpickles with pickle.load.
-        VisionDataset.__init__(self, str(root), transform=transform)
-        self.train = train
-        folder = Path(self.root) / self.base_folder
-        images, targets = [], []
-        for name, _ in self.train_list if train else self.test_list:
-            entry = load_data_pickle(folder / name)
-            if not isinstance(entry, dict) or "data" not in entry:
-                raise ValueError(f"cifar10: {folder / name} is not a CIFAR-10 batch (no 'data' entry)")
-            images.append(np.asarray(entry["data"]))
-            targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-        self.data = np.vstack(images).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
-        self.targets = list(targets)
-        meta = load_data_pickle(folder / self.meta["filename"])
-        self.classes = meta[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        labels = np.asarray(self.targets)
-        if self.data.shape[1:] != (32, 32, 3) or self.data.dtype != np.uint8:
-            raise ValueError(f"cifar10 in {root}: images are {self.data.dtype} {self.data.shape}, "
-                             "expected uint8 (N, 32, 32, 3)")
-        if labels.shape != (len(self.data),):
-            raise ValueError(f"cifar10 in {root}: {labels.size} labels for {len(self.data)} images")
-        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise ValueError(f"cifar10 in {root}: labels {labels.min()}..{labels.max()} outside 0..9")
 
 
 def batches_parent(root: Path) -> Path:
@@ -85,7 +49,7 @@ def batches_parent(root: Path) -> Path:
 
 def require_files(parent: Path) -> None:
     folder = parent / BASE_FOLDER
-    needed = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    needed = [*TRAIN_FILES, *TEST_FILES, META_FILE]
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         problem = f"no directory {folder}" if not folder.is_dir() else f"{folder} lacks {', '.join(missing)}"
@@ -97,28 +61,25 @@ def require_files(parent: Path) -> None:
         )
 
 
-def train_transform() -> transforms.Compose:
-    return transforms.Compose(
-        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-    )
-
-
 class Cifar10(DatasetLoader):
     name = "cifar10"
     default_root = DEFAULT_ROOT
 
     def _open(self, split: Split, root: Path | None, transform: Any, download: bool) -> LocalCIFAR10:
+        from workers.datasets.cifar10_reader import LocalCIFAR10, download_release
+
         parent = batches_parent(Path(DEFAULT_ROOT) if root is None else root)
         if download:
-            # The only network access in the datasets package, and only on explicit request.
-            CIFAR10(parent, train=True, download=True)
+            download_release(parent)
         require_files(parent)
         return LocalCIFAR10(parent, train=split == "train", transform=transform)
 
     def dataset(self, split: Split, root: Path | None, *, augment: bool, download: bool,
                 **options: Any) -> Dataset:
+        from workers.datasets.cifar10_reader import test_transform, train_transform
+
         reject_options(self.name, options)
-        transform = train_transform() if augment else transforms.ToTensor()
+        transform = train_transform() if augment else test_transform()
         return self._open(split, root, transform, download)
 
     def tensors(self, split: Split, n: int | None, root: Path | None, **options: Any) -> Points:

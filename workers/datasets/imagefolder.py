@@ -16,12 +16,8 @@ then ``ToTensor()``. The samples of each split are stored in a fixed seeded perm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
 from workers.datasets.base import DatasetLoader, DatasetNotFoundError, Split
 from workers.datasets.registry import DATASETS
@@ -31,27 +27,6 @@ RESIZE_SIZE = 256
 ORDER_SEED = 0
 TEST_DIRS = ("val", "test")
 LAYOUT = "root/train/<class>/<image> and root/val/<class>/<image>"
-
-
-class FixedClassImageFolder(ImageFolder):
-    """An ImageFolder whose classes come from elsewhere (the train split) and whose sample order
-    is a fixed permutation."""
-
-    def __init__(self, root: Path, classes: list[str], transform: Any = None, *, allow_empty: bool) -> None:
-        self._given_classes = classes
-        super().__init__(str(root), transform=transform, allow_empty=allow_empty)
-        order = np.random.default_rng(ORDER_SEED).permutation(len(self.samples))
-        self.samples = [self.samples[i] for i in order]
-        self.imgs = self.samples
-        self.targets = [target for _, target in self.samples]
-
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        present = sorted(entry.name for entry in Path(directory).iterdir() if entry.is_dir())
-        unknown = sorted(set(present) - set(self._given_classes))
-        if unknown:
-            raise ValueError(f"imagefolder: {directory} has classes not in the train split: "
-                             f"{', '.join(unknown)}")
-        return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
 
 
 def require_root(root: Path | None) -> Path:
@@ -82,14 +57,6 @@ def split_dir(root: Path, split: Split) -> Path:
                                f"expected {LAYOUT}")
 
 
-def make_transform(augment: bool, image_size: int, resize_size: int) -> transforms.Compose:
-    if augment:
-        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
-    else:
-        steps = [transforms.Resize(resize_size), transforms.CenterCrop(image_size)]
-    return transforms.Compose([*steps, transforms.ToTensor()])
-
-
 class ImageFolderLoader(DatasetLoader):
     """Options: ``image_size`` (default 224) and ``resize_size`` (default 256, the test-time resize)."""
 
@@ -101,6 +68,8 @@ class ImageFolderLoader(DatasetLoader):
         if image_size < 1 or resize_size < image_size:
             raise ValueError("imagefolder: need 1 <= image_size <= resize_size, "
                              f"got image_size={image_size}, resize_size={resize_size}")
+        from workers.datasets.imagefolder_reader import FixedClassImageFolder, make_transform
+
         classes = train_classes(root)
         assert root is not None  # train_classes raised otherwise
         # A test split may lack some classes; every train class must have images.

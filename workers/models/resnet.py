@@ -11,7 +11,6 @@ torchvision's, so torchvision-format ResNet-18 state dicts load into the imagene
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from workers.models.registry import MODELS
 
@@ -25,6 +24,9 @@ def resnet18(num_classes: int, in_channels: int, input_size: tuple[int, int],
         raise ValueError(f"resnet18 stem must be one of {', '.join(STEMS)}, got {stem!r}")
     if stem == "auto":
         stem = "cifar" if max(input_size) <= CIFAR_STEM_MAX else "imagenet"
+    # Imported here: registering the model must not import torchvision (seconds per Ray worker).
+    from torchvision.models import resnet18 as tv_resnet18
+
     model = tv_resnet18(weights=None, num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
