@@ -176,7 +176,7 @@ class _EventStream:
                 if sse is None:
                     self.close()
                     continue
-                if sse.id.isdigit():
+                if sse.id.isascii() and sse.id.isdigit():
                     self.last_id = int(sse.id)
                 return sse
         except SSEError as e:

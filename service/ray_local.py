@@ -86,7 +86,7 @@ def read_proc(pid: int) -> ProcInfo | None:
 def list_procs() -> dict[int, ProcInfo]:
     procs: dict[int, ProcInfo] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (info := read_proc(int(entry))) is not None:
+        if entry.isascii() and entry.isdigit() and (info := read_proc(int(entry))) is not None:
             procs[info.pid] = info
     return procs
 

@@ -80,8 +80,13 @@ INTERNAL_ERRORS = (400, 401, 403, 404, 409, 413, 422, 503)
 # ------------------------------------------------------------------------------------- bodies
 
 
+def _is_index(part: str) -> bool:
+    # str.isdigit() is also true for "²" and other Unicode digits that int() refuses.
+    return part.isascii() and part.isdigit()
+
+
 def issue(field: str, msg: str, type_: str = "value_error") -> dict[str, Any]:
-    loc: list[str | int] = [int(p) if p.isdigit() else p for p in field.split(".")] if field else ["body"]
+    loc: list[str | int] = [int(p) if _is_index(p) else p for p in field.split(".")] if field else ["body"]
     return {"loc": loc, "msg": msg, "type": type_, "field": field or "body"}
 
 

@@ -336,7 +336,7 @@ def _ids(raw: list[str] | None) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or len(part) > 18:
+            if not (part.isascii() and part.isdigit()) or len(part) > 18:
                 raise HTTPException(422, detail=f"ids: {part[:40]!r} is not a job id")
             out.append(int(part))
     return out[:MAX_COMPARE]

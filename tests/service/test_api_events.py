@@ -112,6 +112,21 @@ def test_follow_resumes_after_last_event_id_and_ends_for_finished_jobs(live_serv
         assert c.get("/v1/jobs/777/events", params={"follow": "true"}).status_code == 404
 
 
+
+def test_a_last_event_id_that_is_not_a_number_follows_from_the_start(live_server) -> None:
+    with httpx.Client(base_url=live_server.url, headers=live_server.auth, timeout=30) as c:
+        job_id = c.post("/v1/jobs", json=TRAIN).json()["id"]
+        with live_server.app.state.session_factory() as s:
+            events.add_events(s, job_id, [{"seq": i, "type": "log", "data": {"i": i}} for i in range(3)])
+        c.post(f"/v1/jobs/{job_id}/cancel")
+        # "\u00b2" passes str.isdigit() but not int() (it was a 500)
+        with c.stream("GET", f"/v1/jobs/{job_id}/events", params={"follow": "true"},
+                      headers={"Last-Event-ID": "\u00b2".encode("latin-1")}) as r:
+            assert r.status_code == 200
+            frames = _parse_sse(list(r.iter_lines()))
+    assert [json.loads(f["data"])["data"]["i"] for f in frames if f["event"] == "log"] == [0, 1, 2]
+
+
 class FakeBackend:
     def __init__(self, logs: str | Exception = "line 1\nline 2\n", ping: object = True) -> None:
         self._logs, self._ping = logs, ping

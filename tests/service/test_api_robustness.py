@@ -7,7 +7,7 @@ import json
 import pytest
 from error_support import assert_error_model
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.main import create_app
@@ -100,6 +100,7 @@ def test_random_json_never_causes_a_server_error(api, body: object) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values)
+@example(body={"\u00b2": None})  # a Unicode digit key: str.isdigit() says yes, int() says no (was a 500)
 def test_random_driver_reports_never_cause_a_server_error(api, driver_token, body: object) -> None:
     job_id = api.client.post("/v1/jobs", json=TRAIN, headers=api.auth).json()["id"]
     auth = {"Authorization": f"Bearer {driver_token(api.app, job_id)}", "Content-Type": "application/json"}
@@ -118,6 +119,14 @@ def test_query_parameters_are_validated_not_crashing(api) -> None:
         r = api.client.get(f"/v1/jobs/{job}/events", params=params, headers=api.auth)
         assert r.status_code == 422, (params, r.text)
     assert api.client.get("/v1/jobs/99999999999999999999999999", headers=api.auth).status_code in (404, 422)
+
+
+def test_unicode_digits_are_not_numbers(api) -> None:
+    from service.api.errors import issue
+
+    # "²" and "٣" pass str.isdigit() but int() refuses them: they are names, never indexes.
+    assert issue("body.\u00b2.0", "m")["loc"] == ["body", "\u00b2", 0]
+    assert api.client.get("/ui/compare?ids=\u00b2", headers=api.auth).status_code == 422
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -83,7 +84,8 @@ async def job_events(
         next_after = page_events[-1].id if len(page_events) == limit else None
         return EventListOut(events=page_events, next_after=next_after)
 
-    if last_event_id is not None and last_event_id.isdigit() and len(last_event_id) < 19:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if last_event_id is not None and re.fullmatch(r"[0-9]{1,18}", last_event_id):
         after = int(last_event_id)
     first, _ = await run_in_threadpool(page, after)  # 404 now, not mid-stream
     poll = request.app.state.settings.sse_poll_interval_s
