@@ -11,6 +11,11 @@ the same first ``--n`` test points, alternately, ``--repeats`` times; the table 
 fastest run (the least disturbed on a shared machine) and checks that every repeat gave the same
 flags. Printed last: the accuracy gap per norm and union in percentage points (ours minus
 theirs; the target is <= 1) and the time ratio ours / theirs (target <= 0.5).
+
+Both evaluations are randomised (random starts), so one seed's gap is one draw. ``--seeds K``
+also evaluates both with seeds 1 .. K-1 and prints, per norm and union, the range of robust
+points each side gives over the K seeds: how far apart two draws of the *same* attack fall, the
+scale against which a one-seed gap is read.
 """
 
 from __future__ import annotations
@@ -78,6 +83,23 @@ def report(a: Agreement) -> None:
           f"{'ok' if a.time_ratio() <= 0.5 else 'OVER'}")
 
 
+def seed_spread(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: dict[str, float],
+                first: Agreement, seeds: int, precision: str) -> None:
+    runs = [first]
+    for seed in range(1, seeds):
+        runs.append(agreement_with_autoattack(model, x, y, epsilons, seed=seed, precision=precision))
+        print(f"  seed {seed}: ours {runs[-1].robust_counts('ours')}, "
+              f"pyautoattack {runs[-1].robust_counts('theirs')}", flush=True)
+    print(f"\nrobust points over seeds 0..{seeds - 1} (min-max; {first.n} points)")
+    print(f"{'':6s} {'ours':>9s} {'pyautoattack':>13s} {'largest gap over seed pairs':>28s}")
+    for key in (*first.ours, "union"):
+        ours = [r.robust_counts("ours")[key] for r in runs]
+        theirs = [r.robust_counts("theirs")[key] for r in runs]
+        worst = max(o - t for o in ours for t in theirs)
+        print(f"{key:6s} {min(ours):4d}-{max(ours):<4d} {min(theirs):8d}-{max(theirs):<4d} "
+              f"{100 * worst / first.n:+27.1f} pts")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: train the subject)")
@@ -85,6 +107,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="test points")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="our attacks' arithmetic: auto | fp32 | bf16")
+    parser.add_argument("--seeds", type=int, default=1, help="also compare seeds 1..K-1 (the spread)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         source = args.checkpoint
@@ -94,7 +117,10 @@ def main() -> None:
         model, meta = checkpoint.load(source)
         x, y = load_tensors(meta["dataset"], "test", n=args.n)
         print(f"evaluating {source} on {len(x)} points, radii {meta['epsilons']}", flush=True)
-        report(measure(model, x, y, meta["epsilons"], args.repeats, args.precision))
+        result = measure(model, x, y, meta["epsilons"], args.repeats, args.precision)
+        if args.seeds > 1:
+            seed_spread(model, x, y, meta["epsilons"], result, args.seeds, args.precision)
+        report(result)
 
 
 if __name__ == "__main__":
