@@ -14,6 +14,7 @@ from service.auth.access import Principal
 from service.auth.ratelimit import limiter_for
 from service.core.config import Settings
 from service.db.models import ApiToken
+from service.db.session import session_scope
 from service.jobs import store
 
 
@@ -22,14 +23,8 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    session = request.app.state.session_factory()
-    try:
+    with session_scope(request.app.state.session_factory) as session:
         yield session
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def bearer_token(request: Request) -> str | None:
