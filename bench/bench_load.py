@@ -55,10 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.pg import PG_BASE_URL, throwaway_database  # noqa: E402
 from service.ray_local import free_port  # noqa: E402
 
 ADMIN_TOKEN = "ramp_load-admin-token-0123456789abcdefghijkl"
-PG_BASE_URL = os.environ.get("RAMP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 SPEC = {"kind": "train", "method": "ramp", "dataset": "mnist-5k", "epochs": 1, "max_steps": 3, "train_n": 64,
         "batch_size": 32, "eval_n": 16, "monitor_n": 0, "checks_n": 0}
 
@@ -76,23 +76,11 @@ def percentile(values: list[float], q: float) -> float:
 @contextlib.contextmanager
 def throwaway_pg(base_url: str = PG_BASE_URL) -> Iterator[str]:
     """A new, migrated PostgreSQL database on ``base_url``'s server; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     from service.db import migrate
 
-    admin = create_engine(make_url(base_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = f"ramp_load_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(base_url, "ramp_load") as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def create_tenant_tokens(database_url: str, tenants: int) -> list[str]:

@@ -1,8 +1,15 @@
-"""Suite-wide settings: deterministic and light on a 2-core machine."""
+"""Suite-wide settings: deterministic and light on a 2-core machine; the repository root on the import
+path (helpers shared with the benchmarks live in bench/, e.g. bench.pg)."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 import pytest  # noqa: E402
 

@@ -8,21 +8,20 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from api_support import Api, BearerAuth, app_without_ray, session_factory_on
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.pg import PG_BASE_URL, throwaway_database
 from service.core.config import Settings
 from service.db import migrate
-from service.db.session import make_engine, make_session_factory
 
-PG_BASE_URL = os.environ.get("RAMP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 TABLES = ("job_events", "idempotency_keys", "jobs", "api_tokens")
 
 
@@ -59,18 +58,9 @@ def pg_url() -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"PostgreSQL at {admin_url} is not reachable and could not be started")
             time.sleep(0.5)
-    name = f"ramp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_BASE_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(PG_BASE_URL, "ramp_test") as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _truncate_pg(url: str) -> None:
@@ -105,9 +95,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def session_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    with session_factory_on(db_url) as factory:
+        yield factory
 
 
 @pytest.fixture
@@ -117,21 +106,6 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------------------------- the app
-
-
-@dataclass
-class Api:
-    client: object  # fastapi.testclient.TestClient
-    app: object
-    settings: Settings
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def sessions(self) -> sessionmaker[Session]:
-        return self.app.state.session_factory  # type: ignore[attr-defined]
 
 
 def make_settings(home: Path, database_url: str | None = None, **overrides: object) -> Settings:
@@ -153,31 +127,16 @@ def api_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(api_settings: Settings) -> Iterator[Api]:
-    from fastapi.testclient import TestClient
-
-    from service.main import create_app
-
-    app = create_app(api_settings, start_dispatcher=False)
-    with TestClient(app) as client:
-        assert api_settings.admin_token_file is not None
-        token = api_settings.admin_token_file.read_text().strip()
-        yield Api(client=client, app=app, settings=api_settings, token=token)
+    with app_without_ray(api_settings) as a:
+        yield a
 
 
 @pytest.fixture
 def pg_api(tmp_path: Path, pg_url: str) -> Iterator[Api]:
     """The same app on PostgreSQL."""
-    from fastapi.testclient import TestClient
-
-    from service.main import create_app
-
     _truncate_pg(pg_url)
-    settings = make_settings(tmp_path / "home", pg_url)
-    app = create_app(settings, start_dispatcher=False)
-    with TestClient(app) as client:
-        assert settings.admin_token_file is not None
-        token = settings.admin_token_file.read_text().strip()
-        yield Api(client=client, app=app, settings=settings, token=token)
+    with app_without_ray(make_settings(tmp_path / "home", pg_url)) as a:
+        yield a
 
 
 def free_port() -> int:
@@ -187,15 +146,11 @@ def free_port() -> int:
 
 
 @dataclass
-class LiveServer:
+class LiveServer(BearerAuth):
     url: str
     settings: Settings
     token: str
     app: object
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 @pytest.fixture

@@ -188,6 +188,21 @@ def live_service(settings: Settings) -> Iterator[Any]:
         yield client
 
 
+@contextlib.contextmanager
+def service_on_ray_head(home: Path, num_cpus: int = 2) -> Iterator[Any]:
+    """A real local Ray head (``ray_head``) and the full service using it on a free port
+    (``service_settings``, ``live_service``); yields the service's client, with the head and the
+    settings as its ``head`` and ``settings``."""
+    from service.ray_local import free_port
+
+    with ray_head(num_cpus) as head:
+        settings = service_settings(home, head.dashboard_url, free_port())
+        with live_service(settings) as client:
+            client.head = head
+            client.settings = settings
+            yield client
+
+
 def wait_status(client: Any, job_id: int, statuses: set[str], timeout_s: float) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         job = client.get(f"/v1/jobs/{job_id}").json()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_support import session_factory_on
 from dispatch_support import TcpProxy, create_job, get_job
 from exec_support import FakeBackend, make_test_settings, wait_for
 from sqlalchemy.engine import make_url
@@ -38,9 +39,8 @@ def proxy(pg: str) -> Iterator[TcpProxy]:
 @pytest.fixture
 def direct(pg: str) -> Iterator[sessionmaker[Session]]:
     """The test's own way to the database, not through the proxy."""
-    engine = make_engine(pg)
-    yield make_session_factory(engine)
-    engine.dispose()
+    with session_factory_on(pg) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -9,17 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exec_support import (
-    events,
-    live_service,
-    ray_head,
-    service_settings,
-    tiny_train_spec,
-    wait_for,
-    wait_status,
-)
-
-from service.ray_local import free_port
+from exec_support import events, service_on_ray_head, tiny_train_spec, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 ACCURACY_KEYS = ("clean", "linf", "l2", "l1", "union")
@@ -27,11 +17,8 @@ ACCURACY_KEYS = ("clean", "linf", "l2", "l1", "union")
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with ray_head() as head:
-        settings = service_settings(tmp_path_factory.mktemp("home"), head.dashboard_url, free_port())
-        with live_service(settings) as client:
-            client.head = head
-            yield client
+    with service_on_ray_head(tmp_path_factory.mktemp("home")) as client:
+        yield client
 
 
 def test_a_training_job_runs_to_succeeded_with_metrics(service: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, text
 
+from bench.pg import throwaway_database
 from service.db import migrate
 from service.db.base import Base
 from service.db.models import Job  # noqa: F401  (registers the tables)
@@ -59,21 +58,12 @@ def test_sqlite_upgrade_matches_models_and_downgrade_drops_everything(tmp_path: 
 
 def test_postgres_upgrade_matches_models(pg_url: str) -> None:
     """A second, empty PostgreSQL database: migrate up, compare, down, up."""
-    name = f"ramp_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(pg_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(pg_url, "ramp_mig") as url:
         migrate.upgrade(url)
         assert _tables(url) == TABLES
         assert _diff(url) == []
         migrate.downgrade(url, "base")
         assert _tables(url) == set()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_upgrade_works_from_any_working_directory(tmp_path: Path) -> None:
@@ -112,16 +102,8 @@ def _empty_database(kind: str, tmp_path: Path, pg_url: str | None) -> Iterator[s
         yield f"sqlite:///{tmp_path / 'tenancy.db'}"
         return
     assert pg_url is not None
-    name = f"ramp_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(pg_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(pg_url, "ramp_mig") as url:
+        yield url
 
 
 def _columns(url: str, table: str) -> set[str]:

@@ -13,17 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from exec_support import (
-    events,
-    live_service,
-    ray_head,
-    service_settings,
-    tiny_train_spec,
-    wait_for,
-    wait_status,
-)
+from exec_support import events, service_on_ray_head, tiny_train_spec, wait_for, wait_status
 
-from service.ray_local import free_port
 from workers.contract.sweep import best_trial
 
 pytestmark = pytest.mark.slow
@@ -50,12 +41,8 @@ def cpu_usage(dashboard_url: str) -> tuple[float, float] | None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with ray_head(num_cpus=2) as head:
-        settings = service_settings(tmp_path_factory.mktemp("home"), head.dashboard_url, free_port())
-        with live_service(settings) as client:
-            client.head = head
-            client.settings = settings
-            yield client
+    with service_on_ray_head(tmp_path_factory.mktemp("home"), num_cpus=2) as client:
+        yield client
 
 
 def test_a_2x2_grid_sweep_records_four_trials_and_the_best(service: Any) -> None:

@@ -16,17 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exec_support import (
-    ADMIN_TOKEN,
-    live_service,
-    ray_head,
-    service_settings,
-    tiny_train_spec,
-    wait_for,
-    wait_status,
-)
-
-from service.ray_local import free_port
+from exec_support import ADMIN_TOKEN, service_on_ray_head, tiny_train_spec, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -84,12 +74,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     assert CHROMIUM.exists(), "Debian's chromium is missing: scripts/test.sh installs it (apt-get)"
     shots = Path(os.environ.get("RAMP_UI_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    with ray_head(num_cpus=2) as head:
-        settings = service_settings(tmp_path_factory.mktemp("home"), head.dashboard_url, free_port())
-        with live_service(settings) as client:
-            ids = [client.post("/v1/jobs", json=spec).json()["id"]
-                   for spec in (tiny(), tiny(method="eat"), SWEEP)]
-            yield Live(client, str(client.base_url).rstrip("/"), settings, *ids, shots=shots)
+    with service_on_ray_head(tmp_path_factory.mktemp("home"), num_cpus=2) as client:
+        ids = [client.post("/v1/jobs", json=spec).json()["id"]
+               for spec in (tiny(), tiny(method="eat"), SWEEP)]
+        yield Live(client, str(client.base_url).rstrip("/"), client.settings, *ids, shots=shots)
 
 
 @pytest.fixture(scope="module")

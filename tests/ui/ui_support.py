@@ -5,34 +5,23 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from service.core.config import Settings
-
-# The execution-side helpers (a real Ray head, the full service, tiny job specs) live beside the
-# service tests; the browser tests reuse them.
+# The app's test client (api_support) and the execution-side helpers (a real Ray head, the full
+# service, tiny job specs) live beside the service tests; the web-page tests reuse them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+
+from api_support import Api, app_without_ray  # noqa: E402
+
+from service.core.config import Settings  # noqa: E402
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
 
 
-@dataclass
-class Ui:
-    client: Any  # fastapi.testclient.TestClient
-    app: Any
-    settings: Settings
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def sessions(self) -> sessionmaker[Session]:
-        return self.app.state.session_factory
+class Ui(Api):
+    """The service tests' ``Api`` (client, app, settings, admin token) with the page tests' helpers."""
 
     def submit(self, spec: dict[str, Any], token: str | None = None) -> int:
         headers = {"Authorization": f"Bearer {token or self.token}"}
@@ -68,6 +57,11 @@ class Ui:
         m = CSRF.search(page.text)
         assert m is not None
         return m.group(1)
+
+
+def ui_app(settings: Settings) -> AbstractContextManager[Ui]:
+    """The app without Ray behind TestClient, as a ``Ui``."""
+    return app_without_ray(settings, Ui)
 
 
 def epoch_report(epoch: int, *, clean: float, union: float, ce: float, pairing: float) -> dict[str, Any]:
