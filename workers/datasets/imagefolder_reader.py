@@ -1,7 +1,8 @@
 """The torchvision half of ``imagefolder`` (see that module): the reader class and the transforms.
 
-Kept apart so that importing the datasets registry does not import torchvision, which costs a
-Ray worker seconds of start-up (it pulls in ``torch._dynamo``); it is imported when data is read.
+Kept apart so that importing the datasets registry does not import torchvision, which pulls in
+``torch._dynamo`` (~1 s of start-up for a driver or an evaluation task, which build no optimizer;
+a training process imports dynamo anyway, with its first optimizer); imported when data is read.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def resnet18(num_classes: int, in_channels: int, input_size: tuple[int, int],
         raise ValueError(f"resnet18 stem must be one of {', '.join(STEMS)}, got {stem!r}")
     if stem == "auto":
         stem = "cifar" if max(input_size) <= CIFAR_STEM_MAX else "imagenet"
-    # Imported here: registering the model must not import torchvision (seconds per Ray worker).
+    # Imported here: registering the model must not import torchvision (and torch._dynamo, ~1 s).
     from torchvision.models import resnet18 as tv_resnet18
 
     model = tv_resnet18(weights=None, num_classes=num_classes)
