@@ -36,6 +36,7 @@ from workers.ray_entry.sweep import (
     run_sweep,
 )
 from workers.training.callbacks import EpochReport
+from workers.training.loop import resolve_spec
 
 # --- fast: the pieces, without a cluster ---------------------------------------------------------
 
@@ -281,7 +282,7 @@ def test_trials_asking_for_two_workers_train_on_ray_train(ray_local, tmp_path):
 @pytest.mark.slow
 def test_a_cancel_during_the_best_trials_evaluation_kills_it_and_frees_its_cpus(ray_local, tmp_path):
     train = {k: v for k, v in BASE.items() if k not in ("kind", "resources")}
-    spec = TrainSpec.model_validate(train | {"epochs": 1, "eval_n": 1000, "checks_n": 100})
+    spec = resolve_spec(TrainSpec.model_validate(train | {"epochs": 1, "eval_n": 1000, "checks_n": 100}))
     run = LocalRun(spec, tmp_path, device="cpu")
     run.start()
     run.join(120)
@@ -298,7 +299,7 @@ def test_a_cancel_during_the_best_trials_evaluation_kills_it_and_frees_its_cpus(
 
     threading.Thread(target=cancel_once_it_holds_the_cpus, daemon=True).start()
     started = time.monotonic()
-    final, error = _run_best_final("trial_0000", spec.model_dump(mode="json"), tmp_path,
+    final, error = _run_best_final("trial_0000", spec, tmp_path,
                                    {"num_cpus": total, "num_gpus": 0.0}, stop)
     assert stop.is_set() and final is None and error is None
     assert time.monotonic() - started < 150

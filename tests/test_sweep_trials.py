@@ -32,13 +32,15 @@ from workers.ray_entry.sweep import (
     trial_runner,
     trial_threads,
 )
+from workers.training.loop import resolve_spec
 
 TINY = {"method": "nt", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2, "train_n": 64,
         "batch_size": 32, "monitor_n": 8, "monitor_steps": 2, "eval_n": 12, "checks_n": 4, "seed": 0}
 
 
 def _spec(**overrides: Any) -> TrainSpec:
-    return TrainSpec.model_validate(TINY | overrides)
+    # resolved, as run_sweep's trial_specs hands every trial and the best trial's evaluation
+    return resolve_spec(TrainSpec.model_validate(TINY | overrides))
 
 
 def _trial(run: LocalRun) -> TrainTrial:
@@ -119,7 +121,7 @@ def test_the_best_trial_is_evaluated_with_the_default_suite_and_its_checks(tmp_p
     run.start()
     run.join(60)
     monitor = run.take()[-1][1]
-    metrics = evaluate_best(_spec().model_dump(mode="json"), str(tmp_path), device="cpu", threads=1)
+    metrics = evaluate_best(_spec(), str(tmp_path), device="cpu", threads=1)
     assert metrics["suite"] == "standard" and metrics["upper_bound"] is False
     assert metrics["n"] == 12 and metrics["checks"]["n"] == 4
     assert set(metrics["attacks"]["l1"]) == {"apgd-ce", "apgd-t"}

@@ -172,10 +172,10 @@ def evaluate_checkpoint(
 
 
 def evaluate_trial(spec: TrainSpec, out_dir: Path, *, device: torch.device | str) -> dict[str, Any]:
-    """A trial's own final evaluation: the monitor suite (an upper bound) on ``trial_eval_n`` points."""
-    resolved = resolve_spec(spec)
-    return evaluate_checkpoint(resolved, out_dir, suite=TRIAL_SUITE, n=trial_eval_n(resolved),
-                               steps=resolved.monitor_steps, checks=0, device=device)
+    """A trial's own final evaluation: the monitor suite (an upper bound) on ``trial_eval_n`` points.
+    ``spec`` is resolved (``trial_specs``)."""
+    return evaluate_checkpoint(spec, out_dir, suite=TRIAL_SUITE, n=trial_eval_n(spec),
+                               steps=spec.monitor_steps, checks=0, device=device)
 
 
 def evaluate_trial_task(spec: TrainSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
@@ -184,16 +184,13 @@ def evaluate_trial_task(spec: TrainSpec, out_dir: str, *, device: str, threads: 
     return evaluate_trial(spec, Path(out_dir), device=device)
 
 
-def evaluate_best(
-    spec: TrainSpec | dict[str, Any], out_dir: str, *, device: str, threads: int
-) -> dict[str, Any]:
+def evaluate_best(spec: TrainSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
     """The best trial's final evaluation: the default suite on the spec's ``eval_n`` points with the
     rigour checks on ``checks_n`` (what a training run's own final evaluation is). Runs as a Ray task.
-    ``spec``: the trial's resolved ``TrainSpec`` (a dict is validated and resolved here)."""
+    ``spec``: the trial's resolved ``TrainSpec`` (``trial_specs``)."""
     torch.set_num_threads(threads)  # the attacks shard over this many CPU threads
-    resolved = resolve_spec(TrainSpec.model_validate(spec))
-    return evaluate_checkpoint(resolved, Path(out_dir), suite=DEFAULT_SUITE, n=resolved.eval_n, steps=None,
-                               checks=resolved.checks_n, device=device)
+    return evaluate_checkpoint(spec, Path(out_dir), suite=DEFAULT_SUITE, n=spec.eval_n, steps=None,
+                               checks=spec.checks_n, device=device)
 
 
 class TaskCancelled(Exception):
