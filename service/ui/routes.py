@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from service.api.body import decode_json
 from service.api.deps import SessionDep, SettingsDep, wake_dispatcher
+from service.api.ids import parse_id
 from service.auth.tokens import authenticate_token
 from service.db.models import Job
 from service.jobs import store
@@ -336,9 +337,10 @@ def _ids(raw: list[str] | None) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not (part.isascii() and part.isdigit()) or len(part) > 18:
+            job_id = parse_id(part)
+            if job_id is None:
                 raise HTTPException(422, detail=f"ids: {part[:40]!r} is not a job id")
-            out.append(int(part))
+            out.append(job_id)
     return out[:MAX_COMPARE]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import PrincipalDep, SessionDep, get_current_token
+from service.api.ids import parse_id
 from service.api.schemas import EventListOut, EventOut, MetricsOut
 from service.auth.access import owned_job
 from service.events import store as events
@@ -84,9 +84,9 @@ async def job_events(
         next_after = page_events[-1].id if len(page_events) == limit else None
         return EventListOut(events=page_events, next_after=next_after)
 
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-    if last_event_id is not None and re.fullmatch(r"[0-9]{1,18}", last_event_id):
-        after = int(last_event_id)
+    resume_after = parse_id(last_event_id) if last_event_id is not None else None
+    if resume_after is not None:
+        after = resume_after
     first, _ = await run_in_threadpool(page, after)  # 404 now, not mid-stream
     poll = request.app.state.settings.sse_poll_interval_s
     return EventSourceResponse(_stream(page, first, after, poll), ping=SSE_KEEPALIVE_S,
