@@ -209,13 +209,12 @@ def test_stopping_the_runtime_leaves_no_ray_process(runtime: ServiceRuntime) -> 
     job = backend.submit(f"{sys.executable} -c \"import time; time.sleep(301)\"", "t-left-running")
     wait_for(lambda: backend.status(job) == "RUNNING", 300, "the job to run")
     # RUNNING can come before the entrypoint's shell has started the Python process: wait for it.
-    def drivers_now() -> list[Any]:
-        procs = head.processes()
+    def drivers_in(procs: dict[int, Any]) -> list[Any]:
         return [p for p in procs.values() if "sleep(301)" in _cmdline(p.pid)]
 
-    wait_for(lambda: bool(drivers_now()), 300, "the driver process to start")
+    wait_for(lambda: bool(drivers_in(head.processes())), 300, "the driver process to start")
     procs = head.processes()
-    drivers = drivers_now()
+    drivers = drivers_in(procs)  # the same listing the survivors are checked against
     assert drivers and all(d.sid != head.pid for d in drivers)  # Ray put the driver in its own session
     url = runtime.settings.ray_dashboard_url
     runtime.stop()
