@@ -1,4 +1,5 @@
-"""The evaluation-rigour checks and the attack's arithmetic (``checks.py``, ``precision.py``)."""
+"""The evaluation checks (``checks.py``; the sanity checks have their own file) and the attacks'
+arithmetic (``precision.py``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from workers.evaluation import evaluate
-from workers.evaluation.checks import curve_radii, run_checks, unbounded_radius
+from workers.evaluation.checks import ce_vs_dlr, curve_radii, robust_sample, run_checks, unbounded_radius
 from workers.evaluation.precision import attack_model, native_bf16, resolve_precision
 from workers.evaluation.runner import Ticker
+from workers.evaluation.status import verdict
 from workers.evaluation.suites import AttackSettings, Models, Stage
 from workers.models import build_model
 
@@ -57,30 +59,106 @@ def test_unbounded_radius_reaches_every_image() -> None:
 
 
 def test_an_honest_model_passes_every_check() -> None:
-    x, y = centre_points()
-    result = evaluate(MeanPixel(), (x, y), {"linf": 0.02}, checks=10, precision="fp32")
+    x, y = centre_points(60)
+    result = evaluate(MeanPixel(), (x, y), {"linf": 0.02}, checks=60, precision="fp32", steps=10)
     checks = result.checks
-    assert checks["passed"] and checks["warnings"] == [] and checks["n"] == 10
+    assert checks["status"] == "passed", checks["inconclusive"] + checks["warnings"]
+    assert checks["warnings"] == [] and checks["inconclusive"] == [] and checks["n"] == 60
     curve = checks["curves"]["linf"]
+    assert curve["status"] == "passed" and curve["n"] == 60
     assert curve["radius"][0] == 0.0 and curve["accuracy"][0] == 1.0
     assert curve["accuracy"] == sorted(curve["accuracy"], reverse=True)
     assert curve["accuracy"][-1] == 0.0  # the unbounded radius fools every point
     assert curve["accuracy"][curve["radius"].index(0.02)] == result.metrics()["linf"] == 1.0
-    assert checks["iterations"]["linf"]["steps"] == 1000 and checks["iterations"]["linf"]["passed"]
-    assert checks["square"]["linf"]["found"] == 0 and checks["ordering"]["passed"]
+    iterations, square = checks["iterations"]["linf"], checks["square"]["linf"]
+    assert iterations == iterations | {"n": 50, "steps": 100, "moved": 0, "status": "passed"}
+    assert square == square | {"n": 50, "found": 0, "status": "passed"}
+    pair = checks["ce_vs_dlr"]["linf"]
+    assert pair == pair | {"n": 60, "found": 0, "status": "passed"}
+    assert {name: c["status"] for name, c in checks["sanity"].items()} == dict.fromkeys(
+        ("probabilities", "determinism", "dynamic", "classes", "gradients"), "passed")
+    assert "ordering" not in checks  # it could not fail: robust flags start from the clean ones
     assert result.metrics()["checks"] == checks
 
 
-def test_gradient_masking_is_caught_by_square() -> None:
-    x, y = centre_points(40)
-    result = evaluate(Masked(), (x, y), {"linf": 0.06}, checks=40, precision="fp32", steps=10)
+def test_a_tiny_evaluation_is_inconclusive_not_passed() -> None:
+    x, y = centre_points(10)
+    checks = evaluate(MeanPixel(), (x, y), {"linf": 0.02}, checks=10, precision="fp32", steps=10).checks
+    for group in ("curves", "iterations", "square", "ce_vs_dlr"):
+        assert checks[group]["linf"]["status"] == "inconclusive", group
+    assert checks["iterations"]["linf"]["n"] == 10 and checks["square"]["linf"]["n"] == 10
+    assert checks["status"] == "inconclusive" and checks["warnings"] == []
+    assert any("linf iterations: only 10 relevant point(s)" in line for line in checks["inconclusive"])
+
+
+def test_no_rigour_checks_is_never_a_pass() -> None:
+    x, y = centre_points(60)
+    checks = evaluate(MeanPixel(), (x, y), {"linf": 0.02}, checks=0, precision="fp32", steps=10).checks
+    assert "curves" not in checks and checks["status"] == "inconclusive"
+    assert any("checks_n = 0" in line for line in checks["inconclusive"])
+    assert checks["sanity"]["gradients"]["status"] == "passed"  # the free checks still run
+
+
+def test_the_robust_sample_comes_from_the_whole_set() -> None:
+    robust = np.zeros(1000, dtype=bool)
+    robust[[5, 400, 999]] = True
+    assert robust_sample(robust, 50, 0, "linf").tolist() == [5, 400, 999]
+    robust[::3] = True
+    drawn = robust_sample(robust, 50, 0, "linf")
+    assert len(drawn) == 50 and robust[drawn].all() and np.all(np.diff(drawn) > 0)
+    assert drawn.max() > 500  # not the head of the sample
+    np.testing.assert_array_equal(drawn, robust_sample(robust, 50, 0, "linf"))  # seeded
+    assert not np.array_equal(drawn, robust_sample(robust, 50, 1, "linf"))
+
+
+def test_gradient_masking_is_caught_by_square_and_the_gradient_check() -> None:
+    x, y = centre_points(60)
+    result = evaluate(Masked(), (x, y), {"linf": 0.06}, checks=60, precision="fp32", steps=10)
     checks = result.checks
     assert result.metrics()["linf"] == 1.0  # the white-box suite is blind...
-    assert not checks["passed"]
+    assert checks["status"] == "failed"
     square = checks["square"]["linf"]
-    assert square["n"] == 8 and square["attacked"] == 8
-    assert square["found"] >= 2  # ...a black-box attack is not
-    assert any("gradient masking" in w for w in checks["warnings"])
+    assert square["n"] == 50 and square["status"] == "failed"
+    assert square["found"] >= 10  # ...a black-box attack is not
+    assert checks["sanity"]["gradients"] == checks["sanity"]["gradients"] | {"status": "failed", "zero": 60}
+    assert any("Square attack fooled" in w and "gradient masking" in w for w in checks["warnings"])
+    assert any(w.startswith("sanity/gradients: 60 of 60") for w in checks["warnings"])
+
+
+class Saturated(MeanPixel):
+    """The mean-pixel classifier with logits scaled by 10^4: the same decisions, a softmax that
+    saturates in float32, so cross-entropy gradients are exactly zero at correctly classified
+    points -- what defensive distillation's student does at T = 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 1e4 * super().forward(x)
+
+
+def test_saturated_softmax_is_caught_by_ce_vs_dlr_naming_apgd_t() -> None:
+    x, y = centre_points(60)
+    result = evaluate(Saturated(), (x, y), {"linf": 0.06}, checks=0, precision="fp32", steps=10)
+    assert result.stages["linf"]["apgd-ce"] == 1.0 and result.metrics()["linf"] == 0.0
+    c = result.checks["ce_vs_dlr"]["linf"]
+    assert c == c | {"n": 60, "found": 60, "status": "failed"}
+    warnings = result.checks["warnings"]
+    assert any(w.startswith("linf: APGD-T (targeted DLR loss) fooled 60 of the 60") for w in warnings)
+    assert result.checks["sanity"]["gradients"]["status"] == "failed"
+
+
+@pytest.mark.parametrize(("after", "n", "status"), [
+    ({"apgd-ce": 0.8, "apgd-t": 0.2}, 100, "failed"),
+    ({"apgd-ce": 0.8, "apgd-t": 0.7}, 100, "passed"),  # 10 of 80: what APGD-T adds on a sane model
+    ({"apgd-ce": 0.8, "apgd-t": 0.2}, 10, "failed"),  # 6 of 8: evidence on few points is still evidence
+    ({"apgd-ce": 0.8, "apgd-t": 0.8}, 10, "inconclusive"),
+    ({"bf16-screen": 0.9, "apgd-ce": 0.8, "apgd-t": 0.3}, 100, "failed"),
+])
+def test_ce_vs_dlr_verdicts(after, n, status) -> None:
+    assert ce_vs_dlr(after, n)["status"] == status
+
+
+def test_ce_vs_dlr_needs_both_attacks_in_order() -> None:
+    assert ce_vs_dlr({"apgd-ce": 0.8}, 100) is None
+    assert ce_vs_dlr({"apgd-t": 0.8, "apgd-ce": 0.7}, 100) is None
 
 
 class FakeSuite:
@@ -98,29 +176,46 @@ class FakeSuite:
         return [Stage("fake", run)]
 
 
-def _checks(fools, eps: float = 0.06) -> dict:
-    x, y = centre_points(8)  # classes 0-7: room to move up
+def _checks(fools, eps: float = 0.06, n: int = 64) -> dict:
+    x, y = centre_points(n)
+    y = y % 8  # classes 0-7: room to move up
+    x = (((y.float() + 0.5) / NUM_CLASSES)[:, None, None, None] + 0 * x).clamp(0, 1)
     model = MeanPixel()
     settings = {"linf": AttackSettings("linf", eps)}
-    clean = np.ones(8, dtype=bool)
+    clean = np.ones(n, dtype=bool)
     build = FakeSuite(fools)
-    robust = clean & ~np.full(8, fools(settings["linf"]))
+    robust = clean & ~np.full(n, fools(settings["linf"]))
     return run_checks(Models.of(model), {"linf": build(settings["linf"])}, build, settings, x, y, clean,
-                      {"linf": robust}, torch.device("cpu"), Ticker(1, None))
+                      {"linf": robust}, {"linf": {"fake": float(robust.mean())}}, ["fake"], n,
+                      torch.device("cpu"), Ticker(1, None))
 
 
 def test_an_attack_that_needs_more_iterations_fails_the_iteration_check() -> None:
     report = _checks(lambda s: (s.steps or 100) >= 1000)
-    assert report["iterations"]["linf"]["steps"] == 1000 and not report["iterations"]["linf"]["passed"]
-    assert report["iterations"]["linf"]["default"] == 1.0 and report["iterations"]["linf"]["more"] == 0.0
-    assert any("10x more iterations" in w for w in report["warnings"])
+    iterations = report["iterations"]["linf"]
+    assert iterations == iterations | {"n": 50, "steps": 1000, "moved": 50, "status": "failed"}
+    assert report["status"] == "failed"
+    assert any("10x more iterations fooled 50 of 50" in w for w in report["warnings"])
 
 
 def test_an_attack_that_gives_up_at_larger_radii_fails_the_curve_check() -> None:
     report = _checks(lambda s: 0.06 <= s.eps <= 0.1)  # fools at eps, not at 2 eps or beyond
     curve = report["curves"]["linf"]
-    assert not curve["passed"] and curve["rises_at"] == [0.12]
+    assert curve["status"] == "failed" and curve["rises_at"] == [0.12]
     assert any("rises with the radius" in w for w in report["warnings"])
+
+
+def test_an_attack_that_never_fools_fails_the_unbounded_radius() -> None:
+    report = _checks(lambda s: False)
+    curve = report["curves"]["linf"]
+    assert curve["status"] == "failed" and curve["rises_at"] == [] and curve["accuracy"][-1] == 1.0
+    assert any("survive an unbounded radius" in w for w in report["warnings"])
+
+
+def test_one_moved_point_is_tolerated_two_are_not() -> None:
+    assert verdict(1, 50) == "passed" and verdict(2, 50) == "failed"
+    assert verdict(1, 10) == "inconclusive" and verdict(2, 10) == "failed"
+    assert verdict(2, 200) == "passed" and verdict(3, 200) == "failed"  # 1 % of 200
 
 
 def test_precision_resolution() -> None:

@@ -20,10 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from workers.contract import catalog
+from workers.contract.samples import read_per_sample
+from workers.contract.stats import wilson_interval
 from workers.datasets import load_npz
 from workers.evaluation import ATTACKS, CORRUPTIONS, SUITES, EvalResult, evaluate
 from workers.evaluation.autoattack_suite import AA_ATTACKS, build_adversary
 from workers.evaluation.result import METRICS_FILE, PER_SAMPLE_FILE
+from workers.evaluation.sanity import FORWARD_REPEATS
 from workers.evaluation.suites import threat_model_violation
 
 NUM_CLASSES = 10
@@ -35,7 +38,7 @@ LARGE_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 # The package re-exports the function under the module's name; fetch the module itself.
 evaluate_module = importlib.import_module("workers.evaluation.evaluate")
 METRIC_KEYS = {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite", "upper_bound", "precision",
-               "seconds"}
+               "seconds", "intervals", "per_sample", "checks"}
 
 
 class MeanPixelModel(nn.Module):
@@ -101,7 +104,7 @@ def points() -> tuple[Tensor, Tensor, dict[str, np.ndarray]]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_standard_suite_breaks_exactly_the_breakable_points(points, precision) -> None:
     x, y, expected = points
-    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=20, precision=precision)
+    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=50, precision=precision)
     assert_consistent(result)
     np.testing.assert_array_equal(result.clean, expected["clean"])
     for norm in ("linf", "l2", "l1"):
@@ -109,8 +112,52 @@ def test_standard_suite_breaks_exactly_the_breakable_points(points, precision) -
     np.testing.assert_array_equal(result.union, expected["robust"])
     m = result.metrics()
     assert (m["clean"], m["linf"], m["union"]) == (8 / 12, 4 / 12, 4 / 12)
-    assert m["attacks"] == {norm: {"apgd-ce": 4 / 12, "apgd-t": 4 / 12} for norm in ("linf", "l2", "l1")}
-    assert m["suite"] == "standard" and m["upper_bound"] is False and m["precision"] == precision
+    # bf16: a bfloat16 APGD-CE screen first, then the whole float32 suite on what it left robust.
+    screen = {"bf16-screen": 4 / 12} if precision == "bf16" else {}
+    expected_stages = screen | {"apgd-ce": 4 / 12, "apgd-t": 4 / 12}
+    assert m["attacks"] == {norm: expected_stages for norm in ("linf", "l2", "l1")}
+    scheme = {"fp32": "fp32", "bf16": "bf16-screen+fp32"}[precision]
+    assert m["suite"] == "standard" and m["upper_bound"] is False and m["precision"] == scheme
+
+
+class Blind(nn.Module):
+    """A twin that sees nothing: constant logits, zero gradients. A reduced-precision pass this weak
+    must not leave a single point robust on its own."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.zeros(len(x), NUM_CLASSES) + 0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_reduced_precision_never_decides_that_a_point_is_robust(points, monkeypatch) -> None:
+    x, y, expected = points
+    monkeypatch.setattr(evaluate_module, "attack_model", lambda model, precision, device: Blind())
+    result = evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=50, precision="bf16")
+    m = result.metrics()
+    assert m["precision"] == "bf16-screen+fp32"
+    # The blind screen left breakable points (only a lucky random start can fool one without
+    # gradients); the float32 suite then found every breakable point.
+    assert m["attacks"]["linf"]["bf16-screen"] > 4 / 12
+    for norm in ("linf", "l2", "l1"):
+        np.testing.assert_array_equal(result.robust[norm], expected["robust"], err_msg=norm)
+
+
+def test_accuracies_carry_wilson_intervals_and_paired_flags(points) -> None:
+    x, y, expected = points
+    result = evaluate(MeanPixelModel(), (x, y), {"linf": 0.02}, steps=10, precision="fp32")
+    m = result.metrics()
+    assert set(m["intervals"]) == {"clean", "linf", "union"}
+    assert m["intervals"]["clean"] == list(wilson_interval(8, 12))
+    assert m["intervals"]["union"] == list(wilson_interval(4, 12))
+    lo, hi = m["intervals"]["linf"]
+    assert lo < m["linf"] < hi
+    digest, flags = read_per_sample(m)
+    assert flags["clean"] == expected["clean"].tolist() and flags["union"] == result.union.tolist()
+    assert flags["linf"] == result.robust["linf"].tolist()
+    # The digest names the points: equal for the same points, different for others.
+    again = evaluate(MeanPixelModel(), (x.clone(), y.clone()), {"linf": 0.02}, steps=10, precision="fp32")
+    assert read_per_sample(again.metrics())[0] == digest
+    other = evaluate(MeanPixelModel(), (x[:11], y[:11]), {"linf": 0.02}, steps=10, precision="fp32")
+    assert read_per_sample(other.metrics())[0] != digest
 
 
 def test_monitor_suite_is_labelled_an_upper_bound(points) -> None:
@@ -155,7 +202,9 @@ def test_only_still_correct_points_are_attacked() -> None:
 
     model = ConstantModel(9)
     evaluate(model, (x, y), {"linf": 0.1}, steps=5, batch_size=8, precision="fp32")
-    assert model.batch_sizes == [8]  # nothing correct: no attack at all
+    # Nothing correct: no attack at all -- only the clean pass and the sanity checks' forwards (a
+    # probe, the repeated passes of the determinism check, the traced pass, the gradient check).
+    assert model.batch_sizes == [8] * (1 + 1 + FORWARD_REPEATS + 1 + 1)
 
 
 def test_trained_model_robust_never_exceeds_clean() -> None:
@@ -306,7 +355,7 @@ def test_model_state_is_restored_and_eval_mode_is_used() -> None:
 def test_progress_reaches_total(points) -> None:
     x, y, _ = points
     seen: list[tuple[int, int]] = []
-    evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=5, batch_size=5,
+    evaluate(MeanPixelModel(), (x, y), SMALL_EPS, steps=5, batch_size=5, precision="fp32",
              progress=lambda done, total: seen.append((done, total)))
     totals = {t for _, t in seen}
     assert totals == {12 * 7}  # clean pass + two stages per norm

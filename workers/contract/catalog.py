@@ -80,8 +80,10 @@ ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt"}
 SCHEDULES: tuple[str, ...] = ("constant", "piecewise", "multistep", "cyclic")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 SUITES: dict[str, str] = {
-    "standard": "APGD-CE + APGD-T with AutoAttack's standard settings (ours; the default, what results "
-                "report)",
+    "standard": "AutoAttack's APGD-CE + APGD-T with its standard settings (our batched implementation; "
+                "the default, what results report; full AutoAttack adds FAB-T and Square: standard+)",
+    "standard+": "standard, then pyautoattack's FAB-T and Square on the points it left robust: full "
+                 "AutoAttack's composition, the strictest number (slower)",
     "monitor": "one APGD-CE run per norm from the clean point: cheap, an optimistic upper bound "
                "(per-epoch curves only, never a result)",
     "autoattack": "full AutoAttack, standard version, through pyautoattack (APGD-CE, APGD-T, FAB-T, "
@@ -92,7 +94,8 @@ DEFAULT_SUITE = "standard"
 UPPER_BOUND_SUITES = frozenset({"monitor"})
 """Suites whose numbers over-state robustness by design: labelled as upper bounds everywhere."""
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-"""Arithmetic of the evaluation's gradient attacks (decisions always in float32; see
+"""Whether a bfloat16 screen may run before the float32 attacks ("auto": where the hardware
+multiplies bfloat16 natively; robust verdicts are float32 in every case; see
 ``workers.evaluation.precision``)."""
 
 

@@ -2,8 +2,14 @@
 
 For each norm the suite's attacks run in order, each only on the points still classified
 correctly (clean and under the previous attacks); the per-sample flags stay exact because a point
-that is skipped is already wrong (see ``runner``). With ``checks`` > 0 the evaluation-rigour checks
-run on that many points (``checks.py``) and land in the result's ``checks``.
+that is skipped is already wrong (see ``runner``). Float32 decides: every attack that can leave a
+point robust differentiates the float32 model; a reduced-precision screen (``precision``) may only
+remove points first. The result records the scheme (``precision``: ``fp32`` or
+``bf16-screen+fp32``), the evaluated points' digest and per-sample flags (for paired tests) and
+the 95 % interval of every accuracy.
+
+Result suites (all but ``monitor``) always get the free checks (``ce_vs_dlr``, the sanity checks);
+with ``checks`` > 0 the rigour checks run too (``checks.py``). Everything lands in ``checks``.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workers.contract.catalog import DEFAULT_SUITE
+from workers.contract.catalog import DEFAULT_SUITE, UPPER_BOUND_SUITES
+from workers.contract.metrics import FP32, SCREENED
 from workers.contract.norms import NORMS, Norm
+from workers.contract.samples import points_digest
 from workers.datasets import load_tensors
 from workers.evaluation.checks import check_units, run_checks
 from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES
@@ -26,7 +34,14 @@ from workers.evaluation.precision import attack_model, resolve_precision
 from workers.evaluation.result import CorruptionResult, EvalResult
 from workers.evaluation.rng import generator
 from workers.evaluation.runner import Progress, Ticker, predict, run_stages
-from workers.evaluation.suites import AttackSettings, Models, resolve_suite
+from workers.evaluation.suites import (
+    SCREENED_SUITES,
+    AttackSettings,
+    Models,
+    Stage,
+    resolve_suite,
+    screen_stage,
+)
 
 Data = str | tuple[Tensor, Tensor]
 
@@ -64,6 +79,15 @@ def _load(data: Data, n: int | None, root: str | None) -> tuple[Tensor, Tensor]:
     if len(x) == 0:
         raise ValueError("no points to evaluate")
     return x.detach().float().cpu(), y.detach().long().cpu()
+
+
+def points_digest_of(x: Tensor, y: Tensor) -> str:
+    """The digest two evaluations share exactly when they scored the same points."""
+    return points_digest(x.float().contiguous().numpy().tobytes(), y.long().contiguous().numpy().tobytes())
+
+
+def _suite_names(plan: dict[Norm, list[Stage]]) -> list[str]:
+    return sorted({stage.name for stages in plan.values() for stage in stages})
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -137,10 +161,11 @@ def evaluate(
     ``data`` is a dataset name (its test split) or an ``(x, y)`` pair; ``epsilons`` maps norms to
     radii (only those norms are attacked); ``suite`` is "standard" (the default), "monitor",
     "autoattack" or a list of attack names; ``steps`` overrides the suite's iteration counts;
-    ``precision`` is the arithmetic of our gradient attacks ("auto", "fp32", "bf16"; decisions are
-    always float32). ``checks`` > 0 runs the evaluation-rigour checks on that many of the points.
-    ``device`` defaults to the model's; given, the model is moved there. With ``out_dir`` the
-    result is also saved there.
+    ``precision`` says whether a reduced-precision screen may run first ("auto": where the hardware
+    multiplies bfloat16 natively; "bf16": always; "fp32": never) -- robust verdicts are float32 in
+    every case. ``checks`` > 0 runs the rigour checks (curves on the first ``checks`` points, 10x
+    iterations and Square on up to 50 robust points). ``device`` defaults to the model's; given,
+    the model is moved there. With ``out_dir`` the result is also saved there.
     """
     eps = _check_epsilons(epsilons)
     build_stages = resolve_suite(suite)  # unknown attack names fail before any work
@@ -155,31 +180,36 @@ def evaluate(
     dev = _resolve_device(model, device)
     if device is not None:
         model.to(dev)
-    arithmetic = resolve_precision(precision, dev)
+    named = suite if isinstance(suite, str) else None
+    screened = resolve_precision(precision, dev) == "bf16" and named in SCREENED_SUITES
+    result_suite = named not in UPPER_BOUND_SUITES
 
     settings = {norm: AttackSettings(norm, e, seed=seed, steps=steps, batch_size=batch_size)
                 for norm, e in eps.items()}
     plan = {norm: build_stages(s) for norm, s in settings.items()}
     n_checks = min(checks, len(x))
-    units = (1 + sum(len(stages) for stages in plan.values())) * len(x)
+    units = (1 + sum(len(stages) + screened for stages in plan.values())) * len(x)
     units += len(CORRUPTIONS.names()) * len(SEVERITIES) * len(x) if corruptions else 0
     units += check_units(plan, n_checks)
     tick = Ticker(units, progress)
 
     with _inference(model):
-        models = Models(model, attack_model(model, arithmetic, dev))
-        clean = predict(models, x, y, dev, batch_size, tick)
+        exact = Models.of(model)
+        clean = predict(exact, x, y, dev, batch_size, tick)
         robust: dict[str, np.ndarray] = {}
         stage_accuracy: dict[str, dict[str, float]] = {}
+        screen = Models(model, attack_model(model, "bf16", dev)) if screened else None
         for norm, stages in plan.items():
-            robust[norm], stage_accuracy[norm] = run_stages(
-                models, stages, settings[norm], x, y, clean, dev, tick)
+            alive, stage_accuracy[norm] = clean, {}
+            if screen is not None:
+                alive, stage_accuracy[norm] = run_stages(
+                    screen, [screen_stage(settings[norm])], settings[norm], x, y, alive, dev, tick)
+            robust[norm], after = run_stages(exact, stages, settings[norm], x, y, alive, dev, tick)
+            stage_accuracy[norm] |= after
         check_report = None
-        if n_checks:
-            check_report = run_checks(
-                models, plan, build_stages, settings, x[:n_checks], y[:n_checks], clean[:n_checks],
-                {norm: flags[:n_checks] for norm, flags in robust.items()}, dev, tick,
-            )
+        if result_suite or n_checks:
+            check_report = run_checks(exact, plan, build_stages, settings, x, y, clean, robust,
+                                      stage_accuracy, _suite_names(plan), n_checks, dev, tick)
         corruption = _corruption_flags(model, x, y, dev, batch_size, seed, tick) if corruptions else None
     tick.finish()
 
@@ -187,7 +217,7 @@ def evaluate(
         clean=clean, robust=robust, epsilons=dict(eps),
         suite=suite if isinstance(suite, str) else list(suite),
         seconds=time.perf_counter() - started, stages=stage_accuracy, corruptions=corruption,
-        precision=arithmetic, checks=check_report,
+        precision=SCREENED if screened else FP32, checks=check_report, points=points_digest_of(x, y),
     )
     if out_dir is not None:
         result.save(out_dir)

@@ -1,7 +1,9 @@
 """What an evaluation returns, and its files.
 
 ``save(out_dir)`` writes
-- ``metrics.json``: ``EvalResult.metrics()``;
+- ``metrics.json``: ``EvalResult.metrics()`` (accuracies, their 95 % ``intervals``, the precision
+  scheme, the checks, and ``per_sample``: the flags below packed with the points' digest, so two
+  results can be paired from their metrics alone -- ``workers.contract.samples``);
 - ``per_sample.npz``: boolean arrays over the n evaluated points, in data order:
   ``clean`` (n,), one array per evaluated norm (``linf`` / ``l2`` / ``l1``, (n,): correct clean
   AND under every attack of the suite), ``union`` (n,), and with corruptions
@@ -19,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from workers.contract.catalog import UPPER_BOUND_SUITES
+from workers.contract.metrics import FP32
 from workers.contract.norms import NORMS
+from workers.contract.samples import PER_SAMPLE_KEY, per_sample_block
+from workers.contract.stats import wilson_interval
 
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.npz"
@@ -64,8 +69,9 @@ class EvalResult:
     # norm -> attack -> accuracy after that attack (cumulative, in suite order)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     corruptions: CorruptionResult | None = None
-    precision: str = "fp32"  # arithmetic of our gradient attacks; decisions are always float32
-    checks: dict[str, Any] | None = None  # the evaluation-rigour checks (see checks.py)
+    precision: str = FP32  # the precision scheme (workers.contract.metrics): how robust flags were decided
+    checks: dict[str, Any] | None = None  # the evaluation checks (see checks.py)
+    points: str | None = None  # digest of the evaluated points (paired tests need equal digests)
 
     def __post_init__(self) -> None:
         self.clean = np.asarray(self.clean, dtype=bool)
@@ -99,6 +105,7 @@ class EvalResult:
             out[norm] = _fraction(self.robust[norm]) if norm in self.robust else None
         out |= {
             "union": _fraction(self.union),
+            "intervals": self.intervals(),
             "n": self.n,
             "epsilons": dict(self.epsilons),
             "suite": self.suite if isinstance(self.suite, str) else list(self.suite),
@@ -109,9 +116,17 @@ class EvalResult:
         }
         if self.checks is not None:
             out["checks"] = self.checks
+        if self.points is not None:
+            flags = {"clean": self.clean, **self.robust, "union": self.union}
+            out[PER_SAMPLE_KEY] = per_sample_block(self.points, {k: v.tolist() for k, v in flags.items()})
         if self.corruptions is not None:
             out["corruptions"] = self.corruptions.metrics()
         return out
+
+    def intervals(self) -> dict[str, list[float]]:
+        """The 95 % Wilson interval of clean, each evaluated norm's and union accuracy."""
+        flags = {"clean": self.clean, **self.robust, "union": self.union}
+        return {k: list(wilson_interval(int(f.sum()), int(f.size))) for k, f in flags.items()}
 
     def per_sample(self) -> dict[str, np.ndarray]:
         arrays = {"clean": self.clean, **self.robust, "union": self.union}
@@ -150,6 +165,7 @@ class EvalResult:
             seconds=metrics.get("seconds", 0.0),
             stages=metrics.get("attacks", {}),
             corruptions=CorruptionResult(corruption) if corruption else None,
-            precision=metrics.get("precision", "fp32"),
+            precision=metrics.get("precision", FP32),
             checks=metrics.get("checks"),
+            points=(metrics.get(PER_SAMPLE_KEY) or {}).get("points"),
         )
