@@ -112,6 +112,10 @@ class ServiceClient:
     def retry(self, job_id: int) -> dict[str, Any]:
         return self.post(f"/v1/jobs/{job_id}/retry")
 
+    def compare(self, job_ids: list[int]) -> dict[str, Any]:
+        """Paired tests between jobs (``GET /v1/compare``)."""
+        return self.get("/v1/compare", params={"ids": ",".join(map(str, job_ids))})
+
     def trials(self, job_id: int) -> dict[str, Any]:
         """A sweep's trial listing (``param_keys``, ``trials``, ``best_trial_id``, ``metric``, ``mode``)."""
         return self.get(f"/v1/jobs/{job_id}/trials")

@@ -85,7 +85,7 @@ def print_results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None 
     console.print(results_table(rows, title=title))
     for i, row in enumerate(rows):
         for line in check_lines(row):
-            style = "yellow" if line.startswith("warning") else None
+            style = "yellow" if line.startswith("warning") or " failed " in f" {line} " else None
             console.print(f"{row.get('name', i + 1)}: {line}", style=style, highlight=False)
 
 

@@ -23,6 +23,12 @@ from workers.contract.catalog import DEFAULT_SUITE
 from workers.contract.registry import UnknownNameError
 from workers.contract.spec import EvalSpec, TrainSpec
 
+SUITE_HELP = ("standard (AutoAttack's APGD-CE + APGD-T, the default) | standard+ (then FAB-T and Square: "
+              "full AutoAttack's composition) | monitor (an upper bound) | autoattack (pyautoattack)")
+CHECKS_HELP = ("points of the rigour checks' curves; 10x iterations and Square on up to 50 robust points "
+               "(0: none)")
+PRECISION_HELP = "auto | fp32 | bf16 (bf16: a bfloat16 screen first; float32 decides every robust verdict)"
+
 
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem: ``field: message`` (pydantic's own text, without its URL noise)."""
@@ -62,10 +68,8 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     train_n: Annotated[int | None, typer.Option(help="use only the first N training points")] = None,
     eval_n: Annotated[int | None, typer.Option(help="test points of the final evaluation (0: none)")] = None,
-    checks_n: Annotated[int | None, typer.Option(help="points of the final evaluation the rigour checks "
-                                                      "run on (0: none)")] = None,
-    precision: Annotated[str | None, typer.Option(help="evaluation attacks' arithmetic: auto | fp32 | "
-                                                       "bf16")] = None,
+    checks_n: Annotated[int | None, typer.Option(help=CHECKS_HELP)] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch (0: none)")] = None,
     init_from: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter KEY=VALUE")] = None,
@@ -119,11 +123,10 @@ def train(
 def eval_(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="checkpoint (or training output) dir")],
     out: Annotated[Path, typer.Option("--out", help="output directory for metrics.json")],
-    suite: Annotated[str, typer.Option(help="standard (AutoAttack-grade, the default) | monitor (upper "
-                                            "bound) | autoattack (pyautoattack, full)")] = DEFAULT_SUITE,
+    suite: Annotated[str, typer.Option(help=SUITE_HELP)] = DEFAULT_SUITE,
     n: Annotated[int, typer.Option(help="number of test points")] = 1000,
-    checks_n: Annotated[int, typer.Option(help="points the rigour checks run on (0: none)")] = 100,
-    precision: Annotated[str, typer.Option(help="attacks' arithmetic: auto | fp32 | bf16")] = "auto",
+    checks_n: Annotated[int, typer.Option(help=CHECKS_HELP)] = 100,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     attacks: Annotated[str | None, typer.Option(help="custom suite: comma-separated attacks")] = None,
     eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
     data_file: Annotated[Path | None, typer.Option(help=".npz with x (N,C,H,W) in [0,1] and y")] = None,

@@ -32,6 +32,7 @@ from rampctl.console import (
     print_tokens,
 )
 from rampctl.options import parse_pairs, read_spec_file
+from rampctl.tables import pair_lines
 from workers.contract.status import JobStatus
 
 
@@ -107,8 +108,8 @@ def submit(
     job_id: Annotated[int | None, typer.Option("--job-id", help="eval: the job whose checkpoint")] = None,
     init_from_job: Annotated[int | None, typer.Option(help="finetune: from this job's checkpoint")] = None,
     init_from_checkpoint: Annotated[str | None, typer.Option(help="finetune: start from this path")] = None,
-    suite: Annotated[str | None, typer.Option(help="eval: standard (default) | monitor (upper bound) | "
-                                                   "autoattack")] = None,
+    suite: Annotated[str | None, typer.Option(help="eval: standard (default) | standard+ | monitor (upper "
+                                                   "bound) | autoattack")] = None,
     n: Annotated[int | None, typer.Option(help="eval: number of test points")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="a resubmit returns the same job")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="then follow the job to its end")] = False,
@@ -181,7 +182,8 @@ def retry(job_id: Annotated[int, typer.Argument(help="job id")]) -> None:
 
 
 def results(job_ids: Annotated[list[int], typer.Argument(help="one or more job ids")]) -> None:
-    """Clean / l_inf / l_2 / l_1 / union accuracy of jobs, side by side."""
+    """Clean / l_inf / l_2 / l_1 / union accuracy of jobs with their 95 % intervals, side by side; for
+    jobs evaluated on the same points, the paired differences with exact McNemar p values."""
     rows, unfinished = [], []
     with ServiceClient() as client:
         for jid in job_ids:
@@ -196,6 +198,12 @@ def results(job_ids: Annotated[list[int], typer.Argument(help="one or more job i
                 unfinished.append(f"#{jid} is {job['status']}")
                 rows.append({"name": f"{name} ({job['status']})"})
     print_results_table(rows, title="results")
+    finished = [jid for jid, row in zip(job_ids, rows, strict=True) if len(row) > 1]
+    if len(finished) > 1:
+        with ServiceClient() as client:
+            report = client.compare(finished)
+        for line in pair_lines(report):
+            console.print(line, highlight=False)
     if unfinished:
         err_console.print("no metrics yet: " + ", ".join(unfinished), highlight=False)
 

@@ -1,9 +1,12 @@
 """The CLI's tables, built but not printed (``rampctl.console`` prints them). Torch-free.
 
-``results_table(rows)``: clean / per-norm / union accuracy side by side, one row per run (a
-training run, an evaluation, a service job); a row is a ``metrics.json``-style mapping plus an
-optional ``"name"``. Missing metrics show as "-". A row from an upper-bound suite (``monitor``)
-says so in its suite column, and ``check_lines(row)`` words its evaluation-rigour checks.
+``results_table(rows)``: clean / per-norm / union accuracy with their 95 % intervals side by
+side, one row per run (a training run, an evaluation, a service job); a row is a
+``metrics.json``-style mapping plus an optional ``"name"``. Missing metrics show as "-". A row from
+an upper-bound suite (``monitor``) says so in its suite column, the precision column names how its
+robust flags were decided, and ``check_lines(row)`` words its checks (verdict, warnings, what could
+not be decided). ``pair_lines(report)`` words the paired tests of ``GET /v1/compare``. The shared
+rules live in ``workers.contract.display``.
 
 ``jobs_table(jobs)``: the service's job list. ``tokens_table(tokens, now)``: the API tokens of
 ``rampctl token list`` (never their secrets: only hashes are stored).
@@ -24,7 +27,8 @@ from typing import Any
 
 from rich.table import Table
 
-from workers.contract.results import is_upper_bound, result_warnings
+from workers.contract.display import accuracy_text, checks_summary, pair_line
+from workers.contract.results import is_upper_bound, result_notes, result_warnings
 from workers.contract.status import JobStatus
 
 # (metric key, column header)
@@ -54,33 +58,44 @@ def suite_label(row: Mapping[str, Any]) -> str:
 
 
 def check_lines(row: Mapping[str, Any]) -> list[str]:
-    """The rigour checks of a metrics row: "passed", or one line per warning (failed checks, and
-    an upper-bound suite)."""
-    warnings = result_warnings(row)
-    if warnings:
-        return [f"warning: {w}" for w in warnings]
+    """The checks of a metrics row: the verdict line, one line per warning (failed checks, an
+    upper-bound suite, a legacy precision scheme) and per note (what could not be decided)."""
+    if not any(isinstance(row.get(key), int | float) for key, _ in ACCURACY_COLUMNS):
+        return []  # no result yet
     checks = row.get("checks")
-    return [f"rigour checks on {checks.get('n', '?')} points: passed"] if isinstance(checks, Mapping) else []
+    lines = [checks_summary(checks)] if isinstance(checks, Mapping) else []
+    lines += [f"warning: {w}" for w in result_warnings(row)]
+    return lines + [f"note: {n}" for n in result_notes(row)]
 
 
 def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, caption="brackets: 95 % interval (Wilson) for n")
     table.add_column("run")
     for _, header in ACCURACY_COLUMNS:
         table.add_column(header, justify="right")
     table.add_column("n", justify="right")
     table.add_column("suite")
+    table.add_column("precision")
     table.add_column("epsilons")
     for i, row in enumerate(rows):
         table.add_row(
             str(row.get("name", i + 1)),
-            *(format_fraction(row.get(key)) for key, _ in ACCURACY_COLUMNS),
+            *(accuracy_text(row, key) for key, _ in ACCURACY_COLUMNS),
             str(row.get("n", "-")),
             suite_label(row),
+            str(row.get("precision", "-")),
             format_epsilons(row.get("epsilons")),
         )
     return table
 
+
+def pair_lines(report: Mapping[str, Any]) -> list[str]:
+    """One line per paired difference of a ``/v1/compare`` report, then its notes."""
+    lines = [pair_line(p) for p in report.get("pairs") or []]
+    if lines:
+        lines.insert(0, f"paired differences (exact McNemar, {report.get('comparisons')} tests; "
+                        f"significant at p < {report.get('alpha', 0.05)}):")
+    return lines + [f"note: {n}" for n in report.get("notes") or []]
 
 
 # ------------------------------------------------------------------------------------- jobs

@@ -71,7 +71,7 @@ RECIPE_TEXT = {
               "settings; those papers have no MNIST recipe)",
     "msd": "MSD's own MNIST recipe (locuslab/robust_union): Adam, LR 0 -> 1e-3 -> 0 (triangle, peak at 2/5), "
            "no weight decay, batch 100, 100 MSD iterations, steps l_inf 0.01 / l_2 0.1 / l_1 1.0 (over "
-           "k ~ U{5..20} pixels); it starts at delta = 0 where the MNIST code draws a random start",
+           "k ~ U{5..20} pixels); it starts at delta = 0, as the reference's MNIST code does",
     "ramp": "lambda 5, KL pairing, key pair (l_inf, l_1), gradient projection beta 0.5 (reference formula)",
     "eat": "norms {l_inf, l_1}, sampled by 1 - the training attack's running robust accuracy",
     "finetune": "3 epochs, LR 0.05 -> 0.005 -> 0.0005 (/10 at 1/3 and 2/3), weight decay 5e-4, no GP, "

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import errors, metrics
-from service.api.routes import artifacts, events, health, internal, jobs, trials
+from service.api.routes import artifacts, compare, events, health, internal, jobs, trials
 from service.auth import tokens
 from service.core.config import Settings
 from service.core.logging import configure_logging
@@ -228,6 +228,7 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
     errors.install(app, retry_after_s=settings.retry_after_s)
     errors.document(app)
     app.include_router(health.router)
+    app.include_router(compare.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(artifacts.router)

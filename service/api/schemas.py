@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from workers.contract.events import Event, EventType
-from workers.contract.results import result_warnings
+from workers.contract.metrics import intervals
+from workers.contract.results import result_notes, result_warnings
 
 
 class JobOut(BaseModel):
@@ -35,10 +36,22 @@ class JobOut(BaseModel):
     timings: dict[str, datetime | None]
 
     @computed_field(description="what a reader of the metrics must know: an upper-bound suite, failed "
-                                "evaluation-rigour checks")  # type: ignore[prop-decorator]
+                                "evaluation checks, a legacy reduced-precision scheme")  # type: ignore[prop-decorator]
     @property
     def warnings(self) -> list[str]:
         return result_warnings(self.metrics)
+
+    @computed_field(description="what the evaluation checks could not decide (fewer than 50 relevant "
+                                "points): never a pass")  # type: ignore[prop-decorator]
+    @property
+    def notes(self) -> list[str]:
+        return result_notes(self.metrics) if self.metrics else []
+
+    @computed_field(description="95 % interval [lo, hi] of each accuracy (Wilson), as fractions; "
+                                "derived from the accuracy and n for results that predate them")  # type: ignore[prop-decorator]
+    @property
+    def intervals(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in intervals(self.metrics).items()}
 
     @classmethod
     def of(cls, job: Any, dashboard_url: str | None) -> JobOut:
@@ -159,3 +172,38 @@ class DriverSpecOut(BaseModel):
     spec: dict[str, Any] = Field(description="the stored spec, as GET /v1/jobs/{id} shows it")
     work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec / SweepSpec")
     resources: dict[str, Any]
+
+
+class ComparedJob(BaseModel):
+    id: int
+    label: str
+    status: str
+    accuracy: dict[str, float | None] = Field(description="clean, linf, l2, l1, union as fractions")
+    intervals: dict[str, list[float]] = Field(description="95 % Wilson interval [lo, hi] of each accuracy")
+    n: int | None
+    suite: str | list[str] | None
+    precision: str = Field(description="the precision scheme: fp32, bf16-screen+fp32 (float32 decisions), "
+                                       "or bf16 (legacy)")
+
+
+class PairOut(BaseModel):
+    a: str
+    b: str
+    metric: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float = Field(description="accuracy_a - accuracy_b")
+    only_a: int = Field(description="points a got right and b got wrong")
+    only_b: int
+    p: float = Field(description="exact McNemar p value (two-sided)")
+    p_holm: float = Field(description="Holm-adjusted over every pair and metric of this report")
+    significant: bool = Field(description="p < 0.05")
+
+
+class CompareOut(BaseModel):
+    jobs: list[ComparedJob]
+    pairs: list[PairOut] = Field(description="paired differences of jobs evaluated on the same points")
+    notes: list[str] = Field(description="what could not be paired; mixed precision schemes, suites or radii")
+    comparisons: int
+    alpha: float

@@ -14,9 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from service.db.models import Job, JobEvent, Trial
+from service.jobs.comparison import compare_jobs, job_label
 from service.state import ACTIVE, RETRYABLE, TERMINAL, JobStatus
 from service.sweeps import trials as trial_store
-from workers.contract.results import is_upper_bound, result_warnings
+from workers.contract import display
+from workers.contract.metrics import float32_decided, intervals, precision_label
+from workers.contract.results import is_upper_bound, result_notes, result_warnings
 
 ACCURACY_KEYS = ("clean", "linf", "l2", "l1", "union")
 NORMS = ("linf", "l2", "l1")
@@ -133,6 +136,7 @@ def job_row(job: Job, now: datetime) -> dict[str, Any]:
         "progress": progress(job),
         "clean": result.get("clean"),
         "union": result.get("union"),
+        "intervals": {k: display.interval_text(v) for k, v in intervals(result).items()},
         "upper_bound": bool(result) and is_upper_bound(result),
         "warnings": len(result_warnings(result)) if result else 0,
         "created": fmt_time(job.created_at),
@@ -198,62 +202,34 @@ def _num(value: Any) -> float | None:
 
 
 def results(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The final evaluation's row, its warnings and the rigour checks, or None before a result."""
+    """The final evaluation's row (accuracies with their 95 % intervals), its warnings and notes,
+    and the checks, or None before a result."""
     if not isinstance(result, Mapping) or not any(number(result.get(k)) for k in ACCURACY_KEYS):
         return None
     checks = result.get("checks") if isinstance(result.get("checks"), Mapping) else {}
     epsilons = result.get("epsilons") if isinstance(result.get("epsilons"), Mapping) else {}
+    ranges = intervals(result)
     return {
         "accuracy": {k: result.get(k) for k in ACCURACY_KEYS},
+        "intervals": {k: display.interval_text(ranges.get(k)) for k in ACCURACY_KEYS},
         "suite": suite_label(result),
         "upper_bound": is_upper_bound(result),
         "n": result.get("n"),
-        "precision": result.get("precision"),
+        "precision": display.precision_text(result),
+        "float32": float32_decided(result),
         "epsilons": " ".join(f"{LABELS.get(k, k)}={fmt_value(epsilons[k])}" for k in _ordered_norms(epsilons))
         or "-",
         "warnings": result_warnings(result),
-        "checks": check_rows(checks),
+        "notes": result_notes(result),
+        "checks": display.check_rows(checks),
         "checks_n": checks.get("n"),
-        "checks_passed": checks.get("passed"),
+        "checks_status": display.check_status(checks) if checks else None,
+        "checks_summary": display.checks_summary(checks),
     }
-
-
-def check_rows(checks: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per rigour check and norm (``docs/evaluation.md``): what it measured, and whether
-    it passed."""
-    rows: list[dict[str, Any]] = []
-    curves = _mapping(checks.get("curves"))
-    for norm, c in _by_norm(curves):
-        acc = [a for a in c.get("accuracy") or [] if number(a)]
-        detail = f"{pct(acc[0]) if acc else '-'} at radius 0 -> {pct(acc[-1]) if acc else '-'} unbounded"
-        if c.get("rises_at"):
-            detail += f"; rises at {', '.join(fmt_value(r) for r in c['rises_at'])}"
-        rows.append({"check": "accuracy vs radius", "norm": LABELS.get(norm, norm), "detail": detail,
-                     "passed": c.get("passed")})
-    for norm, c in _by_norm(_mapping(checks.get("iterations"))):
-        detail = (f"{pct(c.get('default'))} -> {pct(c.get('more'))} with {fmt_value(c.get('steps'))} "
-                  f"iterations on {fmt_value(c.get('n'))} points")
-        rows.append({"check": "10x iterations", "norm": LABELS.get(norm, norm), "detail": detail,
-                     "passed": c.get("passed")})
-    for norm, c in _by_norm(_mapping(checks.get("square"))):
-        detail = (f"Square ({fmt_value(c.get('queries'))} queries) fooled {fmt_value(c.get('found'))} of "
-                  f"{fmt_value(c.get('attacked'))} robust points: "
-                  f"{pct(c.get('default'))} -> {pct(c.get('after'))}")
-        rows.append({"check": "black-box Square", "norm": LABELS.get(norm, norm), "detail": detail,
-                     "passed": c.get("passed")})
-    ordering = _mapping(checks.get("ordering"))
-    if ordering:
-        rows.append({"check": "ordering", "norm": "all", "passed": ordering.get("passed"),
-                     "detail": "clean >= each norm's robust accuracy >= union"})
-    return rows
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def _by_norm(per_norm: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(n, _mapping(per_norm[n])) for n in _ordered_norms(per_norm)]
 
 
 def radius_curves(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -267,7 +243,8 @@ def radius_curves(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         out.append({
             "norm": norm, "label": LABELS.get(norm, norm),
             "radius": [float(r) for r, _ in pairs], "accuracy": [_num(a) for _, a in pairs],
-            "eps": _num(c.get("eps")), "unbounded": _num(c.get("unbounded")), "passed": c.get("passed"),
+            "eps": _num(c.get("eps")), "unbounded": _num(c.get("unbounded")),
+            "status": display.check_status(_mapping(c)),
         })
     return out
 
@@ -410,10 +387,6 @@ def _counts(statuses: Iterable[str]) -> str:
 # ------------------------------------------------------------------------------------ compare
 
 
-def job_label(job: Job) -> str:
-    return f"{job.method or job.kind} #{job.id}"
-
-
 def compare_view(jobs: Sequence[Job], histories: Mapping[int, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """Jobs side by side: one row per job (the paper's Table 3: clean, per-norm, union), their
     accuracy-vs-radius curves overlaid per norm, and their per-epoch monitor union accuracy."""
@@ -425,9 +398,13 @@ def compare_view(jobs: Sequence[Job], histories: Mapping[int, Sequence[Mapping[s
             "dataset": spec_field(job.spec or {}, "dataset") or "-",
             "model": spec_field(job.spec or {}, "model") or "-",
             "accuracy": res["accuracy"] if res else dict.fromkeys(ACCURACY_KEYS),
+            "intervals": res["intervals"] if res else dict.fromkeys(ACCURACY_KEYS, ""),
             "suite": res["suite"] if res else "-", "n": res["n"] if res else None,
-            "warnings": res["warnings"] if res else [],
+            "precision": precision_label(job.result), "warnings": res["warnings"] if res else [],
         })
+    paired = compare_jobs(jobs)
+    pairs = [p | {"label": LABELS.get(p["metric"], p["metric"]), "p_text": display.p_text(p["p"]),
+                  "p_holm_text": display.p_text(p["p_holm"])} for p in paired["pairs"]]
     curves = []
     per_job = {job.id: {c["norm"]: c for c in radius_curves(job.result)} for job in jobs}
     norms = _ordered_norms({n for curves_of in per_job.values() for n in curves_of})
@@ -449,4 +426,5 @@ def compare_view(jobs: Sequence[Job], histories: Mapping[int, Sequence[Mapping[s
         if series["has_monitor"]:
             epochs.append({"label": job_label(job), "epochs": series["epochs"],
                            "union": series["accuracy"]["union"]})
-    return {"rows": rows, "curves": curves, "epochs": epochs}
+    return {"rows": rows, "curves": curves, "epochs": epochs, "pairs": pairs, "notes": paired["notes"],
+            "comparisons": paired["comparisons"]}

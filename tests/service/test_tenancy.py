@@ -54,9 +54,12 @@ def _v1_routes() -> list[tuple[str, str]]:
 
 
 V1_ROUTES = _v1_routes()
-JOB_ROUTES = [r for r in V1_ROUTES if "{job_id}" in r[1]]
+# Routes that name jobs in their query (``{job_id}`` in a probe's params is replaced like a path's).
+QUERY_JOB_ROUTES = {("GET", "/v1/compare"): {"ids": "{job_id}"}}
+JOB_ROUTES = [r for r in V1_ROUTES if "{job_id}" in r[1] or r in QUERY_JOB_ROUTES]
 # The event stream is the same route with ?follow=true: probed separately.
-PROBES = [(m, p, {}) for m, p in JOB_ROUTES] + [("GET", "/v1/jobs/{job_id}/events", {"follow": "true"})]
+PROBES = [(m, p, QUERY_JOB_ROUTES.get((m, p), {})) for m, p in JOB_ROUTES] + [
+    ("GET", "/v1/jobs/{job_id}/events", {"follow": "true"})]
 
 
 class FakeBackend:
@@ -119,7 +122,8 @@ def _path(template: str, job_id: int) -> str:
 
 
 def _call(world: World, who: str, method: str, template: str, params: dict[str, str], job_id: int) -> Any:
-    return world.client.request(method, _path(template, job_id), params=params, headers=world.auth[who])
+    query = {k: v.replace("{job_id}", str(job_id)) for k, v in params.items()}
+    return world.client.request(method, _path(template, job_id), params=query, headers=world.auth[who])
 
 
 def _row(world: World, job_id: int) -> tuple[Any, ...]:

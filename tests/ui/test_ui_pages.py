@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ui_support import Ui, epoch_report, final_metrics
 
 from service.auth import tokens
@@ -17,6 +18,7 @@ from service.core.security import generate_token
 from service.events import store as event_store
 from service.ui import views
 from workers.contract.results import result_warnings
+from workers.contract.stats import mcnemar_exact
 
 TRAIN = {"kind": "train", "method": "ramp", "epochs": 2, "max_steps": 4}
 PAGE_DATA = re.compile(r'<script id="page-data" type="application/json">(.*?)</script>', re.S)
@@ -151,7 +153,7 @@ def test_the_jobs_page_shows_the_recorded_numbers_and_filters(ui: Ui) -> None:
 
 
 def test_the_job_page_shows_results_checks_warnings_curves_and_epochs(ui: Ui) -> None:
-    warning = "l2: the black-box Square attack fooled 1 point(s) the white-box suite left robust"
+    warning = "l2: the black-box Square attack fooled 2 of 50 points the white-box suite left robust"
     job_id = recorded_job(ui, clean=0.9, linf=0.41, l2=0.52, l1=0.33, union=0.275, warnings=[warning])
     (ui.settings.job_dir(job_id)).mkdir(parents=True)
     (ui.settings.job_dir(job_id) / "metrics.json").write_text('{"clean": 0.9}')
@@ -165,8 +167,11 @@ def test_the_job_page_shows_results_checks_warnings_curves_and_epochs(ui: Ui) ->
     assert job["warnings"] == result_warnings(job["metrics"]) == [warning]
     assert html.escape(warning) in text and "failed" in text
     checks = re.search(r'<table class="grid checks" id="checks">.*?</table>', text, re.S).group(0)
-    assert checks.count("<tr class=") == 3 + 1 + 1 + 1  # 3 curves, iterations, square, ordering
-    assert '<tr class="fail">' in checks and "black-box Square" in checks
+    assert checks.count("<tr class=") == 3 + 1 + 1 + 1  # 3 curves, iterations, square, gradients
+    assert '<tr class="failed" data-status="failed">' in checks and "black-box Square" in checks
+    # The Wilson intervals of 180 / 200 and 55 / 200 points (computed by hand from the score formula).
+    assert "[85.1, 93.4]" in results and "[21.8, 34.1]" in results
+    assert job["intervals"]["clean"] == pytest.approx([0.85059, 0.93433], abs=1e-5)
     assert f'href="{job["ray_dashboard_url"]}"' in text and job["ray_dashboard_url"].startswith("http://ray.example")
     assert "epoch 2 &lt;done&gt;" in text  # logs are escaped
     assert f'href="/ui/jobs/{job_id}/artifacts/metrics.json"' in text
@@ -188,6 +193,29 @@ def test_the_job_page_shows_results_checks_warnings_curves_and_epochs(ui: Ui) ->
     # The live endpoint serves the same numbers the page was drawn from.
     live = ui.client.get(data["live_url"], headers=ui.auth).json()
     assert live["epochs"] == data["epochs"] and live["status"] == "succeeded"
+
+
+def test_an_undecided_check_is_never_a_tick(ui: Ui) -> None:
+    job_id = recorded_job(ui, clean=0.9, linf=0.41, l2=0.52, l1=0.33, union=0.275, n_checks=10)
+    text = ui.client.get(f"/ui/jobs/{job_id}", headers=ui.auth).text
+    checks = re.search(r'<table class="grid checks" id="checks">.*?</table>', text, re.S).group(0)
+    rows = re.findall(r'<tr class="(\w+)" data-status="\w+">(.*?)</tr>', checks, re.S)
+    assert [status for status, _ in rows].count("inconclusive") == 5  # 3 curves, iterations, square
+    assert all("✓" not in row for status, row in rows if status != "passed")
+    assert [status for status, row in rows if "✓" in row] == ["passed"]  # only the decided gradient check
+    assert "checks inconclusive" in text and "only 10 relevant point(s)" in text
+    job = ui.client.get(f"/v1/jobs/{job_id}", headers=ui.auth).json()
+    assert job["notes"] == ["linf iterations: only 10 relevant point(s)"] and job["warnings"] == []
+
+
+def test_legacy_checks_get_no_tick(ui: Ui) -> None:
+    square = {"linf": {"n": 2, "found": 0, "passed": True}}
+    legacy = {"n": 20, "passed": True, "warnings": [], "square": square}
+    job_id = recorded_job(ui, clean=0.9, linf=0.4, l2=0.5, l1=0.3, union=0.2, checks=legacy)
+    text = ui.client.get(f"/ui/jobs/{job_id}", headers=ui.auth).text
+    checks = re.search(r'<table class="grid checks" id="checks">.*?</table>', text, re.S).group(0)
+    assert "✓" not in checks and 'data-status="legacy"' in checks
+    assert "legacy checks on 20 points" in text
 
 
 def test_a_running_job_page_is_live_and_a_retried_epoch_replaces_the_earlier_one(ui: Ui) -> None:
@@ -256,16 +284,40 @@ def test_the_compare_page_puts_jobs_side_by_side(ui: Ui) -> None:
     table = re.search(r'<table class="grid results" id="compare-table">.*?</table>', text, re.S).group(0)
     rows = re.findall(r'<tr data-job-id="(\d+)">(.*?)</tr>', table, re.S)
     assert [int(i) for i, _ in rows] == [ramp, eat]
-    assert all(v in rows[0][1] for v in (f"ramp #{ramp}", "90.0%", "41.0%", "52.0%", "33.0%", "27.5%"))
-    assert all(v in rows[1][1] for v in (f"eat #{eat}", "80.0%", "30.0%", "40.0%", "20.0%", "12.5%"))
+    assert all(v in rows[0][1] for v in (f"#{ramp} ramp", "90.0%", "41.0%", "52.0%", "33.0%", "27.5%"))
+    assert all(v in rows[1][1] for v in (f"#{eat} eat", "80.0%", "30.0%", "40.0%", "20.0%", "12.5%"))
+    assert f"#{ramp} ramp: no per-sample flags, so no paired test" in html.unescape(text)
     assert "Not found: 4242" in text
     data = page_data(text)
     linf = next(c for c in data["curves"] if c["norm"] == "linf")
-    assert [d["label"] for d in linf["datasets"]] == [f"ramp #{ramp}", f"eat #{eat}"]
+    assert [d["label"] for d in linf["datasets"]] == [f"#{ramp} ramp", f"#{eat} eat"]
     assert linf["labels"] == ["0", "0.15", "0.3", "0.6", "1"]
     assert linf["datasets"][0]["data"] == [0.9, 0.41, 0.205, 0.41 / 3, 0.0]
     assert [e["union"] for e in data["epochs"]] == [[0.1, 0.2], [0.1, 0.2]]
     assert ui.client.get("/ui/compare?ids=1;drop", headers=ui.auth).status_code == 422
+
+
+def test_the_compare_page_tests_paired_differences(ui: Ui) -> None:
+    # 200 shared points: RAMP right on 20 points E-AT gets wrong, E-AT right on 8 RAMP gets wrong.
+    ramp_union = [True] * 45 + [False] * 155
+    eat_union = [True] * 25 + [False] * 20 + [True] * 8 + [False] * 147
+    ramp = recorded_job(ui, clean=0.9, linf=0.41, l2=0.52, l1=0.33, union=0.275, union_flags=ramp_union)
+    eat = recorded_job(ui, TRAIN | {"method": "eat"}, clean=0.8, linf=0.3, l2=0.4, l1=0.2, union=0.15,
+                       union_flags=eat_union)
+    text = ui.client.get(f"/ui/compare?ids={ramp},{eat}", headers=ui.auth).text
+    pairs = re.search(r'<table class="grid pairs" id="pairs">.*?</table>', text, re.S).group(0)
+    union = re.search(r'<tr class="(\w+(?:-\w+)?)" data-metric="union">(.*?)</tr>', pairs, re.S)
+    assert union.group(1) == "significant"
+    p = mcnemar_exact(20, 8)  # 0.036
+    for value in (f"#{ramp} ramp", f"#{eat} eat", "+6.0 pts", ">20<", ">8<", ">200<", "p = 0.036"):
+        assert value in union.group(2), value
+    clean = re.search(r'<tr class="([\w-]+)" data-metric="clean">', pairs).group(1)
+    assert clean == "not-significant"  # both right on all 200 points in the flags
+    api = ui.client.get(f"/v1/compare?ids={ramp},{eat}", headers=ui.auth).json()
+    row = next(r for r in api["pairs"] if r["metric"] == "union")
+    assert row == row | {"a": f"#{ramp} ramp", "b": f"#{eat} eat", "only_a": 20, "only_b": 8, "n": 200,
+                         "significant": True}
+    assert row["p"] == pytest.approx(p) and api["comparisons"] == 2 and api["notes"] == []
 
 
 def test_the_sweep_page_shows_trials_the_heat_map_and_the_best_trial(ui: Ui) -> None:

@@ -224,7 +224,7 @@ def test_the_comparison_leaves_another_owner_s_jobs_out_like_missing_ones(world:
                                 text, re.S).group(1))
     labels = {d["label"] for c in data["curves"] for d in c["datasets"]}
     labels |= {e["label"] for e in data["epochs"]}
-    assert labels == {f"ramp #{world.b_job}"}
+    assert labels == {f"#{world.b_job} ramp"}
     # The same ids as an admin: both jobs side by side.
     admin = world.client.get(f"/ui/compare?ids={world.a_job},{world.b_job}", headers=world.auth("root")).text
     assert [int(i) for i in ROW.findall(admin)] == [world.a_job, world.b_job]

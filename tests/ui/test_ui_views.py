@@ -92,10 +92,10 @@ def test_compare_aligns_curves_of_jobs_evaluated_at_different_radii() -> None:
     (curve,) = view["curves"]
     assert curve["labels"] == ["0", "0.05", "0.1", "0.15", "0.2", "0.3", "0.6", "1"]
     assert curve["datasets"] == [
-        {"label": "ramp #1", "data": [0.9, None, None, 0.6, None, 0.4, 0.1, 0.0]},
-        {"label": "eat #2", "data": [0.8, 0.7, 0.6, None, 0.5, None, None, 0.0]},
+        {"label": "#1 ramp", "data": [0.9, None, None, 0.6, None, 0.4, 0.1, 0.0]},
+        {"label": "#2 eat", "data": [0.8, 0.7, 0.6, None, 0.5, None, None, 0.0]},
     ]
-    assert view["epochs"] == [{"label": "ramp #1", "epochs": [1], "union": [0.2]}]
+    assert view["epochs"] == [{"label": "#1 ramp", "epochs": [1], "union": [0.2]}]
     assert [r["accuracy"]["clean"] for r in view["rows"]] == [0.9, 0.8]
 
 

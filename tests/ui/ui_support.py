@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from api_support import Api, app_without_ray  # noqa: E402
 
 from service.core.config import Settings  # noqa: E402
+from workers.contract.samples import per_sample_block  # noqa: E402
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
 
@@ -77,17 +78,39 @@ def epoch_report(epoch: int, *, clean: float, union: float, ce: float, pairing: 
 
 
 def final_metrics(clean: float, linf: float, l2: float, l1: float, union: float, *,
-                  warnings: list[str] = ()) -> dict[str, Any]:
-    """A training job's final metrics as ``metrics.json`` has them (``docs/evaluation.md``)."""
+                  warnings: list[str] = (), n_checks: int = 60, checks: dict[str, Any] | None = None,
+                  union_flags: list[bool] | None = None) -> dict[str, Any]:
+    """A training job's final metrics as ``metrics.json`` has them (``docs/evaluation.md``); the
+    rigour checks ran on ``n_checks`` points (fewer than 50: inconclusive); ``checks`` replaces the
+    whole checks report (e.g. one from before verdicts had a status); ``union_flags`` adds the
+    per-sample block (every point clean-correct, ``union`` as given) on one shared set of 200
+    points, for paired tests."""
+    decided = "passed" if n_checks >= 50 else "inconclusive"
     curve = {"linf": [0.0, 0.15, 0.3, 0.6, 1.0], "l2": [0.0, 1.0, 2.0, 4.0, 8.0, 28.0],
              "l1": [0.0, 5.0, 10.0, 20.0, 40.0, 784.0]}
     accs = {"linf": linf, "l2": l2, "l1": l1}
     curves = {
-        norm: {"radius": radii,
+        norm: {"n": n_checks, "status": decided, "radius": radii,
                "accuracy": [clean] + [accs[norm] / (i + 1) for i in range(len(radii) - 2)] + [0.0],
-               "eps": radii[2], "unbounded": radii[-1], "passed": True, "rises_at": [], "seconds": 0.1}
+               "eps": radii[2], "unbounded": radii[-1], "rises_at": [], "seconds": 0.1}
         for norm, radii in curve.items()
     }
+    sample = min(n_checks, 50)
+    inconclusive = [] if decided == "passed" else [f"linf iterations: only {sample} relevant point(s)"]
+    return {
+        "clean": clean, "linf": linf, "l2": l2, "l1": l1, "union": union, "n": 200,
+        "epsilons": {"linf": 0.3, "l2": 2.0, "l1": 10.0}, "suite": "standard", "upper_bound": False,
+        "precision": "fp32", "seconds": 1.0,
+        "checks": {
+            "n": n_checks, "min_points": 50, "status": "failed" if warnings else decided,
+            "warnings": list(warnings), "inconclusive": inconclusive, "curves": curves,
+            "iterations": {"linf": {"n": sample, "status": decided, "steps": 1000, "moved": 0}},
+            "square": {"l2": {"n": sample, "status": "failed" if warnings else decided, "queries": 5000,
+                              "found": 2 if warnings else 0}},
+            "sanity": {"gradients": {"n": 180, "status": "passed", "zero": 0, "nonfinite": 0}},
+        } if checks is None else checks,
+    } | ({} if union_flags is None else {"per_sample": per_sample_block(
+        "shared-points", {"clean": [True] * len(union_flags), "union": union_flags})})
     return {
         "clean": clean, "linf": linf, "l2": l2, "l1": l1, "union": union, "n": 16,
         "epsilons": {"linf": 0.3, "l2": 2.0, "l1": 10.0}, "suite": "standard", "upper_bound": False,

@@ -138,9 +138,11 @@ class TrainSpec(BaseModel):
     monitor_steps: int = Field(default=20, ge=1, le=1000, description="APGD steps of the per-epoch check")
     eval_n: int = Field(default=1000, ge=0, le=1_000_000, description="points in the final evaluation")
     checks_n: int = Field(default=100, ge=0, le=100_000,
-                          description="points of the final evaluation the rigour checks run on (0: none)")
+                          description="points of the rigour checks' curves; the 10x-iterations and Square "
+                                      "checks take up to 50 robust points (0: no rigour checks)")
     precision: Precision = Field(default="auto",
-                                 description="arithmetic of the evaluation's gradient attacks")
+                                 description="evaluation: auto | fp32 | bf16 (a bfloat16 screen may remove "
+                                             "points first; float32 decides every robust verdict)")
     data_root: str | None = None
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
 
@@ -244,8 +246,11 @@ class EvalSpec(BaseModel):
     suite: str | list[str] = catalog.DEFAULT_SUITE
     n: int = Field(default=1000, ge=1, le=1_000_000)
     checks_n: int = Field(default=100, ge=0, le=100_000,
-                          description="points the evaluation-rigour checks run on (0: none)")
-    precision: Precision = Field(default="auto", description="arithmetic of the gradient attacks")
+                          description="points of the rigour checks' curves; the 10x-iterations and Square "
+                                      "checks take up to 50 robust points (0: no rigour checks)")
+    precision: Precision = Field(default="auto",
+                                 description="auto | fp32 | bf16 (a bfloat16 screen may remove points first; "
+                                             "float32 decides every robust verdict)")
     epsilons: Epsilons = Field(default_factory=dict)
     data_file: str | None = None
     batch_size: int = Field(default=256, ge=1, le=4096)

@@ -1,0 +1,146 @@
+"""How results are shown: the rules the CLI (``rampctl``) and the web pages share. Torch-free.
+
+- Accuracies are percentages with one decimal and their 95 % interval in brackets:
+  ``62.0% [52.2, 70.9]`` (``accuracy_text``); the interval comes from ``metrics["intervals"]`` or,
+  for results that predate it, from the accuracy and ``n`` (``workers.contract.metrics``).
+- A check's verdict is one of ``passed``, ``failed``, ``inconclusive``; only ``passed`` is ever
+  drawn as a tick (``STATUS_MARK``). Reports written before checks had a status are ``legacy``:
+  they may have tested nothing, so they get no tick either.
+- p values: ``p = 0.038`` with two significant digits, ``p < 0.0001`` below that; a difference is
+  called significant only at p < 0.05 (``workers.contract.stats.SIGNIFICANCE``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from workers.contract.metrics import (
+    ACCURACY_LABELS,
+    CHECK_FAILED,
+    CHECK_INCONCLUSIVE,
+    CHECK_PASSED,
+    PRECISION_SCHEMES,
+    intervals,
+    precision_label,
+)
+from workers.contract.norms import NORMS
+
+LEGACY = "legacy"
+STATUS_MARK: dict[str, str] = {CHECK_PASSED: "✓", CHECK_FAILED: "✗", CHECK_INCONCLUSIVE: "?", LEGACY: "?"}
+CHECK_GROUPS: tuple[tuple[str, str], ...] = (
+    ("curves", "accuracy vs radius"), ("iterations", "10x iterations"), ("square", "black-box Square"),
+    ("ce_vs_dlr", "APGD-T vs APGD-CE"),
+)
+SANITY_LABELS: dict[str, str] = {
+    "probabilities": "logits, not probabilities", "determinism": "deterministic forward",
+    "dynamic": "no backward in forward", "classes": "classes for targeted attacks",
+    "gradients": "non-zero, finite input gradients",
+}
+
+
+def number(value: Any) -> bool:
+    """A real, finite number (JSON booleans are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal; '-' when absent."""
+    return f"{100 * value:.1f}%" if number(value) else "-"
+
+
+def interval_text(interval: tuple[float, float] | None) -> str:
+    return f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else ""
+
+
+def accuracy_text(metrics: Mapping[str, Any] | None, key: str) -> str:
+    """``62.0% [52.2, 70.9]``: the accuracy and its 95 % interval ('-' when absent)."""
+    value = metrics.get(key) if isinstance(metrics, Mapping) else None
+    if not number(value):
+        return "-"
+    interval = intervals(metrics).get(key)
+    return f"{pct(value)} {interval_text(interval)}".rstrip()
+
+
+def precision_text(metrics: Mapping[str, Any] | None) -> str:
+    """The precision scheme and what it means (``fp32``: "float32 attacks and decisions")."""
+    label = precision_label(metrics)
+    meaning = PRECISION_SCHEMES.get(label)
+    return f"{label} ({meaning})" if meaning else label
+
+
+def p_text(p: float) -> str:
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
+
+
+def check_status(check: Mapping[str, Any]) -> str:
+    """A check's verdict; ``legacy`` for a report from before checks had one."""
+    status = check.get("status")
+    if status in (CHECK_PASSED, CHECK_FAILED, CHECK_INCONCLUSIVE):
+        return str(status)
+    return LEGACY
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def ordered_norms(keys: Iterable[str]) -> list[str]:
+    keys = list(keys)
+    return [n for n in NORMS if n in keys] + sorted(k for k in keys if k not in NORMS)
+
+
+def _detail(group: str, c: Mapping[str, Any]) -> str:
+    if group == "curves":
+        acc = [a for a in c.get("accuracy") or [] if number(a)]
+        text = f"{pct(acc[0]) if acc else '-'} at radius 0 -> {pct(acc[-1]) if acc else '-'} unbounded"
+        if c.get("rises_at"):
+            text += f"; rises at {', '.join(f'{r:g}' for r in c['rises_at'] if number(r))}"
+        return text
+    if group == "iterations":
+        return f"{c.get('steps', '-')} iterations fooled {c.get('moved', '-')} robust point(s)"
+    if group == "square":
+        return f"Square ({c.get('queries', '-')} queries) fooled {c.get('found', '-')} robust point(s)"
+    return f"APGD-T fooled {c.get('found', '-')} of APGD-CE's survivors"
+
+
+def check_rows(checks: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per check (and norm): ``check``, ``norm``, ``n``, ``status``, ``mark``, ``detail``."""
+    checks = _mapping(checks)
+    rows: list[dict[str, Any]] = []
+    for group, label in CHECK_GROUPS:
+        per_norm = _mapping(checks.get(group))
+        for norm in ordered_norms(per_norm):
+            c = _mapping(per_norm[norm])
+            status = check_status(c)
+            rows.append({"check": label, "norm": ACCURACY_LABELS.get(norm, norm), "n": c.get("n"),
+                         "status": status, "mark": STATUS_MARK[status], "detail": _detail(group, c)})
+    for name, c in _mapping(checks.get("sanity")).items():
+        c = _mapping(c)
+        status = check_status(c)
+        rows.append({"check": f"sanity: {SANITY_LABELS.get(name, name)}", "norm": "all", "n": c.get("n"),
+                     "status": status, "mark": STATUS_MARK[status], "detail": ""})
+    return rows
+
+
+def checks_summary(checks: Mapping[str, Any] | None) -> str:
+    """One line: the overall verdict of a checks report and what it rests on."""
+    checks = _mapping(checks)
+    if not checks:
+        return "no checks"
+    status = check_status(checks) if "status" in checks else LEGACY
+    if status == LEGACY:
+        return (f"legacy checks on {checks.get('n', '?')} points (before verdicts had a status: they may "
+                "have tested nothing)")
+    need = checks.get("min_points", 50)
+    return f"checks {status} (rigour checks on {checks.get('n', 0)} points; {need} needed to decide)"
+
+
+def pair_line(pair: Mapping[str, Any]) -> str:
+    """``A vs B, union: +3.2 points (12 vs 4 points only one got right), p = 0.038 (significant)``."""
+    diff = 100 * float(pair["difference"])
+    verdict = "significant" if pair.get("significant") else "not significant"
+    return (f"{pair['a']} vs {pair['b']}, {ACCURACY_LABELS.get(pair['metric'], pair['metric'])}: "
+            f"{diff:+.1f} points ({pair['only_a']} vs {pair['only_b']} points only one got right, "
+            f"n = {pair['n']}), {p_text(float(pair['p']))} ({verdict}; Holm {p_text(float(pair['p_holm']))})")
