@@ -112,7 +112,7 @@ def test_a_programming_error_in_a_pass_is_recorded_and_the_next_pass_runs(
     def broken() -> None:
         raise TypeError("a bug outside any job")
 
-    monkeypatch.setattr(d, "_claim_and_submit", broken)
+    monkeypatch.setattr(d.submitter, "claim", broken)
     assert d.tick() is False
     health = d.health()
     assert health["consecutive_errors"] == 1 and "TypeError" in health["last_error"]

@@ -195,7 +195,7 @@ def test_a_cancel_racing_another_replicas_submission_stops_the_ray_job(
         transitions.request_cancel(s, job_id)
     b.tick()
     assert get_job(session_factory, job_id).status == "cancelled"
-    a._submit(claimed)  # A's submission, in flight all along, reaches Ray now
+    a.submitter.submit(claimed)  # A's submission, in flight all along, reaches Ray now
     _, ray = backend.only()
     assert ray.status == "STOPPED" and ray.stop_calls == 1
     assert get_job(session_factory, job_id).status == "cancelled"

@@ -1,6 +1,6 @@
 """One attempt of a job on shared storage: its driver token file and the job's attempt marker.
 
-Both are written by the service (``service.dispatcher``) before it submits an attempt to Ray, and
+Both are written by the service (``service.dispatcher.submit``) before it submits an attempt to Ray, and
 read by that attempt's driver and trainers (``workers.jobs.driver``):
 
 - the **driver token file** (``JobLayout.driver_token_file``): the attempt's bearer token for the
