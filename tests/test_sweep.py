@@ -21,20 +21,11 @@ from ray_support import wait_all_cpus_free
 from workers.contract.spec import TrainSpec
 from workers.contract.sweep import parse_sweep_spec
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, STEP, TRAIN_END
-from workers.ray_entry.sweep import (
-    RESULT_FILE,
-    RESULT_KEY,
-    LocalRun,
-    TrainTrial,
-    TrialCancelled,
-    TrialFailed,
-    TrialRecord,
-    _CancelStopper,
-    _Recorder,
-    _run_best_final,
-    _scheduler,
-    run_sweep,
-)
+from workers.ray_entry.sweep.evaluation import run_best_final
+from workers.ray_entry.sweep.recorder import CancelStopper, Recorder, TrialRecord
+from workers.ray_entry.sweep.runs import LocalRun
+from workers.ray_entry.sweep.trainable import RESULT_KEY, TrainTrial, TrialCancelled, TrialFailed
+from workers.ray_entry.sweep.tuner import RESULT_FILE, asha_scheduler, run_sweep
 from workers.training.callbacks import EpochReport
 from workers.training.loop import resolve_spec
 
@@ -118,7 +109,7 @@ def _result(epoch: int, union: float, final: dict | None = None) -> dict[str, An
 
 def test_recorder_tracks_statuses_and_emits_events():
     records, events, cancelled = _records(), [], threading.Event()
-    rec = _Recorder(records, events.append, cancelled)
+    rec = Recorder(records, events.append, cancelled)
     a, b, c = (_FakeTrial(f"trial_000{i}", f"t{i}") for i in range(3))
     rec.on_trial_start(0, [], a)
     rec.on_trial_result(0, [], a, _result(1, 0.2))
@@ -146,7 +137,7 @@ def test_recorder_tracks_statuses_and_emits_events():
 
 def test_recorder_marks_everything_cancelled_once_the_sweep_is_cancelled():
     records, cancelled = _records(), threading.Event()
-    rec = _Recorder(records, None, cancelled)
+    rec = Recorder(records, None, cancelled)
     a, b = _FakeTrial("trial_0000", "t0", error="TrialCancelled"), _FakeTrial("trial_0001", "t1")
     rec.on_trial_start(0, [], a)
     rec.on_trial_start(0, [], b)
@@ -160,21 +151,21 @@ def test_recorder_marks_everything_cancelled_once_the_sweep_is_cancelled():
 def test_live_driver_objects_pickle_to_inert_ones():
     # Tune pickles callbacks and stoppers into its experiment state; ours hold events and actors.
     event = threading.Event()
-    rec = pickle.loads(pickle.dumps(_Recorder(_records(), print, event)))
+    rec = pickle.loads(pickle.dumps(Recorder(_records(), print, event)))
     assert type(rec).__name__ == "Callback"
-    stopper = pickle.loads(pickle.dumps(_CancelStopper(event, object())))
+    stopper = pickle.loads(pickle.dumps(CancelStopper(event, object())))
     assert isinstance(stopper, NoopStopper)
-    assert _CancelStopper(event, object()).stop_all() is False
+    assert CancelStopper(event, object()).stop_all() is False
 
 
 def test_asha_is_built_on_epochs():
     base = {"method": "nt", "epochs": 3}
     spec = parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1, 0.2]}},
                              "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3}})
-    sched = _scheduler(spec)
+    sched = asha_scheduler(spec)
     assert isinstance(sched, ASHAScheduler)
     assert (sched._time_attr, sched._reduction_factor, sched._max_t) == ("epoch", 3, 3)
-    assert _scheduler(parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1]}}})) is None
+    assert asha_scheduler(parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1]}}})) is None
 
 
 # --- slow: real sweeps on a local Ray --------------------------------------------------------------
@@ -299,7 +290,7 @@ def test_a_cancel_during_the_best_trials_evaluation_kills_it_and_frees_its_cpus(
 
     threading.Thread(target=cancel_once_it_holds_the_cpus, daemon=True).start()
     started = time.monotonic()
-    final, error = _run_best_final("trial_0000", spec, tmp_path,
+    final, error = run_best_final("trial_0000", spec, tmp_path,
                                    {"num_cpus": total, "num_gpus": 0.0}, stop)
     assert stop.is_set() and final is None and error is None
     assert time.monotonic() - started < 150

@@ -16,22 +16,17 @@ from workers import checkpoint
 from workers.contract.spec import Resources, TrainSpec
 from workers.contract.sweep import plan_resources
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, TRAIN_END
-from workers.ray_entry.sweep import (
+from workers.ray_entry.sweep.evaluation import TRIAL_EVAL_N, evaluate_best, trial_eval_n
+from workers.ray_entry.sweep.resources import (
     IN_TRIAL,
     RAY_TRAIN,
-    RESULT_KEY,
-    TRIAL_EVAL_N,
-    LocalRun,
-    TrainTrial,
-    TrialCancelled,
-    TrialFailed,
     best_final_resources,
-    evaluate_best,
-    trial_eval_n,
     trial_resources,
     trial_runner,
     trial_threads,
 )
+from workers.ray_entry.sweep.runs import LocalRun
+from workers.ray_entry.sweep.trainable import RESULT_KEY, TrainTrial, TrialCancelled, TrialFailed
 from workers.training.loop import resolve_spec
 
 TINY = {"method": "nt", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2, "train_n": 64,

@@ -46,7 +46,7 @@ from workers.contract.spec import SERVICE_FIELDS, Resources, TrainSpec  # noqa: 
 MAX_TRIALS = 1000
 MONITOR_METRICS = ("clean", "linf", "l2", "l1", "union")
 # Result keys a sweep can rank trials by, besides the held-out monitor metrics (see
-# ``workers.ray_entry.sweep.epoch_result``): training loss parts and training robust accuracy.
+# ``workers.ray_entry.runtime.epoch_metrics``): training loss parts and training robust accuracy.
 _OTHER_METRIC = re.compile(rf"^(loss_[a-z][a-z0-9_]*|train_acc_({'|'.join(NORMS)}))$")
 _DICT_FIELDS = frozenset({"epsilons", "model_args"})
 # A placeholder for validation only: an ``init_from`` given as a job id is resolved by the service.
