@@ -84,13 +84,17 @@ def test_eval_without_a_suite_flag_runs_the_default_suite_and_the_checks(trained
     assert metrics["suite"] == catalog.DEFAULT_SUITE == "standard" and metrics["n"] == 12
     checks = metrics["checks"]
     assert checks["n"] == 12
-    assert set(checks) >= {"curves", "iterations", "square", "ordering", "warnings", "passed"}
+    assert set(checks) >= {"curves", "iterations", "square", "ce_vs_dlr", "sanity", "warnings",
+                           "inconclusive", "status"}
+    assert checks["status"] != "passed"  # 12 points cannot decide a rigour check: never a pass
     for norm, curve in checks["curves"].items():
         assert curve["radius"][0] == 0.0 and curve["eps"] in curve["radius"], norm
         assert len(curve["radius"]) == len(curve["accuracy"])
         assert curve["accuracy"][0] == metrics["clean"]
         assert curve["accuracy"][curve["radius"].index(curve["eps"])] == metrics[norm]
-    assert "rigour checks on 12 points" in result.output or "warning:" in result.output
+    assert f"checks {checks['status']} (rigour checks on 12 points; 50 needed to decide)" in result.output
+    assert "note: linf curves: only 12 relevant point(s)" in result.output
+    assert "[" in result.output and "%" in result.output  # accuracies with their intervals
 
 
 def test_eval_on_user_points(trained, tmp_path):
@@ -172,6 +176,7 @@ def test_results_table_rows_side_by_side():
     assert table.row_count == 2
     cells = [list(col.cells) for col in table.columns]
     assert cells[0] == ["ramp", "eat"]
-    assert cells[1] == ["81.2%", "82.2%"] and cells[5] == ["44.6%", "-"]
+    # Each accuracy with its 95 % Wilson interval for n (the second row has no n: no interval).
+    assert cells[1] == ["81.2% [78.7, 83.5]", "82.2%"] and cells[5] == ["44.6% [41.5, 47.7]", "-"]
     assert cells[7] == ["monitor (upper bound)", "apgd,pgd"]
     assert format_fraction(True) == "-" and format_fraction(1) == "100.0%"

@@ -148,8 +148,10 @@ def test_saturated_softmax_is_caught_by_ce_vs_dlr_naming_apgd_t() -> None:
 @pytest.mark.parametrize(("after", "n", "status"), [
     ({"apgd-ce": 0.8, "apgd-t": 0.2}, 100, "failed"),
     ({"apgd-ce": 0.8, "apgd-t": 0.7}, 100, "passed"),  # 10 of 80: what APGD-T adds on a sane model
-    ({"apgd-ce": 0.8, "apgd-t": 0.2}, 10, "failed"),  # 6 of 8: evidence on few points is still evidence
+    ({"apgd-ce": 0.8, "apgd-t": 0.2}, 10, "inconclusive"),  # 6 of 8: the share could still be below half
+    ({"apgd-ce": 1.0, "apgd-t": 0.0}, 30, "failed"),  # 30 of 30: above half beyond doubt, even on 30 points
     ({"apgd-ce": 0.8, "apgd-t": 0.8}, 10, "inconclusive"),
+    ({"apgd-ce": 0.6, "apgd-t": 0.3}, 100, "passed"),  # 30 of 60: the interval reaches below half
     ({"bf16-screen": 0.9, "apgd-ce": 0.8, "apgd-t": 0.3}, 100, "failed"),
 ])
 def test_ce_vs_dlr_verdicts(after, n, status) -> None:

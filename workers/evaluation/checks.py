@@ -21,7 +21,7 @@ Robustness"):
 Always (free: read off the suite's own stages and a few forward passes):
 - ``ce_vs_dlr``: of the points APGD-CE left robust, the share APGD-T (targeted DLR loss) fooled.
   DLR is invariant to the scale of the logits; when it fools a large share of what the
-  cross-entropy attack could not (``CE_DLR_SHARE``), cross-entropy gradients are masked
+  cross-entropy attack could not (``CE_DLR_SHARE``, with 95 % confidence), cross-entropy gradients are masked
   (saturated softmax: defensive distillation is the textbook case) and the warning names APGD-T
   as the component that broke the model.
 - ``sanity``: AutoAttack's sanity checks on the model (``sanity.py``).
@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from workers.attacks.standard import STANDARD_ITERATIONS
+from workers.contract.stats import wilson_interval
 from workers.evaluation.rng import derive_seed
 from workers.evaluation.runner import Ticker, run_stage, run_stages
 from workers.evaluation.sanity import run_sanity, sanity_warnings
@@ -71,7 +72,8 @@ CURVE_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
 ITERATION_FACTOR = 10
 SQUARE_QUERIES = 5000
 CE_DLR_SHARE = 0.5
-"""APGD-T fooling more than this share of the points APGD-CE left robust flags masked CE gradients.
+"""APGD-T fooling more than this share of the points APGD-CE left robust (the share's 95 % Wilson
+interval entirely above it) flags masked CE gradients.
 On the models of this project's tests and benchmarks it fools 0-15 % of them (docs/evaluation.md)."""
 
 Plan = Mapping[str, list[Stage]]
@@ -168,7 +170,10 @@ def ce_vs_dlr(after: Mapping[str, float], n: int) -> dict[str, Any] | None:
     survivors = round(after["apgd-ce"] * n)
     found = survivors - round(after["apgd-t"] * n)
     share = found / survivors if survivors else 0.0
-    if found > 0 and verdict(found, survivors) == FAILED and share > CE_DLR_SHARE:
+    # The share is a noisy estimate on few points (3 of 5 happens on a sane model): it must exceed
+    # CE_DLR_SHARE with 95 % confidence (the Wilson interval's lower end) to fail.
+    lower = wilson_interval(found, survivors)[0] if survivors else 0.0
+    if verdict(found, survivors) == FAILED and lower > CE_DLR_SHARE:
         status = FAILED
     else:
         status = PASSED if survivors >= MIN_POINTS else INCONCLUSIVE
