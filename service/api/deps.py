@@ -15,7 +15,6 @@ from service.auth.ratelimit import limiter_for
 from service.core.config import Settings
 from service.db.models import ApiToken
 from service.db.session import session_scope
-from service.jobs import store
 
 
 def get_settings(request: Request) -> Settings:
@@ -81,11 +80,11 @@ def get_principal(token: Annotated[ApiToken, Depends(get_current_token)]) -> Pri
 
 
 def require_job_token(job_id: int, request: Request, session: Annotated[Session, Depends(get_db)]) -> int:
-    """Driver auth: the per-job token is valid for its own job only (403 on any other)."""
+    """Driver auth: the per-job token is valid for its own job only (403 on any other). A job
+    that does not exist gets the very same 403: the answer must not tell which ids exist."""
     token = bearer_token(request)
     if token is None:
         raise _unauthorized("missing job token")
-    store.get_job(session, job_id)  # 404 before 403: the job must exist
     if not tokens.verify_job_token(session, job_id, token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"token is not valid for job {job_id}")
     return job_id
