@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import errors, metrics
+from service.api.headers import SecurityHeaders
 from service.api.routes import artifacts, compare, events, health, internal, jobs, trials
 from service.auth import tokens
 from service.core.config import Settings
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
 
     app.add_middleware(RequestObserver)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: the 413s above carry them too
     errors.install(app, retry_after_s=settings.retry_after_s)
     errors.document(app)
     app.include_router(health.router)
