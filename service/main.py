@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import errors, metrics
+from service.api import docs, errors, metrics
 from service.api.headers import SecurityHeaders
 from service.api.routes import artifacts, compare, events, health, internal, jobs, trials
 from service.auth import tokens
@@ -218,6 +218,8 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
         version="0.1.0",
         description="Train, fine-tune and evaluate multi-norm robust classifiers on Ray. See docs/api.md.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package's own assets by service.api.docs, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -237,4 +239,5 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
     app.include_router(trials.router)
     app.include_router(internal.router)
     install_ui(app)
+    docs.install(app)
     return app
