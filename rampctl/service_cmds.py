@@ -81,8 +81,10 @@ def serve(
         settings = Settings(**overrides)
     except ValueError as e:
         fail(f"invalid settings: {e}", USAGE_ERROR)
+    # proxy_headers=False: which proxies to believe is the app's setting (RAMP_TRUSTED_PROXIES), not
+    # uvicorn's default of trusting 127.0.0.1.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, proxy_headers=False)
 
 
 def submit(

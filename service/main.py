@@ -25,6 +25,7 @@ from service.api.routes import artifacts, compare, events, health, internal, job
 from service.auth import tokens
 from service.core.config import Settings
 from service.core.logging import configure_logging
+from service.core.proxy import TrustedProxyHeaders
 from service.core.security import generate_token
 from service.db import migrate
 from service.db.session import bound_waits, engine_options, make_engine, make_session_factory
@@ -228,7 +229,9 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
 
     app.add_middleware(RequestObserver)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(SecurityHeaders)  # outermost: the 413s above carry them too
+    app.add_middleware(SecurityHeaders)  # the 413s above carry them too
+    if settings.trusted_proxies:  # outermost: everything inside sees the client, scheme and host
+        app.add_middleware(TrustedProxyHeaders, trusted=settings.trusted_proxies)
     errors.install(app, retry_after_s=settings.retry_after_s)
     errors.document(app)
     app.include_router(health.router)
