@@ -48,9 +48,14 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=2, ge=1)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # Requests per minute per API token on /v1 (a burst of this many, refilled evenly); 0 disables.
+    # Requests per minute per API token on /v1 and the web pages (a burst of this many, refilled
+    # evenly); 0 disables.
     # In-process: each replica counts on its own (service.auth.ratelimit).
     rate_limit_per_minute: int = Field(default=600, ge=0)
+    # The web pages' own polling (per token; sized for ~20 visible pages, service.auth.ratelimit) and
+    # login attempts (per client address); 0 disables either.
+    poll_rate_limit_per_minute: int = Field(default=1200, ge=0)
+    login_rate_limit_per_minute: int = Field(default=30, ge=0)
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / -Proto / -Host headers are
     # believed: RAMP_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8. Default none: the headers are ignored.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

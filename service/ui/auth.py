@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import HTTPException, Request, Response, status
 from sqlalchemy.orm import Session
 
-from service.api.deps import bearer_token
+from service.api.deps import bearer_token, enforce_budget
 from service.auth.tokens import authenticate_token
 from service.db.models import ApiToken
 from service.ui import sessions
@@ -118,15 +118,18 @@ def login_redirect(request: Request) -> HTTPException:
 
 
 def require_page_caller(request: Request, session: Session) -> Caller:
-    """For HTML pages: the caller, or a redirect to the login page."""
+    """For HTML pages, downloads and the forms' actions: the caller, or a redirect to the login
+    page; each counts against its token's ``requests`` budget, the one /v1 spends too."""
     caller = authenticate(request, session)
     if caller is None:
         raise login_redirect(request)
+    enforce_budget(request, "requests", caller.token.id)
     return caller
 
 
 def require_data_caller(request: Request, session: Session) -> Caller:
-    """For the pages' JSON and fragments (fetched by their script): the caller, or 401."""
+    """For the pages' JSON and fragments (polled by their script): the caller, or 401; each
+    counts against its token's ``polls`` budget (service.auth.ratelimit)."""
     caller = authenticate(request, session)
     if caller is None:
         raise HTTPException(
@@ -134,7 +137,15 @@ def require_data_caller(request: Request, session: Session) -> Caller:
             detail="log in at /ui/login or send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": 'Bearer realm="ramp"'},
         )
+    enforce_budget(request, "polls", caller.token.id)
     return caller
+
+
+def check_login(request: Request) -> None:
+    """Before a login is looked at: refused if a browser says another site made it
+    (``check_login_origin``), or once the client's address has spent its ``login`` budget."""
+    check_login_origin(request)
+    enforce_budget(request, "login", request.client.host if request.client else "unknown")
 
 
 def check_csrf(caller: Caller, submitted: str | None) -> None:

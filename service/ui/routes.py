@@ -119,7 +119,7 @@ def login_page(request: Request, next: str | None = None) -> Response:  # noqa: 
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, settings: SettingsDep, form: Form) -> Response:
-    auth.check_login_origin(request)
+    auth.check_login(request)
     token = form.get("token", "").strip()
     target = auth.safe_next(form.get("next"))
     row = authenticate_token(session, token) if token and len(token) <= auth.MAX_TOKEN_CHARS else None
