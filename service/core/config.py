@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # How long a login of the web pages lasts (never past its token's expiry); logout ends it at once.
     ui_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    # Open event streams (follow=true): per API token (beyond: 429) and per process (beyond: 503);
+    # an open stream re-checks its token this often, so a revoked or expired token's streams end
+    # within stream_auth_recheck_s + sse_poll_interval_s (service.events.streams).
+    max_streams_per_token: int = Field(default=10, ge=1)
+    max_streams: int = Field(default=100, ge=1)
+    stream_auth_recheck_s: float = Field(default=5.0, gt=0, le=300)
     admin_token_file: Path | None = None
     # Production: a pre-provisioned admin token (e.g. from a Kubernetes Secret) to register at start-up.
     admin_token: str | None = None
