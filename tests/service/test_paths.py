@@ -259,16 +259,18 @@ def test_checkpoints_resolved_from_job_ids_are_stored_canonical(tmp_path: Path) 
     """The storage may sit behind a link (an operator's mount): a fine-tune's init_from resolved
     from a job id is stored resolved too, so the driver's re-check passes for it."""
     from api_support import app_without_ray
-    from conftest import make_settings
     from sqlalchemy import update
 
+    from service.core.config import Settings
     from service.db.models import Job
     from workers.contract.paths import recheck_paths
 
     home = tmp_path / "home"
     (home / "store").mkdir(parents=True)
     (home / "store-link").symlink_to(home / "store")
-    with app_without_ray(make_settings(home, storage_dir=home / "store-link")) as api:
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'ramp.db'}", ray_address=None,
+                        log_level="WARNING", storage_dir=home / "store-link")
+    with app_without_ray(settings) as api:
         src = _post(api, TRAIN).json()["id"]
         with api.sessions()() as s:
             s.execute(update(Job).where(Job.id == src).values(status="succeeded"))
