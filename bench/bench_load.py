@@ -111,8 +111,9 @@ def stored_jobs(database_url: str) -> tuple[list[dict[str, Any]], dict[str, int]
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            jobs = [{"id": r.id, "owner": r.owner, "seed": (r.spec or {}).get("seed")}
-                    for r in conn.execute(text("SELECT id, owner, spec FROM jobs"))]
+            rows = conn.execute(text("SELECT jobs.id, principals.name AS owner, jobs.spec FROM jobs "
+                                     "LEFT JOIN principals ON principals.id = jobs.owner_id"))
+            jobs = [{"id": r.id, "owner": r.owner, "seed": (r.spec or {}).get("seed")} for r in rows]
             keys = {r.key: r.job_id for r in conn.execute(text("SELECT key, job_id FROM idempotency_keys"))}
     finally:
         engine.dispose()

@@ -81,8 +81,10 @@ def serve(
         settings = Settings(**overrides)
     except ValueError as e:
         fail(f"invalid settings: {e}", USAGE_ERROR)
+    # proxy_headers=False: which proxies to believe is the app's setting (RAMP_TRUSTED_PROXIES), not
+    # uvicorn's default of trusting 127.0.0.1.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, proxy_headers=False)
 
 
 def submit(
@@ -267,11 +269,16 @@ def token_create(
     admin: Annotated[bool, typer.Option("--admin", help="an admin token (sees every owner's jobs)")] = False,
     expires_in: Annotated[float | None, typer.Option("--expires-in", metavar="DAYS",
                                                      help="expire after DAYS days (default: never)")] = None,
+    existing_owner: Annotated[bool, typer.Option(
+        "--existing-owner",
+        help="NAME is an existing owner: give it one more token (which reads and acts on all its jobs)",
+    )] = False,
 ) -> None:
-    """Create an API token; the token alone is printed on the last line (it is not stored)."""
+    """Create an API token for a new owner NAME (or, with --existing-owner, one more token of an
+    existing owner); the token alone is printed on the last line (it is not stored)."""
     from datetime import timedelta
 
-    from service.auth import tokens
+    from service.auth import principals, tokens
     from service.core.security import generate_token
     from service.db.base import utcnow
 
@@ -284,36 +291,55 @@ def token_create(
                  USAGE_ERROR)
         expires_at = utcnow() + timedelta(days=expires_in)
     token = generate_token()
+    refused: str | None = None
     with _local_session() as session:
-        row = tokens.create_api_token(session, name, token, is_admin=admin, expires_at=expires_at)
+        try:
+            row = tokens.create_api_token(session, name, token, is_admin=admin, expires_at=expires_at,
+                                          existing_owner=existing_owner)
+            owner_id, shared = row.principal_id, principals.token_count(session, row.principal_id or 0)
+        except (principals.OwnerExists, principals.NoSuchOwner) as e:
+            refused = str(e)  # said outside the session: its error handler would call it a database error
+    if refused is not None:
+        fail(refused, USAGE_ERROR)
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at is not None else ""
-    err_console.print(f"created token {name!r} (id {row.id}{until}); it is shown only once:", highlight=False)
+    of = f"owner {name!r} (#{owner_id})" + (f", its token {shared} of {shared}" if shared > 1 else "")
+    err_console.print(f"created token id {row.id} for {of}{until}; it is shown only once:", highlight=False)
     print(token)
 
 
 @token_app.command("list")
 def token_list() -> None:
-    """List the API tokens: name, admin, created, expires, last used, revoked (never the secret)."""
-    from service.auth import tokens
+    """List the API tokens: owner (name and id; how many tokens it has), admin, created, expires,
+    last used, revoked (never the secret)."""
+    from collections import Counter
+
+    from service.auth import principals, tokens
     from service.db.base import utcnow
 
     with _local_session() as session:
-        rows = [
-            {"id": t.id, "name": t.name, "is_admin": t.is_admin, "created_at": t.created_at,
-             "expires_at": t.expires_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
-            for t in tokens.list_api_tokens(session)
-        ]
+        found = tokens.list_api_tokens(session)
+        owners = principals.names(session, {t.principal_id for t in found if t.principal_id is not None})
+    per_owner = Counter(t.principal_id for t in found)
+    rows = [
+        {"id": t.id, "name": owners.get(t.principal_id or 0, t.name), "owner_id": t.principal_id,
+         "owner_tokens": per_owner[t.principal_id], "is_admin": t.is_admin, "created_at": t.created_at,
+         "expires_at": t.expires_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
+        for t in found
+    ]
     print_tokens(rows, utcnow())
 
 
 @token_app.command("revoke")
-def token_revoke(name: Annotated[str, typer.Argument(help="revoke every active token of this name")]) -> None:
-    """Revoke every active token called NAME (at once: their next request is a 401)."""
-    from service.auth import tokens
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="revoke every active token of this owner")],
+) -> None:
+    """Revoke every active token of the owner NAME (at once: their next request is a 401, their
+    open event streams and page sessions end)."""
+    from service.auth import principals, tokens
 
     with _local_session() as session:
         revoked = tokens.revoke_api_tokens_named(session, name)
-        known = revoked > 0 or any(t.name == name for t in tokens.list_api_tokens(session))
+        known = revoked > 0 or principals.find(session, name) is not None
     if not revoked:
         fail(f"no active token named {name!r}" if known else f"no token named {name!r} "
              "(see `rampctl token list`)")

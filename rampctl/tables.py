@@ -128,16 +128,22 @@ def format_time(value: datetime | None) -> str:
 
 
 def tokens_table(tokens: Sequence[Mapping[str, Any]], now: datetime) -> Table:
-    """One row per token: ``id``, ``name``, ``is_admin``, ``created_at``, ``expires_at``,
-    ``last_used_at``, ``revoked_at`` (datetimes or None); times in UTC."""
+    """One row per token: ``id``, ``name`` (its owner's), ``owner_id``, ``owner_tokens`` (how many
+    tokens that owner has: more than one was made deliberately, ``--existing-owner``),
+    ``is_admin``, ``created_at``, ``expires_at``, ``last_used_at``, ``revoked_at`` (datetimes or
+    None); times in UTC."""
     table = Table(title=None)
-    for col in ("id", "name", "admin", "created", "expires", "last used", "revoked"):
-        table.add_column(col, justify="right" if col == "id" else "left")
+    columns = ("id", "name", "owner", "tokens of owner", "admin", "created", "expires", "last used",
+               "revoked")
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("id", "owner", "tokens of owner") else "left")
     for t in tokens:
         expires = format_time(t["expires_at"])
         if t["expires_at"] is not None and t["expires_at"] <= now:
             expires += " (expired)"
-        table.add_row(str(t["id"]), t["name"], "yes" if t["is_admin"] else "no", format_time(t["created_at"]),
+        owner = "-" if t.get("owner_id") is None else f"#{t['owner_id']}"
+        table.add_row(str(t["id"]), t["name"], owner, str(t.get("owner_tokens", 1)),
+                      "yes" if t["is_admin"] else "no", format_time(t["created_at"]),
                       expires, format_time(t["last_used_at"]), format_time(t["revoked_at"]))
     return table
 

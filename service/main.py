@@ -19,11 +19,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import errors, metrics
+from service.api import docs, errors, metrics
+from service.api.headers import SecurityHeaders
 from service.api.routes import artifacts, compare, events, health, internal, jobs, trials
 from service.auth import tokens
 from service.core.config import Settings
 from service.core.logging import configure_logging
+from service.core.proxy import TrustedProxyHeaders
 from service.core.security import generate_token
 from service.db import migrate
 from service.db.session import bound_waits, engine_options, make_engine, make_session_factory
@@ -217,6 +219,8 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
         version="0.1.0",
         description="Train, fine-tune and evaluate multi-norm robust classifiers on Ray. See docs/api.md.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package's own assets by service.api.docs, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -225,6 +229,9 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
 
     app.add_middleware(RequestObserver)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # the 413s above carry them too
+    if settings.trusted_proxies:  # outermost: everything inside sees the client, scheme and host
+        app.add_middleware(TrustedProxyHeaders, trusted=settings.trusted_proxies)
     errors.install(app, retry_after_s=settings.retry_after_s)
     errors.document(app)
     app.include_router(health.router)
@@ -235,4 +242,5 @@ def create_app(settings: Settings | None = None, *, start_dispatcher: bool = Tru
     app.include_router(trials.router)
     app.include_router(internal.router)
     install_ui(app)
+    docs.install(app)
     return app

@@ -105,7 +105,9 @@ def test_stopping_an_in_trial_run_waits_for_it(tmp_path: Path) -> None:
 
 
 def test_a_failing_in_trial_run_fails_the_trial_with_its_error(tmp_path: Path) -> None:
-    trial = _trial(LocalRun(_spec(model_args={"no_such_arg": 1}), tmp_path, device="cpu"))
+    # An arg the spec would refuse (workers.contract.model_args), slipped past it to fail in the trial.
+    broken = _spec().model_copy(update={"model_args": {"no_such_arg": 1}})
+    trial = _trial(LocalRun(broken, tmp_path, device="cpu"))
     trial._run.start()
     with pytest.raises(TrialFailed, match="no_such_arg"):
         trial.step()

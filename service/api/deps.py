@@ -3,19 +3,17 @@ limited) and the ``Principal`` it acts as, the Ray backend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from service.auth import tokens
+from service.auth import ratelimit, tokens
 from service.auth.access import Principal
-from service.auth.ratelimit import limiter_for
 from service.core.config import Settings
 from service.db.models import ApiToken
 from service.db.session import session_scope
-from service.jobs import store
 
 
 def get_settings(request: Request) -> Settings:
@@ -61,18 +59,17 @@ def get_current_token(request: Request, session: Annotated[Session, Depends(get_
 
 
 def enforce_rate_limit(request: Request, token_id: int) -> None:
-    """429 with ``Retry-After`` once token ``token_id`` exceeds RAMP_RATE_LIMIT_PER_MINUTE."""
-    limiter = limiter_for(request.app.state, request.app.state.settings.rate_limit_per_minute)
-    if limiter is None:
-        return
-    wait = limiter.acquire(token_id)
-    if wait is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"rate limit exceeded ({int(limiter.capacity)} requests per minute per token); "
-            f"retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    """429 with ``Retry-After`` once token ``token_id`` exceeds RAMP_RATE_LIMIT_PER_MINUTE (the
+    ``requests`` budget, shared by /v1 and the web pages)."""
+    enforce_budget(request, "requests", token_id)
+
+
+def enforce_budget(request: Request, budget: str, key: Hashable) -> None:
+    """429 with ``Retry-After`` once ``key`` has spent ``budget`` (service.auth.ratelimit)."""
+    refused = ratelimit.spend(request.app.state, request.app.state.settings, budget, key)
+    if refused is not None:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=refused.detail,
+                            headers={"Retry-After": str(refused.retry_after_s)})
 
 
 def get_principal(token: Annotated[ApiToken, Depends(get_current_token)]) -> Principal:
@@ -81,11 +78,11 @@ def get_principal(token: Annotated[ApiToken, Depends(get_current_token)]) -> Pri
 
 
 def require_job_token(job_id: int, request: Request, session: Annotated[Session, Depends(get_db)]) -> int:
-    """Driver auth: the per-job token is valid for its own job only (403 on any other)."""
+    """Driver auth: the per-job token is valid for its own job only (403 on any other). A job
+    that does not exist gets the very same 403: the answer must not tell which ids exist."""
     token = bearer_token(request)
     if token is None:
         raise _unauthorized("missing job token")
-    store.get_job(session, job_id)  # 404 before 403: the job must exist
     if not tokens.verify_job_token(session, job_id, token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"token is not valid for job {job_id}")
     return job_id

@@ -172,6 +172,9 @@ class DriverSpecOut(BaseModel):
     spec: dict[str, Any] = Field(description="the stored spec, as GET /v1/jobs/{id} shows it")
     work_spec: dict[str, Any] = Field(description="exactly the fields of TrainSpec / EvalSpec / SweepSpec")
     resources: dict[str, Any]
+    path_roots: list[str] = Field(default_factory=list, description=(
+        "where the spec's paths may lie (the data roots and the service's storage, canonical): the "
+        "driver re-checks every path against them before opening it"))
 
 
 class ComparedJob(BaseModel):

@@ -1,6 +1,7 @@
 """Who may see and act on which job: the one place the tenancy rule lives.
 
-A job belongs to an *owner*: the name of the API token that submitted it (``Job.owner``). A
+A job belongs to an *owner*: the principal of the API token that submitted it (``Job.owner_id``;
+``service.auth.principals``), compared by id -- a token's name decides nothing. A
 non-admin caller sees and acts on its own owner's jobs only; every other job looks exactly like a
 job that does not exist (``store.JobNotFound``, answered 404 with the same body), so a caller
 cannot probe for other tenants' job ids. Admin tokens see and act on every job.
@@ -31,20 +32,24 @@ class Principal:
     a loaded job, ``visible`` for a query: the two must agree). Methods rather than functions so
     that ``service.jobs.store`` applies the rule without importing this module (no import cycle)."""
 
-    owner: str
+    owner_id: int | None  # None: a token without an owner sees no job but as an admin
     is_admin: bool = False
     token_id: int | None = None
 
     @classmethod
     def of(cls, token: ApiToken) -> Principal:
-        return cls(owner=token.name, is_admin=bool(token.is_admin), token_id=token.id)
+        return cls(owner_id=token.principal_id, is_admin=bool(token.is_admin), token_id=token.id)
 
     def can_see(self, job: Job) -> bool:
-        return self.is_admin or job.owner == self.owner
+        return self.is_admin or (self.owner_id is not None and job.owner_id == self.owner_id)
 
     def visible(self, stmt: S) -> S:
         """``stmt`` (a ``select`` over ``Job``) restricted to the jobs this caller may see."""
-        return stmt if self.is_admin else stmt.where(Job.owner == self.owner)
+        if self.is_admin:
+            return stmt
+        if self.owner_id is None:
+            return stmt.where(False)
+        return stmt.where(Job.owner_id == self.owner_id)
 
 
 def owned_job(session: Session, principal: Principal, job_id: int) -> Job:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from service.auth import principals
 from service.core.security import hash_token, token_matches
 from service.db.base import utcnow
 from service.db.models import ApiToken, Job
@@ -49,22 +50,29 @@ def create_api_token(
     *,
     is_admin: bool = False,
     expires_at: datetime | None = None,
+    existing_owner: bool = False,
 ) -> ApiToken:
-    """Store ``token`` (hashed). Generate the token with service.core.security.generate_token."""
-    row = ApiToken(name=name, token_hash=hash_token(token), is_admin=is_admin, created_at=utcnow(),
-                   expires_at=expires_at)
+    """Store ``token`` (hashed) for a new owner called ``name`` -- or, with ``existing_owner``, as
+    one more token of the existing owner of that name (``principals.OwnerExists`` /
+    ``principals.NoSuchOwner`` when that does not hold). Generate the token with
+    service.core.security.generate_token."""
+    owner = principals.for_new_token(session, name, existing_owner=existing_owner)
+    row = ApiToken(name=owner.name, principal_id=owner.id, token_hash=hash_token(token), is_admin=is_admin,
+                   created_at=utcnow(), expires_at=expires_at)
     session.add(row)
     session.commit()
     return row
 
 
 def ensure_api_token(session: Session, name: str, token: str, *, is_admin: bool = False) -> ApiToken:
-    """Register ``token`` unless its hash is already stored (idempotent start-up provisioning)."""
+    """Register ``token`` unless its hash is already stored (idempotent start-up provisioning of the
+    service's own admin token: it joins the owner ``name``, existing or not)."""
     existing = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
     if existing is not None:
         return existing
+    principals.ensure(session, name)
     try:
-        return create_api_token(session, name, token, is_admin=is_admin)
+        return create_api_token(session, name, token, is_admin=is_admin, existing_owner=True)
     except IntegrityError:  # another replica registered it first
         session.rollback()
         return session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).one()
@@ -73,8 +81,18 @@ def ensure_api_token(session: Session, name: str, token: str, *, is_admin: bool 
 def verify_api_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken:
     """The token row for a presented bearer token, if it is active (not revoked, not expired);
     ``TokenRejected`` saying which otherwise. Records the use (``touch_last_used``)."""
-    now = now or utcnow()
     row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    return _active(session, row, now or utcnow())
+
+
+def verify_token_id(session: Session, token_id: int, *, now: datetime | None = None) -> ApiToken:
+    """``verify_api_token`` for a token already identified (a login session's, an open stream's):
+    the row if it is still active, ``TokenRejected`` otherwise."""
+    row = session.scalars(select(ApiToken).where(ApiToken.id == token_id)).first()
+    return _active(session, row, now or utcnow())
+
+
+def _active(session: Session, row: ApiToken | None, now: datetime) -> ApiToken:
     if row is None:
         session.commit()
         # Also what a deleted token gets (the wording older clients and scripts match on).
@@ -119,10 +137,15 @@ def revoke_api_token(session: Session, token_id: int, *, at: datetime | None = N
 
 
 def revoke_api_tokens_named(session: Session, name: str, *, at: datetime | None = None) -> int:
-    """Revoke every active token called ``name``; how many were revoked (0: none active)."""
+    """Revoke every active token of the owner called ``name``; how many were revoked (0: none
+    active)."""
+    owner = principals.find(session, name)
+    if owner is None:
+        session.commit()
+        return 0
     res = session.execute(
         update(ApiToken)
-        .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+        .where(ApiToken.principal_id == owner.id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=at or utcnow())
     )
     session.commit()

@@ -6,6 +6,7 @@ the rest of the ecosystem (docker-compose, Helm charts, Ray itself) already uses
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -47,10 +48,26 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=2, ge=1)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # Requests per minute per API token on /v1 (a burst of this many, refilled evenly); 0 disables.
+    # Requests per minute per API token on /v1 and the web pages (a burst of this many, refilled
+    # evenly); 0 disables.
     # In-process: each replica counts on its own (service.auth.ratelimit).
     rate_limit_per_minute: int = Field(default=600, ge=0)
+    # The web pages' own polling (per token; sized for ~20 visible pages, service.auth.ratelimit) and
+    # login attempts (per client address); 0 disables either.
+    poll_rate_limit_per_minute: int = Field(default=1200, ge=0)
+    login_rate_limit_per_minute: int = Field(default=30, ge=0)
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / -Proto / -Host headers are
+    # believed: RAMP_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8. Default none: the headers are ignored.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a login of the web pages lasts (never past its token's expiry); logout ends it at once.
+    ui_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    # Open event streams (follow=true): per API token (beyond: 429) and per process (beyond: 503);
+    # an open stream re-checks its token this often, so a revoked or expired token's streams end
+    # within stream_auth_recheck_s + sse_poll_interval_s (service.events.streams).
+    max_streams_per_token: int = Field(default=10, ge=1)
+    max_streams: int = Field(default=100, ge=1)
+    stream_auth_recheck_s: float = Field(default=5.0, gt=0, le=300)
     admin_token_file: Path | None = None
     # Production: a pre-provisioned admin token (e.g. from a Kubernetes Secret) to register at start-up.
     admin_token: str | None = None
@@ -74,6 +91,26 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for chunk in text.split(",") for part in chunk.split(":") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""ORM models: jobs, their events, API tokens and idempotency keys."""
+"""ORM models: jobs, their events, owners (principals), API tokens, the pages' login sessions and
+idempotency keys."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from service.db.base import Base, utcnow
 from service.state import JobStatus
 
-# Owner of jobs whose submitter is unknown (rows from before tenancy, jobs made without a token):
-# the name the service gives its own admin token, so only admins (and that name) see them.
-DEFAULT_OWNER = "admin"
+# The owner the service gives its own admin token (service.main.ensure_admin_token).
+ADMIN_OWNER = "admin"
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    # (owner, id): a tenant's listing, newest first with keyset cursors, is one index range scan.
-    __table_args__ = (Index("ix_jobs_owner_id", "owner", "id"),)
+    # (owner_id, id): a tenant's listing, newest first with keyset cursors, is one index range scan.
+    __table_args__ = (Index("ix_jobs_owner_id_id", "owner_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
@@ -38,9 +38,11 @@ class Job(Base):
     driver_token_hash: Mapped[str | None] = mapped_column(String(64))
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
-    # The tenant: the submitting token's *name* (tokens sharing a name share their jobs, so a
-    # rotated token keeps its jobs). Access rules live in service.auth.access.
-    owner: Mapped[str] = mapped_column(String(128), server_default=DEFAULT_OWNER)
+    # The tenant: the submitting token's principal (every token of that owner sees the job, so a
+    # rotated token keeps its jobs). None: no known submitter, visible to admins only. Access
+    # rules live in service.auth.access.
+    # principals.id; no FOREIGN KEY constraint (migration 0004 says why).
+    owner_id: Mapped[int | None] = mapped_column(Integer)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -89,11 +91,26 @@ class JobEvent(Base):
     job: Mapped[Job] = relationship(back_populates="events", lazy="raise")
 
 
+class Principal(Base):
+    """An owner of jobs: what tenancy compares (by id). Its tokens are its credentials; a second
+    token for an existing owner is made deliberately (``rampctl token create --existing-owner``),
+    never by re-using a name."""
+
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiToken(Base):
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The owner's name when the token was made (shown by `rampctl token list`); identity is
+    # principal_id.
     name: Mapped[str] = mapped_column(String(128))
+    principal_id: Mapped[int | None] = mapped_column(Integer, index=True)  # principals.id (see 0004)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -101,6 +118,21 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime | None] = mapped_column()
+
+
+class UiSession(Base):
+    """A login of the web pages: the cookie holds a random session id, stored here only as its
+    SHA-256. It ends at ``expires_at``, at logout (``ended_at``), or when its token is revoked or
+    expires (checked on every request), and acts as its token (``token_id``)."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
 
 
 class IdempotencyKey(Base):

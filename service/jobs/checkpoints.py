@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -60,13 +61,28 @@ def _sweep_checkpoint(
         row = trials.get_trial(session, sweep.id, trial)
     except trials.TrialNotFound as exc:
         raise ValueError(str(exc)) from None
-    if row.status not in trials.FINISHED_WITH_CHECKPOINT or not row.checkpoint:
+    if row.status not in trials.FINISHED_WITH_CHECKPOINT:
         raise ValueError(
             f"trial {trial} of sweep {sweep.id} is {row.status}; its checkpoint is usable once it "
             "finished (succeeded, or stopped early by the scheduler)"
         )
-    path = Path(row.checkpoint)
-    return ResolvedCheckpoint(str(path if path.is_absolute() else settings.job_dir(sweep.id) / path), trial)
+    path = _inside_job_dir(settings.job_dir(sweep.id), row.checkpoint)
+    if path is None:
+        raise ValueError(f"trial {trial} of sweep {sweep.id} has no checkpoint inside the sweep's directory")
+    return ResolvedCheckpoint(str(path), trial)
+
+
+def _inside_job_dir(job_dir: Path, stored: str | None) -> Path | None:
+    """The stored trial checkpoint under ``job_dir``, symlinks resolved, if it stays inside it (rows
+    stored before reports were confined, or a link planted in the directory, may point elsewhere)."""
+    relative = trials.confined_checkpoint(stored)
+    if relative is None:
+        return None
+    real_root = Path(os.path.realpath(job_dir))
+    real = Path(os.path.realpath(job_dir / relative))
+    if real != real_root and real_root not in real.parents:
+        return None
+    return job_dir / relative
 
 
 def recording(resolver: CheckpointResolver) -> tuple[CheckpointResolver, set[str]]:

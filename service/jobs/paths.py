@@ -9,6 +9,11 @@ job-id resolution makes -- so a path into the service's own storage is refused e
 
 Nothing here touches the file system beyond ``realpath``: whether a path exists is not said (a
 refusal reads the same for existing and missing files, so errors cannot be used to probe).
+
+What is stored is the canonical form -- for a sweep also the path values of its ``param_space``,
+from which its runner expands the trials -- and the job driver re-checks it before opening
+anything (``workers.contract.paths.recheck_paths``): a symlink re-pointed after submission does not
+take a run outside the roots.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Spec fields holding paths the driver opens.
-PATH_FIELDS = ("data_root", "data_file", "checkpoint", "init_from")
+from workers.contract.paths import LISTED_DOMAINS, PATH_FIELDS  # the fields a driver opens
 
 
 class PathRefused(ValueError):
@@ -101,6 +105,8 @@ def confine_spec(
     for container, key, norm in _slots(spec):
         value = container[key]
         if value in trusted:
+            # Stored canonical as well: the driver re-checks that every path resolves to itself.
+            container[key] = str(canonical(value))
             continue
         top = "pair_models" if norm is not None else key
         field = f"body.param_space.{top}" if top in swept else _request_field(prefix, key, norm)
@@ -115,12 +121,40 @@ def confine_submission(
     spec: dict[str, Any], trial_rows: list[dict[str, Any]] | None, policy: PathPolicy,
     trusted: frozenset[str],
 ) -> list[tuple[str, str]]:
-    """Confine a job's stored spec -- a sweep's base and every trial's spec -- in place; returns
-    the refused paths, each once, as (field, reason)."""
+    """Confine a job's stored spec -- a sweep's base, the path values of its ``param_space`` and
+    every trial's spec and config -- in place; returns the refused paths, each once, as (field,
+    reason). A sweep's runner expands its trials from the stored ``param_space``, so that is
+    stored resolved too, exactly as the trials it lists: what was checked is what runs."""
     if trial_rows is None:
         return confine_spec(spec, policy, trusted=trusted)
     errors = confine_spec(spec["base"], policy, trusted=trusted, prefix="body.base")
+    resolved = _confine_space(spec.get("param_space") or {}, policy, errors)
     for row in trial_rows:
         errors += confine_spec(row["spec"], policy, trusted=trusted, prefix="body.base",
                                swept=frozenset(row["config"]))
+        for key, value in row["config"].items():
+            if isinstance(value, str) and (key, value) in resolved:
+                row["config"][key] = resolved[(key, value)]
     return list(dict.fromkeys(errors))
+
+
+def _confine_space(space: dict[str, Any], policy: PathPolicy,
+                   errors: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Each listed value of a path-valued ``param_space`` key replaced by its canonical form, in
+    place; returns (key, as given) -> as stored."""
+    resolved: dict[tuple[str, str], str] = {}
+    for key, domain in space.items():
+        if key not in PATH_FIELDS or not isinstance(domain, dict):
+            continue
+        for kind in LISTED_DOMAINS:
+            values = domain.get(kind)
+            if not isinstance(values, list):
+                continue
+            for i, value in enumerate(values):
+                if not isinstance(value, str):
+                    continue
+                try:
+                    values[i] = resolved[(key, value)] = policy.confine(value, f"body.param_space.{key}")
+                except PathRefused as exc:
+                    errors.append((exc.field, str(exc)))
+    return resolved

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import DEFAULT_OWNER, ApiToken, IdempotencyKey, Job
+from service.db.models import ApiToken, IdempotencyKey, Job
 from service.state import ACTIVE, JobStatus, parse_status
 
 if TYPE_CHECKING:  # service.auth.access imports this module; store only calls Principal's methods
@@ -72,7 +72,7 @@ def _spec_method(spec: dict[str, Any]) -> str | None:
     return method if isinstance(method, str) else None
 
 
-def _new_job(spec: dict[str, Any], kind: str, token_id: int | None, owner: str) -> Job:
+def _new_job(spec: dict[str, Any], kind: str, token_id: int | None, owner_id: int | None) -> Job:
     now = utcnow()
     return Job(
         kind=kind,
@@ -82,7 +82,7 @@ def _new_job(spec: dict[str, Any], kind: str, token_id: int | None, owner: str) 
         attempt=1,
         max_retries=int(spec.get("max_retries") or 0),
         token_id=token_id,
-        owner=owner,
+        owner_id=owner_id,
         created_at=now,
         updated_at=now,
         queued_at=now,
@@ -98,20 +98,20 @@ def create_job_idempotent(
     token_id: int | None,
     request_hash: str | None = None,
     children: Callable[[Session, Job], None] | None = None,
-    owner: str | None = None,
+    owner_id: int | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job; returns (job, created). A repeated key returns the first job.
 
     The unique (scope, key) constraint is the arbiter under a race: the loser's insert fails, it
     rolls back its job too, and returns the winner's. ``children(session, job)`` adds rows that
-    belong to the new job (a sweep's trials) in the same transaction. ``owner`` defaults to the
-    name of token ``token_id`` (``DEFAULT_OWNER`` without one). A replay returns a job only to its
-    own owner (``IdempotencyKeyInUse`` otherwise).
+    belong to the new job (a sweep's trials) in the same transaction. ``owner_id`` defaults to the
+    principal of token ``token_id`` (None without one: only admins see the job). A replay returns
+    a job only to its own owner (``IdempotencyKeyInUse`` otherwise).
     """
-    if owner is None:
-        owner = _token_owner(session, token_id)
+    if owner_id is None:
+        owner_id = _token_owner(session, token_id)
     if idempotency_key is None:
-        job = _new_job(spec, kind, token_id, owner)
+        job = _new_job(spec, kind, token_id, owner_id)
         session.add(job)
         if children is not None:
             session.flush()
@@ -120,10 +120,10 @@ def create_job_idempotent(
         return job, True
     scope = token_id or 0
     fingerprint = request_hash or request_fingerprint({"kind": kind, "spec": spec})
-    existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner)
+    existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner_id)
     if existing is not None:
         return existing, False
-    job = _new_job(spec, kind, token_id, owner)
+    job = _new_job(spec, kind, token_id, owner_id)
     session.add(job)
     try:
         session.flush()
@@ -135,19 +135,19 @@ def create_job_idempotent(
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner)
+        existing = _idempotent_job(session, scope, idempotency_key, fingerprint, owner_id)
         if existing is None:  # the winner was deleted in between: nothing sensible to return
             raise
         return existing, False
     return job, True
 
 
-def _token_owner(session: Session, token_id: int | None) -> str:
-    name = session.scalar(select(ApiToken.name).where(ApiToken.id == token_id)) if token_id else None
-    return name if name is not None else DEFAULT_OWNER
+def _token_owner(session: Session, token_id: int | None) -> int | None:
+    return session.scalar(select(ApiToken.principal_id).where(ApiToken.id == token_id)) if token_id else None
 
 
-def _idempotent_job(session: Session, scope: int, key: str, fingerprint: str, owner: str) -> Job | None:
+def _idempotent_job(session: Session, scope: int, key: str, fingerprint: str,
+                    owner_id: int | None) -> Job | None:
     row = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
     ).first()
@@ -156,7 +156,7 @@ def _idempotent_job(session: Session, scope: int, key: str, fingerprint: str, ow
     job = get_job(session, row.job_id)
     # Scopes are token ids, so this holds unless a scope is shared (no token: 0) or an id was
     # re-used; either way another owner's job must not come back, nor be named in a conflict.
-    if job.owner != owner:
+    if job.owner_id != owner_id:
         raise IdempotencyKeyInUse(key)
     if row.request_hash != fingerprint:
         raise IdempotencyConflict(key, row.job_id)

@@ -15,6 +15,9 @@ Trial ``data`` events (``{"event": ..., "trial_id": ...}``):
 - ``trial_start``: the trial runs (``tune_trial_id`` optional).
 - ``trial_result`` ``{"epoch", "metrics", "checkpoint"?}``: one epoch's flat metrics.
 - ``trial_end`` ``{"status", "error"?, "final"?, "checkpoint"?}``: the trial finished.
+
+A reported ``checkpoint`` is kept only if it lies inside the sweep's own job directory
+(``confined_checkpoint``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import select
@@ -117,6 +121,26 @@ def _text(value: Any, limit: int) -> str | None:
     return None if value is None else str(value)[-limit:]
 
 
+MAX_CHECKPOINT_CHARS = 1024
+
+
+def confined_checkpoint(value: Any) -> str | None:
+    """A trial checkpoint a driver reported, if it names a place inside the sweep's own job
+    directory: a relative path without ``..``, ``~``, backslashes or NUL (the driver reports
+    them relative to that directory). None for anything else: a report that points elsewhere
+    ("../<another job>/checkpoint", an absolute path) must not become the checkpoint a fine-tune
+    or evaluation of this trial starts from -- that would be another owner's weights.
+    ``service.jobs.checkpoints`` checks the stored path again, symlinks resolved, before using it."""
+    if not isinstance(value, str) or not value or len(value) > MAX_CHECKPOINT_CHARS:
+        return None
+    if "\x00" in value or "\\" in value or value.startswith(("/", "~")):
+        return None
+    parts = PurePosixPath(value).parts
+    if not parts or any(p == ".." or p.startswith("~") for p in parts):
+        return None
+    return PurePosixPath(*parts).as_posix()
+
+
 def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -189,8 +213,7 @@ class _Applier:
         if row.status == PENDING:
             row.status = RUNNING
             row.started_at = row.started_at or utcnow()
-        if isinstance(data.get("checkpoint"), str):
-            row.checkpoint = data["checkpoint"]
+        self._checkpoint(row, data)
 
     def trial_end(self, data: Mapping[str, Any], attempt: int) -> None:
         row = self._row(data, attempt)
@@ -201,9 +224,21 @@ class _Applier:
         row.error = _text(data.get("error"), MAX_ERROR_CHARS)
         if isinstance(data.get("final"), Mapping):
             row.final = dict(data["final"])
-        if isinstance(data.get("checkpoint"), str):
-            row.checkpoint = data["checkpoint"]
+        self._checkpoint(row, data)
         row.ended_at = utcnow()
+
+    def _checkpoint(self, row: Trial, data: Mapping[str, Any]) -> None:
+        if "checkpoint" not in data or data["checkpoint"] is None:
+            return
+        confined = confined_checkpoint(data["checkpoint"])
+        if confined is None:
+            # The rest of the event stands; the trial just has no checkpoint to start from.
+            log.warning("ignoring a trial checkpoint outside the sweep's directory",
+                        extra={"job_id": self.job.id, "trial_id": row.trial_id,
+                               "checkpoint": str(data["checkpoint"])[:200]})
+            row.checkpoint = None
+            return
+        row.checkpoint = confined
 
 
 def _reset(row: Trial, attempt: int) -> None:

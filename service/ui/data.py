@@ -160,5 +160,5 @@ def submit(session: Session, token: ApiToken, settings: Settings, payload: Any) 
     if refused := confine_submission(spec, trial_rows, settings.path_policy, frozenset(resolved)):
         raise SpecError(refused)
     job, _ = store.create_job_idempotent(session, spec, kind=req.kind, idempotency_key=None,
-                                         token_id=token.id, owner=caller.owner, children=children)
+                                         token_id=token.id, owner_id=caller.owner_id, children=children)
     return job

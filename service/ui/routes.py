@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -25,7 +25,7 @@ from service.jobs import store
 from service.jobs.specs import SpecError
 from service.state import TERMINAL, IllegalTransition, JobStatus
 from service.sweeps import trials as trial_store
-from service.ui import auth, data, views
+from service.ui import auth, data, sessions, views
 from workers.contract.catalog import METHODS
 
 HERE = Path(__file__).parent
@@ -118,20 +118,25 @@ def login_page(request: Request, next: str | None = None) -> Response:  # noqa: 
 
 
 @router.post("/login")
-def login(request: Request, session: SessionDep, form: Form) -> Response:
+def login(request: Request, session: SessionDep, settings: SettingsDep, form: Form) -> Response:
+    auth.check_login(request)
     token = form.get("token", "").strip()
     target = auth.safe_next(form.get("next"))
     row = authenticate_token(session, token) if token and len(token) <= auth.MAX_TOKEN_CHARS else None
     if row is None:
         return render(request, "login.html", None, 401, next=target, error="invalid or revoked token")
+    lifetime = timedelta(hours=settings.ui_session_hours)
+    session_id, expires_at = sessions.start(session, row, lifetime=lifetime)
     response = redirect(target)
-    auth.set_login_cookie(response, request, token)
+    auth.set_login_cookie(response, request, session_id, round((expires_at - _now()).total_seconds()))
     return response
 
 
 @router.post("/logout")
-def logout(caller: PageCaller, form: Form) -> Response:
+def logout(session: SessionDep, caller: PageCaller, form: Form) -> Response:
     auth.check_csrf(caller, form.get("csrf"))
+    if caller.session_id is not None:
+        sessions.end(session, caller.session_id)
     response = redirect(auth.LOGIN_PATH)
     auth.clear_login_cookie(response)
     return response

@@ -32,8 +32,14 @@ CHECKPOINT_FILE = "model.safetensors"
 
 
 def number(value: Any) -> bool:
-    """A real, finite number (JSON booleans are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A real, finite number a float can hold (JSON booleans are not numbers here; an integer of
+    hundreds of digits, stored before such bodies were refused, is not one either)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def pct(value: Any) -> str:

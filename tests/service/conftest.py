@@ -22,7 +22,7 @@ from bench.pg import PG_BASE_URL, throwaway_database
 from service.core.config import Settings
 from service.db import migrate
 
-TABLES = ("job_events", "idempotency_keys", "jobs", "api_tokens")
+TABLES = ("job_events", "idempotency_keys", "jobs", "api_tokens", "principals", "ui_sessions")
 
 
 def _pg_reachable(url: str) -> bool:

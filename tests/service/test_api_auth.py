@@ -89,7 +89,9 @@ def test_driver_tokens_are_valid_for_their_own_job_only(api, driver_token) -> No
     assert api.client.get(f"/internal/jobs/{a}/spec", headers=api.auth).status_code == 403
     assert api.client.get("/v1/jobs", headers=auth_a).status_code == 401
     assert api.client.get(f"/internal/jobs/{a}/spec").status_code == 401
-    assert api.client.get("/internal/jobs/999/spec", headers=auth_a).status_code == 404
+    # A job that does not exist is answered as an existing job the token is not for (no id oracle).
+    missing = api.client.get("/internal/jobs/999/spec", headers=auth_a)
+    assert missing.status_code == 403 and missing.json()["detail"] == "token is not valid for job 999"
     auth_b = {"Authorization": f"Bearer {token_b}"}
     assert api.client.get(f"/internal/jobs/{b}/spec", headers=auth_b).status_code == 200
 
@@ -188,3 +190,23 @@ def test_a_configured_admin_token_is_registered(tmp_path) -> None:
     with TestClient(create_app(settings, start_dispatcher=False)) as client:
         assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert not settings.admin_token_file.exists()  # not embedded: nothing written to disk
+
+
+@pytest.mark.parametrize("method,route,body", [
+    ("get", "/internal/jobs/{id}/spec", None),
+    ("post", "/internal/jobs/{id}/events", {"events": []}),
+    ("post", "/internal/jobs/{id}/status", {"status": "running"}),
+])
+def test_a_garbage_driver_token_cannot_tell_existing_jobs_from_missing_ones(
+    api, method: str, route: str, body: dict | None
+) -> None:
+    """Issue 19 (8): with a token that is valid for no job, an existing job and a missing one get
+    the same status and the same body shape, so the internal routes are no job-id oracle."""
+    existing, _ = _two_jobs(api)
+    garbage = {"Authorization": "Bearer rampjob_garbage"}
+    answers = []
+    for job_id in (existing, 987_654, 2**62):
+        kwargs = {"headers": garbage} | ({"json": body} if body is not None else {})
+        r = getattr(api.client, method)(route.format(id=job_id), **kwargs)
+        answers.append((r.status_code, r.json()["detail"].replace(str(job_id), "N")))
+    assert answers == [(403, "token is not valid for job N")] * 3

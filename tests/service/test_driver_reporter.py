@@ -309,7 +309,9 @@ def test_driver_reports_a_failure_with_its_reason(service: dict[str, Any], tmp_p
 
     app = service["app"]
     token = generate_token(DRIVER_TOKEN_PREFIX)
-    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "monitor", "n": 8}
+    # Under the data roots, as a submission's paths are (the driver re-checks that), but absent.
+    missing = app.state.settings.data_roots[0] / "missing"
+    spec = {"kind": "eval", "checkpoint": str(missing), "suite": "monitor", "n": 8}
     with app.state.session_factory() as s:
         job = store.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
         tokens.set_job_token(s, job.id, hash_token(token))
@@ -441,7 +443,8 @@ def _eval_job(app: Any, tmp_path: Path) -> tuple[int, str]:
     from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
 
     token = generate_token(DRIVER_TOKEN_PREFIX)
-    spec = {"kind": "eval", "checkpoint": str(tmp_path / "missing"), "suite": "monitor", "n": 8}
+    missing = app.state.settings.data_roots[0] / "missing"  # under the roots (the driver re-checks)
+    spec = {"kind": "eval", "checkpoint": str(missing), "suite": "monitor", "n": 8}
     with app.state.session_factory() as s:
         job = store.create_job(s, spec, kind="eval", idempotency_key=None, token_id=None)
         tokens.set_job_token(s, job.id, hash_token(token))

@@ -20,7 +20,7 @@ from service.db.models import Job  # noqa: F401  (registers the tables)
 from service.db.session import make_engine
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "job_events", "api_tokens", "idempotency_keys", "trials"}
+TABLES = {"jobs", "job_events", "api_tokens", "idempotency_keys", "trials", "principals", "ui_sessions"}
 
 
 def _diff(url: str) -> list:
@@ -144,18 +144,93 @@ def test_tenancy_migration_backfills_owners_and_keeps_every_row(
         counts = "SELECT (SELECT count(*) FROM job_events), (SELECT count(*) FROM trials), " \
                  "(SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM jobs)"
         try:
-            migrate.upgrade(url)
+            migrate.upgrade(url, "0003")
             with engine.connect() as conn:
                 owners = dict(conn.execute(text("SELECT id, owner FROM jobs")).all())
                 assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 3)
             assert owners == {1: "alice", 2: "bob", 3: "admin"}
             assert "expires_at" in _columns(url, "api_tokens")
-            assert _diff(url) == []
 
             migrate.downgrade(url, "0002")
             assert "owner" not in _columns(url, "jobs") and "expires_at" not in _columns(url, "api_tokens")
+            assert "owner_id" not in _columns(url, "jobs")
             with engine.connect() as conn:
                 assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 3)
+            migrate.upgrade(url)  # and up again
+            assert _diff(url) == []
+        finally:
+            engine.dispose()
+
+
+# ------------------------------------------------------------------- 0004 principals, sessions
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_principals_migration_keeps_every_token_s_jobs_and_every_row(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0003 -> 0004 on a database with data: one principal per owner name (two tokens named alice
+    share one; the token-less job's 'admin' gets one too), each token joins its name's principal
+    and each job its owner's, so every existing token keeps seeing exactly its jobs; up, down and
+    up again lose no job, event, trial or idempotency key, and the downgrade restores the names."""
+    pg_url = request.getfixturevalue("pg_url") if kind == "postgresql" else None
+    with _empty_database(kind, tmp_path, pg_url) as url:
+        migrate.upgrade(url, "0003")
+        engine = make_engine(url)
+        ts = "2026-01-01 00:00:00"
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO api_tokens (id, name, token_hash, is_admin, created_at) VALUES "
+                              f"(1, 'alice', 'h1', false, '{ts}'), (2, 'bob', 'h2', false, '{ts}'), "
+                              f"(3, 'alice', 'h3', false, '2026-02-01 00:00:00')"))
+            rows = ((1, 1, "alice"), (2, 2, "bob"), (3, None, "admin"), (4, 3, "alice"))
+            for job_id, token_id, owner in rows:
+                conn.execute(text(
+                    "INSERT INTO jobs (id, kind, spec, status, attempt, max_retries, token_id, owner, "
+                    f"created_at, updated_at) VALUES (:id, 'train', '{{}}', 'queued', 1, 0, :token, :owner, "
+                    f"'{ts}', '{ts}')"
+                ), {"id": job_id, "token": token_id, "owner": owner})
+            conn.execute(text("INSERT INTO job_events (job_id, attempt, type, data, created_at) "
+                              f"VALUES (1, 1, 'log', '{{}}', '{ts}')"))
+            conn.execute(text("INSERT INTO trials (job_id, trial_id, trial_index, attempt, status, config, "
+                              f"metrics, created_at, updated_at) VALUES (2, 't0', 0, 1, 'pending', '{{}}', "
+                              f"'[]', '{ts}', '{ts}')"))
+            conn.execute(text("INSERT INTO idempotency_keys (scope, key, request_hash, job_id, created_at) "
+                              f"VALUES (1, 'k', 'h', 1, '{ts}')"))
+        counts = "SELECT (SELECT count(*) FROM job_events), (SELECT count(*) FROM trials), " \
+                 "(SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM jobs), " \
+                 "(SELECT count(*) FROM api_tokens)"
+        try:
+            migrate.upgrade(url)
+            assert _diff(url) == []
+            with engine.connect() as conn:
+                assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 4, 3)
+                names = dict(conn.execute(text("SELECT name, id FROM principals")).all())
+                assert set(names) == {"alice", "bob", "admin"}
+                tokens = dict(conn.execute(text("SELECT id, principal_id FROM api_tokens")).all())
+                assert tokens == {1: names["alice"], 2: names["bob"], 3: names["alice"]}
+                jobs = dict(conn.execute(text("SELECT id, owner_id FROM jobs")).all())
+                assert jobs == {1: names["alice"], 2: names["bob"], 3: names["admin"], 4: names["alice"]}
+            assert "owner" not in _columns(url, "jobs")
+
+            # The service's own reading of it: each token sees exactly the jobs its name owned.
+            from service.auth.access import Principal
+            from service.db.models import ApiToken
+            from service.db.session import make_session_factory
+            from service.jobs import store
+
+            with make_session_factory(engine)() as s:
+                for token_id, expected in ((1, {1, 4}), (2, {2}), (3, {1, 4})):
+                    token = s.get(ApiToken, token_id)
+                    assert token is not None
+                    seen, _ = store.list_jobs(s, principal=Principal.of(token), limit=50)
+                    assert {j.id for j in seen} == expected, token_id
+
+            migrate.downgrade(url, "0003")
+            assert {"principals", "ui_sessions"} & _tables(url) == set()
+            with engine.connect() as conn:
+                assert tuple(conn.execute(text(counts)).one()) == (1, 1, 1, 4, 3)
+                owners = dict(conn.execute(text("SELECT id, owner FROM jobs")).all())
+                assert owners == {1: "alice", 2: "bob", 3: "admin", 4: "alice"}
             migrate.upgrade(url)  # and up again
             assert _diff(url) == []
         finally:

@@ -1,4 +1,4 @@
-"""Tenancy: a job belongs to its submitting token's owner (the token's name). Owner B gets a 404 --
+"""Tenancy: a job belongs to its submitting token's owner (a principal, by id). Owner B gets a 404 --
 the very body of a job that does not exist -- on every /v1 route for owner A's job, and changes
 nothing; listings show a caller its own jobs; admins see and act on everything; submissions cannot
 start from another owner's checkpoint; an idempotent replay never returns another owner's job."""
@@ -20,7 +20,7 @@ from service.auth import tokens
 from service.auth.access import Principal, owned_job
 from service.core.config import Settings
 from service.core.security import generate_token
-from service.db.models import IdempotencyKey, Job
+from service.db.models import ApiToken, IdempotencyKey, Job
 from service.jobs import store
 from service.main import create_app
 
@@ -200,12 +200,39 @@ def test_an_admin_acts_on_other_owners_jobs(world: World) -> None:
     assert world.client.get(f"/v1/jobs/{job}", headers=world.auth["bob"]).json()["status"] == "cancelled"
 
 
-def test_tokens_of_the_same_name_share_their_owner_s_jobs(world: World) -> None:
+def test_a_token_named_like_another_owner_is_refused_unless_made_deliberately(world: World) -> None:
+    """Issue 19 (10): owner identity is a principal's id, not a token's name. A token created with
+    an existing owner's name (a non-admin "root", a second "alice") is refused; only the explicit
+    ``existing_owner`` act gives an owner another token, which then shares that owner's jobs."""
+    from service.auth import principals
+
+    for name in ("root", "alice"):
+        plain = generate_token()
+        with world.app.state.session_factory() as s, pytest.raises(principals.OwnerExists, match=name):
+            tokens.create_api_token(s, name, plain)
+        assert world.client.get(f"/v1/jobs/{world.a_job}", headers=_auth(plain)).status_code == 401
+    second = generate_token()
+    with world.app.state.session_factory() as s:
+        row = tokens.create_api_token(s, "alice", second, existing_owner=True)
+        first = s.scalars(select(ApiToken).where(ApiToken.name == "alice").order_by(ApiToken.id)).first()
+        assert first is not None and row.principal_id == first.principal_id and row.id != first.id
+    r = world.client.get(f"/v1/jobs/{world.a_job}", headers=_auth(second))
+    assert r.status_code == 200 and r.json()["id"] == world.a_job
+    with world.app.state.session_factory() as s, pytest.raises(principals.NoSuchOwner):
+        tokens.create_api_token(s, "nobody-yet", generate_token(), existing_owner=True)
+
+
+def test_a_token_s_name_decides_nothing(world: World) -> None:
+    """A token row that merely *says* "alice" (its name) but belongs to another principal reads
+    none of alice's jobs: tenancy compares principal ids."""
     plain = generate_token()
     with world.app.state.session_factory() as s:
-        tokens.create_api_token(s, "alice", plain)
-    r = world.client.get(f"/v1/jobs/{world.a_job}", headers=_auth(plain))
-    assert r.status_code == 200 and r.json()["id"] == world.a_job
+        mallory = tokens.create_api_token(s, "mallory", plain)
+        s.execute(update(ApiToken).where(ApiToken.id == mallory.id).values(name="alice"))
+        s.commit()
+    assert world.client.get(f"/v1/jobs/{world.a_job}", headers=_auth(plain)).status_code == 404
+    listed = world.client.get("/v1/jobs", headers=_auth(plain)).json()["jobs"]
+    assert listed == []
 
 
 def test_submission_cannot_start_from_another_owner_s_checkpoint(world: World) -> None:
@@ -226,11 +253,14 @@ def test_submission_cannot_start_from_another_owner_s_checkpoint(world: World) -
 
 
 def test_jobs_record_their_owner_and_token(world: World) -> None:
+    from service.auth import principals
+
     with world.app.state.session_factory() as s:
         a = s.get(Job, world.a_job)
         b = s.get(Job, world.b_job)
         assert a is not None and b is not None
-        assert (a.owner, b.owner) == ("alice", "bob") and a.token_id != b.token_id
+        owners = principals.names(s, {a.owner_id, b.owner_id})
+        assert (owners[a.owner_id], owners[b.owner_id]) == ("alice", "bob") and a.token_id != b.token_id
 
 
 def test_idempotent_replays_stay_within_their_owner(world: World) -> None:
@@ -253,14 +283,20 @@ def test_idempotent_replays_stay_within_their_owner(world: World) -> None:
 
 def test_owned_job_and_the_listing_filter_agree(world: World) -> None:
     """The rule the UI's data layer calls, without HTTP."""
-    alice, root = Principal(owner="alice"), Principal(owner="root", is_admin=True)
+    from service.auth import principals
+
     with world.app.state.session_factory() as s:
+        ids = {name: principals.find(s, name).id for name in ("alice", "bob", "root")}  # type: ignore[union-attr]
+        alice, root = Principal(owner_id=ids["alice"]), Principal(owner_id=ids["root"], is_admin=True)
+        nobody = Principal(owner_id=None)
         assert owned_job(s, alice, world.a_job).id == world.a_job
         assert owned_job(s, root, world.b_job).id == world.b_job
         with pytest.raises(store.JobNotFound, match=f"job {world.b_job} not found"):
             owned_job(s, alice, world.b_job)
         jobs, _ = store.list_jobs(s, principal=alice, limit=200)
-        assert jobs and {j.owner for j in jobs} == {"alice"}
+        assert jobs and {j.owner_id for j in jobs} == {ids["alice"]}
         everything, _ = store.list_jobs(s, principal=root, limit=200)
-        assert {"alice", "bob"} <= {j.owner for j in everything}
-        assert all(alice.can_see(j) == (j.owner == "alice") for j in everything)
+        assert {ids["alice"], ids["bob"]} <= {j.owner_id for j in everything}
+        assert all(alice.can_see(j) == (j.owner_id == ids["alice"]) for j in everything)
+        assert store.list_jobs(s, principal=nobody, limit=200)[0] == []
+        assert not any(nobody.can_see(j) for j in everything)

@@ -75,7 +75,20 @@ def _check_lifecycle(cli: Cli) -> None:
         assert row.token_hash not in listing.output
     assert alice not in listing.output and bob not in listing.output
 
-    second = cli.create("alice")  # a second token for the same owner
+    # Issue 19 (10): a second token for an existing owner is a deliberate act, shown in the list.
+    again = cli("create", "alice")
+    assert again.exit_code == 2 and "owner 'alice' already exists (1 token)" in again.output, again.output
+    assert "--existing-owner" in again.output and "Traceback" not in again.output
+    assert len(cli.rows()) == 2  # nothing created
+    second = cli.create("alice", "--existing-owner")
+    rows = {t.id: t for t in cli.rows()}
+    alice_rows = [t for t in rows.values() if t.name == "alice"]
+    assert len(alice_rows) == 2 and len({t.principal_id for t in alice_rows}) == 1
+    table = cli("list").stdout
+    owner = f"#{alice_rows[0].principal_id}"
+    alice_lines = [line for line in table.splitlines() if " alice " in line]
+    assert len(alice_lines) == 2 and all(owner in line and " 2 " in line for line in alice_lines), table
+    assert "tokens of owner" in table
     r = cli("revoke", "alice")
     assert r.exit_code == 0 and "revoked 2 tokens named 'alice'" in r.stdout, r.output
     for plain in (alice, second):
@@ -128,3 +141,15 @@ def test_a_fractional_day_and_an_empty_list(cli: Cli) -> None:
 def test_a_blank_name_is_refused(cli: Cli) -> None:
     r = cli("create", "  ")
     assert r.exit_code == 2 and "NAME must be" in r.output
+
+
+def test_a_token_for_another_owner_s_name_is_refused_without_the_flag(cli: Cli) -> None:
+    """Issue 19 (10): `token create admin` (non-admin) used to make a token that read the admin's
+    jobs; now it is a usage error unless --existing-owner says it is meant, and --existing-owner
+    for an owner that does not exist is one too."""
+    cli.create("admin", "--admin")
+    r = cli("create", "admin")
+    assert r.exit_code == 2 and "owner 'admin' already exists" in r.output and "Traceback" not in r.output
+    r = cli("create", "ghost", "--existing-owner")
+    assert r.exit_code == 2 and "no owner named 'ghost'" in r.output
+    assert [t.name for t in cli.rows()] == ["admin"]

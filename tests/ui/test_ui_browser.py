@@ -165,7 +165,8 @@ def test_login_sets_an_httponly_samesite_cookie_and_the_jobs_page_lists_the_jobs
     pg.click("#login-form button[type=submit]")
     pg.wait_for_url(f"{live.url}/ui/jobs/{live.ramp}")  # back to the page first asked for
     (cookie,) = context.cookies()
-    assert cookie["name"] == "ramp_ui_token" and cookie["value"] == ADMIN_TOKEN
+    assert cookie["name"] == "ramp_ui_session" and cookie["value"].startswith("rampui_")
+    assert ADMIN_TOKEN not in cookie["value"]  # the browser holds a session id, never the token
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
     assert ADMIN_TOKEN not in pg.evaluate("document.cookie")  # scripts cannot read it
     pg.goto(f"{live.url}/ui/jobs")

@@ -69,7 +69,7 @@ def test_login_sets_an_httponly_samesite_cookie_that_opens_the_pages(ui: Ui) -> 
                        follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/ui/jobs/{job_id}"
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"ramp_ui_token={ui.token};")
+    assert cookie.startswith("ramp_ui_session=rampui_") and ui.token not in cookie  # an id, not the token
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
     page = ui.client.get(f"/ui/jobs/{job_id}", follow_redirects=False)
     assert page.status_code == 200 and f"Job {job_id}" in page.text
@@ -79,7 +79,7 @@ def test_login_sets_an_httponly_samesite_cookie_that_opens_the_pages(ui: Ui) -> 
 
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
     out = ui.client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
-    assert out.status_code == 303 and 'ramp_ui_token=""' in out.headers["set-cookie"]
+    assert out.status_code == 303 and 'ramp_ui_session=""' in out.headers["set-cookie"]
     assert ui.client.get("/ui/jobs", follow_redirects=False).status_code == 303
 
 

@@ -19,7 +19,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from ui_support import CSRF, epoch_report, final_metrics
 
-from service.auth import tokens
+from service.auth import principals, tokens
 from service.core.config import Settings
 from service.core.security import generate_token
 from service.db.models import Job
@@ -264,7 +264,8 @@ def test_a_job_submitted_from_the_pages_is_the_caller_s_and_its_paths_are_confin
     assert world.client.get(f"/v1/jobs/{job_id}", headers=world.auth("alice")).status_code == 404
     assert world.client.get(f"/ui/jobs/{job_id}", headers=world.auth("alice")).status_code == 404
     with world.app.state.session_factory() as s:
-        assert s.get(Job, job_id).owner == "bob"
+        owner_id = s.get(Job, job_id).owner_id
+        assert principals.names(s, {owner_id}) == {owner_id: "bob"}
     # Paths a user types must lie under the data roots, as for POST /v1/jobs.
     for spec, field in ((TRAIN | {"data_root": "/etc"}, "body.data_root"),
                         ({"kind": "eval", "checkpoint": "/etc"}, "body.checkpoint")):

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from workers.contract import catalog
+from workers.contract.model_args import check_model_args
 from workers.contract.norms import NORMS
 
 ParamValue = float | int | str | bool
@@ -55,6 +56,10 @@ def _check_precision(value: str) -> str:
     return value
 
 
+# A path a spec names (checked against the data roots by the service): as long as the service allows.
+MAX_PATH_CHARS = 4096
+PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
+
 # Radii per norm and the evaluation's arithmetic, checked the same way in every spec that has them.
 Epsilons = Annotated[dict[str, float], AfterValidator(_check_epsilons)]
 Precision = Annotated[str, AfterValidator(_check_precision)]
@@ -77,6 +82,8 @@ def coerce_param(key: str, value: Any) -> ParamValue:
             raise ValueError(f"param {key!r} expects a number, got {value!r}")
         try:
             number = float(value)
+        except OverflowError:  # an int of hundreds of digits: no float holds it
+            raise ValueError(f"param {key!r} is out of range") from None
         except (TypeError, ValueError):
             raise ValueError(f"param {key!r} expects a number, got {value!r}") from None
         if p.type is int:
@@ -129,8 +136,9 @@ class TrainSpec(BaseModel):
         "share of the optimiser steps over which the training radii grow linearly from 0 to their full "
         "values (0: full radii from the first step); evaluation always uses the full radii"))
     params: dict[str, ParamValue] = Field(default_factory=dict)
-    init_from: str | None = None  # a checkpoint directory: fine-tuning
-    pair_models: dict[str, str] = Field(default_factory=dict, description=(
+    # A checkpoint directory: fine-tuning.
+    init_from: str | None = Field(default=None, max_length=MAX_PATH_CHARS)
+    pair_models: dict[str, PathText] = Field(default_factory=dict, description=(
         "ramp.pair=auto: checkpoints of single-norm AT models by norm (the missing ones are trained with "
         "this run's budget)"))
     train_n: int | None = Field(default=None, ge=1, description="use only the first N training points")
@@ -143,8 +151,18 @@ class TrainSpec(BaseModel):
     precision: Precision = Field(default="auto",
                                  description="evaluation: auto | fp32 | bf16 (a bfloat16 screen may remove "
                                              "points first; float32 decides every robust verdict)")
-    data_root: str | None = None
+    data_root: str | None = Field(default=None, max_length=MAX_PATH_CHARS)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+
+    @field_validator("model_args")
+    @classmethod
+    def _model_args(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # The model the spec will run (its dataset's default when not named), known by now: the
+        # fields before model_args are validated first.
+        dataset = info.data.get("dataset")
+        model = info.data.get("model") or (catalog.DATASETS[dataset].default_model
+                                           if dataset in catalog.DATASETS else None)
+        return check_model_args(model, v) if model else v
 
     @field_validator(*CATALOG_FIELDS)
     @classmethod
@@ -242,7 +260,7 @@ class EvalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str
+    checkpoint: PathText
     suite: str | list[str] = catalog.DEFAULT_SUITE
     n: int = Field(default=1000, ge=1, le=1_000_000)
     checks_n: int = Field(default=100, ge=0, le=100_000,
@@ -252,7 +270,7 @@ class EvalSpec(BaseModel):
                                  description="auto | fp32 | bf16 (a bfloat16 screen may remove points first; "
                                              "float32 decides every robust verdict)")
     epsilons: Epsilons = Field(default_factory=dict)
-    data_file: str | None = None
+    data_file: PathText | None = None
     batch_size: int = Field(default=256, ge=1, le=4096)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     corruptions: bool = False

@@ -77,6 +77,8 @@ class Domain(BaseModel):
             raise ValueError(f"{kind} needs at least one value")
         if kind in ("uniform", "loguniform", "randint"):
             low, high = value
+            if kind == "randint" and not all(-(2**63) < v < 2**63 for v in value):
+                raise ValueError("randint bounds must be 64-bit integers (|n| < 2**63)")
             if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
                 raise ValueError(f"{kind} needs finite low < high, got [{low}, {high}]")
             if kind == "loguniform" and low <= 0:

@@ -40,6 +40,7 @@ from workers.contract import outbox
 from workers.contract.attempts import AttemptFence, AttemptSuperseded, read_token_file
 from workers.contract.jobs import StoredJob
 from workers.contract.layout import JobLayout
+from workers.contract.paths import recheck_paths
 from workers.contract.registry import Registry
 from workers.contract.spec import EvalSpec, TrainSpec
 from workers.jobs.reporter import (
@@ -300,6 +301,8 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
         ctx = JobContext(job_id=job_id, attempt=attempt, job=StoredJob.from_stored(info["spec"]),
                          out_dir=out_dir, resume=bool(info["resume"]), reporter=reporter, fence=fence)
         reporter.log(f"job {job_id} attempt {attempt}: {kind} on {os.uname().nodename}, pid {os.getpid()}")
+        # Before anything is opened: the paths are still the ones checked at submission.
+        recheck_paths(info["spec"], info.get("path_roots"))
         _configure_threads(ctx.resources)
         metrics = JOB_KINDS.get(kind)(ctx)
         _report_artifacts(reporter, out_dir)

@@ -8,16 +8,18 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from service.api.deps import PrincipalDep, SessionDep, get_current_token
 from service.api.ids import parse_id
 from service.api.schemas import EventListOut, EventOut, MetricsOut
+from service.auth import tokens
 from service.auth.access import owned_job
 from service.events import store as events
+from service.events import streams
 from service.jobs import store
 from service.state import TERMINAL
 
@@ -29,9 +31,11 @@ SSE_EVENT = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "description": "the event's type, or `end` after the last one"},
+        "event": {"type": "string", "description": "the event's type, or `end` after the last one, or "
+                  "`unauthorized` when the token was revoked or expired meanwhile (the stream ends)"},
         "data": {"type": "string", "contentMediaType": "application/json",
-                 "description": "the event as JSON (as in a page of events); for `end`: {\"status\": ...}"},
+                 "description": "the event as JSON (as in a page of events); for `end`: {\"status\": ...}; "
+                 "for `unauthorized`: {\"detail\": ...}"},
         "id": {"type": "string", "description": "the event's id (what Last-Event-ID resumes after)"},
     },
 }
@@ -88,20 +92,40 @@ async def job_events(
     if resume_after is not None:
         after = resume_after
     first, _ = await run_in_threadpool(page, after)  # 404 now, not mid-stream
-    poll = request.app.state.settings.sse_poll_interval_s
-    return EventSourceResponse(_stream(page, first, after, poll), ping=SSE_KEEPALIVE_S,
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    settings = request.app.state.settings
+    try:  # at most so many open streams per token and per process (service.events.streams)
+        lease = streams.gate_for(request.app.state, settings).admit(principal.token_id)
+    except streams.StreamRefused as exc:
+        raise HTTPException(exc.status, detail=exc.detail, headers={"Retry-After": str(exc.retry_after_s)}) \
+            from None
+
+    def verify_token() -> None:  # a revoked or expired token's stream ends (TokenRejected)
+        with factory() as session:
+            tokens.verify_token_id(session, principal.token_id or 0)
+
+    recheck = streams.TokenRecheck(verify_token, settings.stream_auth_recheck_s)
+    body = _stream(page, first, after, settings.sse_poll_interval_s, recheck)
+    return streams.LeasedEventSource(lease, body, ping=SSE_KEEPALIVE_S,
+                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 async def _stream(page: Page, first: list[EventOut], after: int | None, poll: float,
-                  ) -> AsyncIterator[ServerSentEvent]:
+                  recheck: streams.TokenRecheck) -> AsyncIterator[ServerSentEvent]:
     """Every event, then polled ones until the job is terminal and all were sent; ``end`` last.
-    (sse-starlette sends the keep-alive pings and stops the generator when the client leaves.)"""
+    Between polls the token is re-checked when due: once revoked or expired, an ``unauthorized``
+    event saying which ends the stream. (sse-starlette sends the keep-alive pings and stops the
+    generator when the client leaves.)"""
     batch = first
     while True:
         for ev in batch:
             yield ServerSentEvent(data=ev.model_dump_json(), event=ev.type, id=str(ev.id))
             after = ev.id
+        if recheck.due():
+            try:
+                await run_in_threadpool(recheck.verify)
+            except tokens.TokenRejected as exc:
+                yield ServerSentEvent(data=json.dumps({"detail": str(exc)}), event="unauthorized")
+                return
         batch, status = await run_in_threadpool(page, after)
         if batch:
             continue

@@ -81,6 +81,7 @@ def driver_spec(
         spec=job.spec,
         work_spec=work_spec(job.spec),
         resources=job.spec.get("resources", {}),
+        path_roots=[str(root) for root in (*settings.path_policy.roots, settings.path_policy.storage)],
     )
 
 

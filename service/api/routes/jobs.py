@@ -87,7 +87,7 @@ def submit_job(
             kind=req.kind,
             idempotency_key=idempotency_key,
             token_id=token.id,
-            owner=principal.owner,
+            owner_id=principal.owner_id,
             request_hash=store.request_fingerprint(payload),
             children=children,
         )
