@@ -14,6 +14,8 @@ from rampctl.main import app
 from service.auth import tokens
 from service.events import store as events
 from service.jobs import store, transitions
+from workers.contract.samples import per_sample_block
+from workers.contract.stats import mcnemar_exact
 
 runner = CliRunner()
 
@@ -114,10 +116,33 @@ def test_results_side_by_side_and_follow(cli: Any) -> None:
     assert f"#{a} ramp" in r.output and f"#{b} eat" in r.output and f"#{c} max (queued)" in r.output
     assert "31.2%" in r.output and "25.0%" in r.output and "no metrics yet" in r.output
 
+    assert "note: #" in r.output and "no per-sample flags, so no paired test" in r.output
+
     r = cli("status", str(a), "--follow")
     assert r.exit_code == 0, r.output
     assert "epoch 1/2: ce=1.25" in r.output and "careful now" in r.output
     assert "running -> succeeded" in r.output and "31.2%" in r.output
+
+
+def test_results_of_jobs_on_the_same_points_print_the_paired_test(cli: Any) -> None:
+    # 100 shared points: RAMP alone right on 20 of them, E-AT alone right on 8.
+    ramp_union = [True] * 45 + [False] * 55
+    eat_union = [True] * 25 + [False] * 20 + [True] * 8 + [False] * 47
+    jobs = []
+    for method, union in (("ramp", ramp_union), ("eat", eat_union)):
+        job = int(cli("submit", "--method", method, "--epochs", "1", "-q").output.strip())
+        flags = {"clean": [True] * 100, "union": union}
+        _finish(cli.server, job, {"clean": 1.0, "union": sum(union) / 100, "n": 100, "suite": "standard",
+                                  "precision": "fp32", "per_sample": per_sample_block("points", flags)})
+        jobs.append(job)
+    r = cli("results", *map(str, jobs))
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "45.0% [35.6, 54.8]" in text and "33.0% [24.6, 42.7]" in text
+    pair = (f"#{jobs[0]} ramp vs #{jobs[1]} eat, union: +12.0 points "
+            "(20 vs 8 points only one got right, n = 100)")
+    assert pair in text
+    assert f"p = {mcnemar_exact(20, 8):.2g} (significant" in text and "p = 0.036" in text
 
 
 def test_token_create_and_db_upgrade(tmp_path: Path) -> None:
