@@ -263,7 +263,12 @@ def test_run_writes_checkpoint_metrics_history_and_reports(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert {"clean", "linf", "l2", "l1", "union", "n", "epsilons", "suite"} <= set(saved)
-    assert saved["n"] == 64 and saved["suite"] == "standard" and "checks" not in saved
+    assert saved["n"] == 64 and saved["suite"] == "standard"
+    # checks_n = 0: AutoAttack's sanity checks still run, the rigour checks do not and the report
+    # says so (a verdict of 'inconclusive', never a tick for checks that tested nothing)
+    checks = saved["checks"]
+    assert not checks.get("curves") and checks["status"] != "passed"
+    assert "rigour checks (curves, 10x iterations, Square) off: checks_n = 0" in checks["inconclusive"]
     assert saved["epsilons"] == catalog.DATASETS["mnist-5k"].epsilons
     assert all(0.0 <= saved[k] <= 1.0 for k in ("clean", "linf", "l2", "l1", "union"))
     assert saved["union"] <= min(saved["clean"], saved["linf"], saved["l2"], saved["l1"])

@@ -179,7 +179,7 @@ def _codes_for(path: str, method: str) -> tuple[int, ...]:
     if not path.startswith("/v1/"):
         return ()
     codes = {400, *V1_ERRORS}
-    if "{" in path:
+    if "{" in path or path == "/v1/compare":  # compare names jobs in its query
         codes.add(404)
     if method in ("post", "put", "patch", "delete"):
         codes |= {409, 413}

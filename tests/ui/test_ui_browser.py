@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 from exec_support import ADMIN_TOKEN, service_on_ray_head, tiny_train_spec, wait_for, wait_status
 
+from workers.contract.display import interval_text
+from workers.contract.metrics import intervals
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,6 +51,12 @@ SWEEP = {"kind": "sweep",
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def acc(metrics: dict[str, Any], key: str) -> str:
+    """A results cell as the page draws it: the accuracy, its 95 % interval on the line below."""
+    interval = intervals(metrics).get(key)
+    return pct(metrics[key]) + (f"\n{interval_text(interval)}" if interval else "")
 
 
 @dataclass
@@ -183,7 +192,7 @@ def test_the_job_page_shows_the_recorded_results_and_draws_its_charts(page: Any,
     assert page.inner_text("#status") == "succeeded"
     row = cell_texts(page, "#results tbody td")
     assert row[0] == "standard" and row[1] == str(metrics["n"])
-    assert row[2:7] == [pct(metrics[k]) for k in ACCURACY_KEYS]
+    assert row[2:7] == [acc(metrics, k) for k in ACCURACY_KEYS]
     warnings = page.inner_text("#warnings")
     if job["warnings"]:
         assert all(w in warnings for w in job["warnings"])
@@ -230,7 +239,7 @@ def test_the_jobs_page_filters_and_updates_live(page: Any, live: Live) -> None:
     shown = page.locator("#job-rows tr").evaluate_all("rs => rs.map(r => Number(r.dataset.jobId))")
     assert shown == [live.eat]
     eat = live.job(live.eat)["metrics"]
-    assert page.inner_text(f"tr[data-job-id='{live.eat}'] .acc-clean") == pct(eat["clean"])
+    assert page.inner_text(f"tr[data-job-id='{live.eat}'] .acc-clean") == acc(eat, "clean")
     assert page.inner_text(f"tr[data-job-id='{live.eat}'] .acc-union").startswith(pct(eat["union"]))
 
     # Unfiltered, the page shows a job submitted (and then cancelled) after it was loaded, without
@@ -255,16 +264,16 @@ def test_the_compare_page_puts_the_jobs_side_by_side(page: Any, live: Live) -> N
     page.wait_for_selector("body[data-charts-ready]")
     rows = page.locator("#compare-table tbody tr")
     assert rows.evaluate_all("rs => rs.map(r => Number(r.dataset.jobId))") == [live.eat, live.ramp]
-    for job_id, label in ((live.ramp, f"ramp #{live.ramp}"), (live.eat, f"eat #{live.eat}")):
+    for job_id, label in ((live.ramp, f"#{live.ramp} ramp"), (live.eat, f"#{live.eat} eat")):
         tr = f"#compare-table tr[data-job-id='{job_id}']"
         assert page.inner_text(f"{tr} td:first-child") == label
-        assert [page.inner_text(f"{tr} .acc-{k}") for k in ACCURACY_KEYS] == [pct(jobs[job_id][k])
+        assert [page.inner_text(f"{tr} .acc-{k}") for k in ACCURACY_KEYS] == [acc(jobs[job_id], k)
                                                                             for k in ACCURACY_KEYS]
     for norm in ("linf", "l2", "l1"):
         drawn = chart(page, f"compare-radius-{norm}")
-        assert {d["label"] for d in drawn["datasets"]} == {f"ramp #{live.ramp}", f"eat #{live.eat}"}
+        assert {d["label"] for d in drawn["datasets"]} == {f"#{live.ramp} ramp", f"#{live.eat} eat"}
         for d in drawn["datasets"]:
-            job_id = live.ramp if d["label"].startswith("ramp") else live.eat
+            job_id = live.ramp if d["label"].endswith("ramp") else live.eat
             recorded = jobs[job_id]["checks"]["curves"][norm]["accuracy"]
             assert [a for a in d["data"] if a is not None] == recorded
         assert painted(page, f"compare-radius-{norm}") > 1000
@@ -317,7 +326,7 @@ def test_the_sweep_page_shows_the_trials_the_heat_map_and_starts_a_fine_tune(pag
         assert cell["v"] == pytest.approx(expected_cell(trial))
         assert cell["best"] is (tid == best)
     # Results of the sweep: its best trial's default-suite evaluation.
-    assert cell_texts(page, "#results tbody td")[2:7] == [pct(job["metrics"][k]) for k in ACCURACY_KEYS]
+    assert cell_texts(page, "#results tbody td")[2:7] == [acc(job["metrics"], k) for k in ACCURACY_KEYS]
     shoot(page, live, "sweep", until="#final")
 
     page.click(f"#trials tr[data-trial='{best}'] a.finetune")
