@@ -47,7 +47,7 @@ def train_subject(out: Path, epochs: int) -> None:
     steps = {f"attack.steps_{norm}": 3 for norm in NORMS}
     spec = TrainSpec(method="eat", epochs=epochs, seed=0, params=steps, eval_n=0, monitor_n=0, checks_n=0)
     print(f"training the subject: E-AT, 3-step attacks, {epochs} epochs, seed 0 -> {out}", flush=True)
-    run_training(spec, out)
+    run_training(spec.resolve(), out)
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: dict[str, float],

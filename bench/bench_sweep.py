@@ -54,6 +54,7 @@ def _sweep_spec(args: argparse.Namespace, reuse: bool) -> dict[str, Any]:
 
 
 def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, Any]:
+    from workers.contract.sweep import parse_sweep_spec
     from workers.ray_entry.sweep import run_sweep
 
     seen: dict[str, dict[str, float]] = {}
@@ -61,8 +62,9 @@ def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, A
     def on_event(event: dict[str, Any]) -> None:
         seen.setdefault(event["trial_id"], {})[event["type"]] = time.perf_counter()
 
+    sweep = parse_sweep_spec(_sweep_spec(args, reuse))
     started = time.perf_counter()
-    result = run_sweep(_sweep_spec(args, reuse), out_dir, on_trial_event=on_event, handle_signals=False)
+    result = run_sweep(sweep, out_dir, on_trial_event=on_event, handle_signals=False)
     wall = time.perf_counter() - started
     # a trial's own work: its epochs (the training loop) and its own (monitor) evaluation
     train = sum(m["seconds"] for t in result.trials for m in t["metrics"])

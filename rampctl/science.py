@@ -21,7 +21,7 @@ from rampctl.console import USAGE_ERROR, RichProgress, console, eval_progress, f
 from rampctl.options import parse_pairs
 from workers.contract.catalog import DEFAULT_SUITE
 from workers.contract.registry import UnknownNameError
-from workers.contract.spec import EvalSpec, TrainSpec
+from workers.contract.spec import EvalSpec, ResolvedSpec, TrainSpec
 
 SUITE_HELP = ("standard (AutoAttack's APGD-CE + APGD-T, the default) | standard+ (then FAB-T and Square: "
               "full AutoAttack's composition) | monitor (an upper bound) | autoattack (pyautoattack)")
@@ -95,19 +95,19 @@ def train(
         "epsilons": parse_pairs(eps or [], "--eps", float),
     }
     with clean_errors():
-        spec = TrainSpec(**{k: v for k, v in fields.items() if v is not None})
+        spec = TrainSpec(**{k: v for k, v in fields.items() if v is not None}).resolve()
 
     from workers.checkpoint import CheckpointError
     from workers.training import pair_selection
-    from workers.training.loop import resolve_spec, run_training
+    from workers.training.loop import run_training
 
-    def quiet(sub: TrainSpec, sub_out: Path, sub_resume: bool) -> dict[str, Any]:
+    def quiet(sub: ResolvedSpec, sub_out: Path, sub_resume: bool) -> dict[str, Any]:
         console.print(f"pair selection: training {sub.method} into {sub_out}", highlight=False)
         return run_training(sub, sub_out, resume=sub_resume, device=device)
 
     progress = RichProgress()
     with clean_errors(CheckpointError):
-        spec, report = pair_selection.prepare(resolve_spec(spec), out, train=quiet)
+        spec, report = pair_selection.prepare(spec, out, train=quiet)
         if report is not None:
             console.print(f"pair selection: (q, r) = ({report['q']}, {report['r']}) from the cross-norm "
                           f"matrix {json.dumps(report['matrix'])}", highlight=False)

@@ -213,7 +213,7 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
     import torch
 
     from workers import checkpoint
-    from workers.contract.spec import TrainSpec
+    from workers.contract.spec import ResolvedSpec
     from workers.training.callbacks import Callback
     from workers.training.loop import run_training
 
@@ -240,7 +240,7 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
         out.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec_dict, indent=2, sort_keys=True))
         resume = checkpoint.has_train_state(out / checkpoint.SUBDIR)  # an interrupted run of this spec
-        metrics = run_training(TrainSpec(**spec_dict), out, resume=resume, callbacks=callbacks)
+        metrics = run_training(ResolvedSpec(**spec_dict), out, resume=resume, callbacks=callbacks)
     return {
         "method": spec_dict["method"], "seed": spec_dict["seed"], "metrics": metrics, "out": out_dir,
         "finetune": spec_dict.get("init_from") is not None,

@@ -43,7 +43,7 @@ def test_a_superseded_trainer_stops_before_overwriting_the_checkpoint(tmp_path: 
     fence = AttemptFence(str(marker), 1)
     out = tmp_path / "job"
     with pytest.raises(AttemptSuperseded, match="superseded by attempt 2"):
-        run_training(TrainSpec(**TINY), out, device="cpu",
+        run_training(TrainSpec(**TINY).resolve(), out, device="cpu",
                      callbacks=[SupersedeAfterFirstCheckpoint(marker), AttemptFenceCallback(fence)])
     # Epoch 1's checkpoint is the last one written: the newer attempt resumes from it untouched.
     assert checkpoint.load_train_state(out)["epoch"] == 1
@@ -56,7 +56,7 @@ def test_a_trainer_of_a_superseded_attempt_does_not_start(tmp_path: Path) -> Non
     marker = tmp_path / "job" / ".attempt"
     write_attempt_marker(marker, 3)
     with pytest.raises(AttemptSuperseded):
-        run_training(TrainSpec(**TINY), tmp_path / "job", device="cpu",
+        run_training(TrainSpec(**TINY).resolve(), tmp_path / "job", device="cpu",
                      callbacks=[AttemptFenceCallback(AttemptFence(str(marker), 2))])
     assert not (tmp_path / "job" / "checkpoint").exists()
 

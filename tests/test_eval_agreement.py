@@ -22,7 +22,7 @@ def eat_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("eat")
     steps = {f"attack.steps_{norm}": 3 for norm in ("linf", "l2", "l1")}
     spec = TrainSpec(method="eat", epochs=6, seed=0, params=steps, eval_n=0, monitor_n=0, checks_n=0)
-    run_training(spec, out)
+    run_training(spec.resolve(), out)
     model, meta = checkpoint.load(out)
     return model, meta
 

@@ -20,6 +20,7 @@ from ray_support import wait_all_cpus_free
 from torch.utils.data import DataLoader, TensorDataset
 
 from workers import checkpoint
+from workers.contract.spec import TrainSpec
 from workers.ray_entry.runtime import (
     CHECKPOINT,
     EPOCH_END,
@@ -183,9 +184,8 @@ def _history(out: Path) -> list[dict]:
 def one_worker(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     rec = Recorder()
-    # a service job spec: kind and resources ride along
-    job = SPEC | {"kind": "train", "resources": {"num_workers": 1, "cpus_per_worker": 1}}
-    metrics = run_train_job(job, out, callbacks=[rec])
+    metrics = run_train_job(TrainSpec(**SPEC).resolve(), out, callbacks=[rec],
+                            resources={"num_workers": 1, "cpus_per_worker": 1})
     return out, rec, metrics
 
 
@@ -222,7 +222,7 @@ def test_two_workers_cancel_then_resume_from_ray_checkpoint(ray_local, one_worke
     stop = threading.Event()
     rec = Recorder(stop, stop_after_epoch=1)
     with pytest.raises(TrainingCancelled):
-        run_train_job(SPEC, out, callbacks=[rec], resources=two, stop_event=stop)
+        run_train_job(TrainSpec(**SPEC).resolve(), out, callbacks=[rec], resources=two, stop_event=stop)
     # the same plan as one worker: the global batch is split, not multiplied
     assert rec.info is not None and rec.info.total_steps == 64
     assert [r.epoch for r in rec.reports] == [1] and rec.final is None
@@ -240,7 +240,7 @@ def test_two_workers_cancel_then_resume_from_ray_checkpoint(ray_local, one_worke
     # Resume with only Ray Train's checkpoint to go on.
     shutil.rmtree(out / "checkpoint")
     resumed = Recorder()
-    metrics = run_train_job(SPEC, out, callbacks=[resumed], resources=two, resume=True)
+    metrics = run_train_job(TrainSpec(**SPEC).resolve(), out, callbacks=[resumed], resources=two, resume=True)
     assert resumed.info is not None and resumed.info.start_epoch == 1 and resumed.info.start_step == 32
     assert [r.epoch for r in resumed.reports] == [2]
     assert [c[1] for c in resumed.calls if c[0] == "step"][0] > 32

@@ -25,9 +25,8 @@ from workers.ray_entry.sweep.evaluation import run_best_final
 from workers.ray_entry.sweep.recorder import CancelStopper, Recorder, TrialRecord
 from workers.ray_entry.sweep.runs import LocalRun
 from workers.ray_entry.sweep.trainable import RESULT_KEY, TrainTrial, TrialCancelled, TrialFailed
-from workers.ray_entry.sweep.tuner import RESULT_FILE, asha_scheduler, run_sweep
+from workers.ray_entry.sweep.tuner import RESULT_FILE, asha_scheduler, run_sweep, trial_specs
 from workers.training.callbacks import EpochReport
-from workers.training.loop import resolve_spec
 
 # --- fast: the pieces, without a cluster ---------------------------------------------------------
 
@@ -162,10 +161,11 @@ def test_asha_is_built_on_epochs():
     base = {"method": "nt", "epochs": 3}
     spec = parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1, 0.2]}},
                              "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3}})
-    sched = asha_scheduler(spec)
+    sched = asha_scheduler(spec, trial_specs(spec))
     assert isinstance(sched, ASHAScheduler)
     assert (sched._time_attr, sched._reduction_factor, sched._max_t) == ("epoch", 3, 3)
-    assert asha_scheduler(parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1]}}})) is None
+    unscheduled = parse_sweep_spec({"base": base, "param_space": {"lr": {"grid": [0.1]}}})
+    assert asha_scheduler(unscheduled, trial_specs(unscheduled)) is None
 
 
 # --- slow: real sweeps on a local Ray --------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_grid_sweep_records_every_trial_and_picks_the_best(ray_local, tmp_path):
     events: list[dict] = []
     spec = {"kind": "sweep", "base": BASE, "param_space": GRID, "metric": "union", "mode": "max",
             "max_concurrent_trials": 2}
-    result = run_sweep(spec, tmp_path, on_trial_event=events.append)
+    result = run_sweep(parse_sweep_spec(spec), tmp_path, on_trial_event=events.append)
 
     assert not result.cancelled
     trials = {t["trial_id"]: t for t in result.trials}
@@ -240,7 +240,7 @@ def test_cancel_stops_all_trials_and_frees_resources(ray_local, tmp_path):
 
     spec = {"kind": "sweep", "base": BASE | {"epochs": 3}, "param_space": GRID, "max_concurrent_trials": 2}
     started = time.monotonic()
-    result = run_sweep(spec, tmp_path, on_trial_event=on_event, stop_event=stop)
+    result = run_sweep(parse_sweep_spec(spec), tmp_path, on_trial_event=on_event, stop_event=stop)
     assert result.cancelled
     assert [t["status"] for t in result.trials] == ["cancelled"] * 4
     # no trial ran to its end, and the two never started trials never ran at all
@@ -258,7 +258,7 @@ def test_cancel_stops_all_trials_and_frees_resources(ray_local, tmp_path):
 def test_trials_asking_for_two_workers_train_on_ray_train(ray_local, tmp_path):
     base = BASE | {"epochs": 1, "resources": {"num_workers": 2, "cpus_per_worker": 1}}
     spec = {"kind": "sweep", "base": base, "param_space": {"lr": {"grid": [0.05]}}}
-    result = run_sweep(spec, tmp_path)
+    result = run_sweep(parse_sweep_spec(spec), tmp_path)
 
     (t,) = result.trials
     assert t["status"] == "succeeded" and t["runner"] == "ray-train"
@@ -273,7 +273,7 @@ def test_trials_asking_for_two_workers_train_on_ray_train(ray_local, tmp_path):
 @pytest.mark.slow
 def test_a_cancel_during_the_best_trials_evaluation_kills_it_and_frees_its_cpus(ray_local, tmp_path):
     train = {k: v for k, v in BASE.items() if k not in ("kind", "resources")}
-    spec = resolve_spec(TrainSpec.model_validate(train | {"epochs": 1, "eval_n": 1000, "checks_n": 100}))
+    spec = TrainSpec.model_validate(train | {"epochs": 1, "eval_n": 1000, "checks_n": 100}).resolve()
     run = LocalRun(spec, tmp_path, device="cpu")
     run.start()
     run.join(120)

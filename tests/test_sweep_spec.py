@@ -146,11 +146,13 @@ def test_sweep_level_validation():
         sweep({"lr": {"grid": [0.1]}}, metric="accuracy")
     with pytest.raises(ValueError, match="mode"):
         sweep({"lr": {"grid": [0.1]}}, mode="best")
+    # trial-level rules are checked by the one expansion
+    unmonitored = parse_sweep_spec({"base": BASE | {"monitor_n": 0}, "param_space": {"lr": {"grid": [0.1]}}})
     with pytest.raises(ValueError, match="monitor_n = 0"):
-        parse_sweep_spec({"base": BASE | {"monitor_n": 0}, "param_space": {"lr": {"grid": [0.1]}}})
+        unmonitored.expand()
     # a loss metric needs no monitor set
     parse_sweep_spec({"base": BASE | {"monitor_n": 0}, "param_space": {"lr": {"grid": [0.1]}},
-                      "metric": "loss_ce", "mode": "min"})
+                      "metric": "loss_ce", "mode": "min"}).expand()
     with pytest.raises(ValueError, match=f"at most {MAX_TRIALS}"):
         sweep({"seed": {"grid": list(range(40))}, "lr": {"grid": [0.01 * (i + 1) for i in range(30)]}})
     with pytest.raises(ValueError, match="param_space"):
@@ -168,14 +170,14 @@ def test_scheduler_and_defaults():
     asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
     spec = sweep({"lr": {"grid": [0.1]}}, scheduler=asha)
     assert spec.scheduler is not None and spec.scheduler.grace_period == 1
-    assert spec.max_epochs() == 2
+    assert [t.spec.epochs for t in spec.expand()] == [2]
     assert (spec.metric, spec.mode, spec.num_samples, spec.max_concurrent_trials) == ("union", "max", 1, 2)
     with pytest.raises(ValueError, match="reduction_factor"):
         sweep({"lr": {"grid": [0.1]}}, scheduler={"type": "asha", "reduction_factor": 1})
     with pytest.raises(ValueError, match="type"):
         sweep({"lr": {"grid": [0.1]}}, scheduler={"type": "hyperband"})
-    # epochs swept: ASHA's horizon is the longest trial
-    assert sweep({"epochs": {"grid": [1, 4, 3]}}).max_epochs() == 4
+    # epochs swept: each trial resolves its own
+    assert [t.spec.epochs for t in sweep({"epochs": {"grid": [1, 4, 3]}}).expand()] == [1, 4, 3]
 
 
 def test_base_kinds_and_init_from_forms():
@@ -185,6 +187,8 @@ def test_base_kinds_and_init_from_forms():
     spec = parse_sweep_spec({"base": {"kind": "finetune", "method": "ramp", "init_from": {"job_id": 4}},
                              "param_space": {"lr": {"grid": [0.01]}}})
     assert spec.trials()[0].spec["init_from"].startswith("<checkpoint of job 4")
+    with pytest.raises(ValueError, match="names a job"):  # validates, but cannot run
+        spec.expand()
     with pytest.raises(ValueError, match="needs base.init_from"):
         split_base({"kind": "finetune"})
     with pytest.raises(ValueError, match="only valid for base.kind 'finetune'"):
@@ -288,3 +292,13 @@ def test_importing_the_spec_pulls_in_neither_torch_nor_ray():
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_expansion_resolves_each_trial_once_and_names_the_trial_a_rule_fails_in():
+    # each value is valid against the base; one combination is not
+    spec = sweep({"params.ramp.q": {"grid": ["linf", "l2"]}, "params.ramp.r": {"grid": ["l1", "l2"]}})
+    with pytest.raises(ValueError, match=r"trial 3 .*'params.ramp.r': 'l2'\}: .*must be different norms"):
+        spec.expand()
+    ok = sweep({"params.ramp.q": {"grid": ["linf", "l2"]}}).expand()
+    assert [type(t.spec).__name__ for t in ok] == ["ResolvedSpec", "ResolvedSpec"]
+    assert [t.spec.params["ramp.q"] for t in ok] == ["linf", "l2"] and ok[1].trial_id == "trial_0001"

@@ -27,7 +27,6 @@ from workers.ray_entry.sweep.resources import (
 )
 from workers.ray_entry.sweep.runs import LocalRun
 from workers.ray_entry.sweep.trainable import RESULT_KEY, TrainTrial, TrialCancelled, TrialFailed
-from workers.training.loop import resolve_spec
 
 TINY = {"method": "nt", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2, "train_n": 64,
         "batch_size": 32, "monitor_n": 8, "monitor_steps": 2, "eval_n": 12, "checks_n": 4, "seed": 0}
@@ -35,7 +34,7 @@ TINY = {"method": "nt", "dataset": "mnist-5k", "model": "small-cnn", "epochs": 2
 
 def _spec(**overrides: Any) -> TrainSpec:
     # resolved, as run_sweep's trial_specs hands every trial and the best trial's evaluation
-    return resolve_spec(TrainSpec.model_validate(TINY | overrides))
+    return TrainSpec.model_validate(TINY | overrides).resolve()
 
 
 def _trial(run: LocalRun) -> TrainTrial:

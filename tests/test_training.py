@@ -224,7 +224,7 @@ class _Interrupted(Exception):
 def _spec(**overrides):
     from workers.contract.spec import TrainSpec
 
-    return TrainSpec(**(TINY | overrides))
+    return TrainSpec(**(TINY | overrides)).resolve()
 
 
 def test_plan_steps_caps_and_counts_epochs():
@@ -373,8 +373,10 @@ def test_finetune_starts_from_the_checkpoint_weights(tmp_path):
     run_training(_spec(epochs=1, max_steps=3, eval_n=0, monitor_n=0), tmp_path / "base", device="cpu")
     base = _weights(tmp_path / "base")
     # lr tiny -> the fine-tuned weights stay next to the source weights, far from a fresh init
+    # no model named: the one resolution takes the checkpoint's from its meta.json
     tuned_spec = _spec(epochs=1, max_steps=1, eval_n=0, monitor_n=0, lr=1e-9, model=None, seed=7,
                        init_from=str(tmp_path / "base"))
+    assert tuned_spec.model == "small-cnn"
     run_training(tuned_spec, tmp_path / "tuned", device="cpu")
     tuned = _weights(tmp_path / "tuned")
     for key, value in base.items():
@@ -427,3 +429,12 @@ def test_resume_is_exact_for_stateful_methods(tmp_path, method):
     assert all(torch.equal(a[k], b[k]) for k in a)
     hist = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     assert set(hist[0]["train_robust_acc"]) <= {"linf", "l1"} and hist[0]["train_robust_acc"]
+
+
+def test_run_training_takes_only_a_resolved_spec(tmp_path):
+    from workers.contract.spec import TrainSpec
+    from workers.training.loop import run_training
+
+    with pytest.raises(TypeError, match="takes a ResolvedSpec"):
+        run_training(TrainSpec(**TINY), tmp_path, device="cpu")
+    assert not tmp_path.joinpath("checkpoint").exists()

@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from workers.contract.spec import SERVICE_FIELDS, EvalSpec, Resources, TrainSpec
-from workers.contract.sweep import SweepSpec, apply_overrides
+from workers.contract.spec import SERVICE_FIELDS, EvalSpec, ResolvedSpec, ResolveError, Resources, TrainSpec
+from workers.contract.sweep import ResolvedTrial, SweepSpec, apply_overrides
 
 MAX_JSON_DEPTH = 32
 
@@ -325,12 +325,12 @@ def build_sweep_spec(
         "seed": req.sampling_seed(),
         "max_retries": req.max_retries,
     }
-    # The runner's model again, on exactly what is stored: the trials shown are the trials run.
-    runnable = _validated_sweep(stored)
+    # The runner's model and its one expansion, on exactly what is stored: the trials shown are
+    # the trials run.
     trials = [
         {"trial_id": t.trial_id, "index": t.index, "config": t.overrides,
-         "spec": TrainSpec.model_validate(t.spec).resolve().model_dump(mode="json")}
-        for t in runnable.trials()
+         "spec": t.spec.model_dump(mode="json")}
+        for t in _expanded(_validated_sweep(stored))
     ]
     stored["num_trials"] = len(trials)
     if source_job is not None:
@@ -345,6 +345,15 @@ def _validated_sweep(stored: dict[str, Any]) -> SweepSpec:
         return SweepSpec.model_validate(work_spec(stored))
     except ValidationError as exc:
         raise SpecError([(_sweep_field(m), m) for _, m in validation_errors(exc, tagged=False)]) from None
+
+
+def _expanded(sweep: SweepSpec) -> list[ResolvedTrial]:
+    try:
+        return sweep.expand()
+    except ResolveError as exc:
+        raise SpecError([(f"body.base.{exc.field}", str(exc))]) from None
+    except ValueError as exc:
+        raise SpecError([(_sweep_field(str(exc)), str(exc))]) from None
 
 
 def _service_part(req: SingleJob) -> dict[str, Any]:
@@ -379,7 +388,7 @@ def build_stored_spec(req: SingleJob, *, resolve_checkpoint: CheckpointResolver)
             norm: _checkpoint_path(ref, f"body.pair_models.{norm}", resolve_checkpoint)
             for norm, ref in req.pair_models.items()
         }
-        resolved = _validated(TrainSpec, science).resolve().model_dump(mode="json")
+        resolved = _resolved(_validated(TrainSpec, science)).model_dump(mode="json")
     out = {"kind": req.kind, **resolved, **_service_part(req)}
     if source_job is not None:
         out["source_job_id"] = source_job
@@ -402,6 +411,15 @@ def _resolve(
         return resolver(job_id, trial)
     except ValueError as exc:
         raise SpecError([(fields[0] if trial is None else fields[1], str(exc))]) from None
+
+
+def _resolved(spec: TrainSpec) -> ResolvedSpec:
+    try:
+        return spec.resolve()
+    except ResolveError as exc:
+        raise SpecError([(f"body.{exc.field}", str(exc))]) from None
+    except ValidationError as exc:  # a rule that involves the defaults
+        raise SpecError(validation_errors(exc, tagged=False)) from None
 
 
 def _validated(model: type[TrainSpec] | type[EvalSpec], data: dict[str, Any]) -> Any:

@@ -5,8 +5,8 @@ functions the API routes call, under the same tenancy rule (``service.auth.acces
 token sees and acts on its own owner's jobs only; another owner's job is ``store.JobNotFound``,
 exactly as for a job that does not exist (the pages answer their 404). Every function here reaches
 a job through ``visible_job`` (``access.owned_job``) or ``visible_jobs`` (``store.list_jobs`` with
-the caller's ``Principal``), and a submission goes through ``access.guard_resolver`` and the path
-confinement of ``POST /v1/jobs``.
+the caller's ``Principal``); the job actions (submit, cancel, retry, logs) are the API's own
+functions, ``service.jobs.commands``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from sqlalchemy.orm import Session
 
 from service.api.routes.artifacts import _list_artifacts, safe_artifact_path
 from service.api.schemas import ArtifactOut, JobOut
-from service.auth.access import Principal, guard_resolver, owned_job
+from service.auth.access import Principal, owned_job
 from service.core.config import Settings
 from service.db.models import ApiToken, Job, JobEvent, Trial
 from service.events import store as event_store
-from service.jobs import store, transitions
-from service.jobs.checkpoints import checkpoint_resolver, recording
-from service.jobs.paths import confine_submission
-from service.jobs.specs import SpecError, SweepJob, build_stored_spec, build_sweep_spec, parse_job_request
+from service.jobs import commands, store
 from service.sweeps import trials as trial_store
 
 EVENT_PAGE = 1000
@@ -122,43 +119,25 @@ def ray_dashboard_url(job: Job, settings: Settings) -> str | None:
 
 
 def driver_log(session: Session, token: ApiToken, backend: Any, job_id: int) -> str | None:
-    """The Ray job's driver log; None when the job has no Ray job yet. Raises what Ray raises."""
-    job = visible_job(session, token, job_id)
-    if not job.ray_job_id:
+    """The Ray job's driver log (``commands.logs``); None when the job has no Ray job yet."""
+    try:
+        return commands.logs(session, principal(token), job_id, lambda: backend)
+    except commands.NoRayJob:
         return None
-    return backend.logs(job.ray_job_id) or ""
 
 
 def cancel(session: Session, token: ApiToken, job_id: int) -> Job:
-    visible_job(session, token, job_id)
-    return transitions.request_cancel(session, job_id)
+    return commands.cancel(session, principal(token), job_id)
 
 
 def retry(session: Session, token: ApiToken, job_id: int) -> Job:
-    visible_job(session, token, job_id)
-    return transitions.retry_job(session, job_id)
+    return commands.retry(session, principal(token), job_id)
 
 
-def submit(session: Session, token: ApiToken, settings: Settings, payload: Any) -> Job:
-    """Create a job from a decoded JSON spec exactly as ``POST /v1/jobs`` does (without an
-    Idempotency-Key: a page's form is submitted once): owned by the token's owner, starting only
-    from a checkpoint of a job the token may see, its paths confined to the data roots. Raises
-    ``SpecError``."""
-    caller = principal(token)
-    req = parse_job_request(payload)
-    # Another owner's job is refused with the message a missing job gets (guard_resolver).
-    resolver, resolved = recording(guard_resolver(session, caller, checkpoint_resolver(session, settings)))
-    children = None
-    trial_rows: list[dict[str, Any]] | None = None
-    if isinstance(req, SweepJob):
-        spec, trial_rows = build_sweep_spec(req, resolve_checkpoint=resolver)
-
-        def children(s: Session, job: Job) -> None:
-            trial_store.create_trials(s, job.id, trial_rows or [])
-    else:
-        spec = build_stored_spec(req, resolve_checkpoint=resolver)
-    if refused := confine_submission(spec, trial_rows, settings.path_policy, frozenset(resolved)):
-        raise SpecError(refused)
-    job, _ = store.create_job_idempotent(session, spec, kind=req.kind, idempotency_key=None,
-                                         token_id=token.id, owner_id=caller.owner_id, children=children)
-    return job
+def submit(session: Session, token: ApiToken, settings: Settings, payload: Any,
+           idempotency_key: str | None = None) -> commands.Submitted:
+    """``commands.submit``, as ``POST /v1/jobs`` does it; the form's own idempotency key makes a
+    second click (or a resent form) answer with the job the first one created. Raises
+    ``SpecError``, ``commands.BadIdempotencyKey`` and ``store.IdempotencyKeyInUse``."""
+    return commands.submit(session, settings, principal(token), token_id=token.id, payload=payload,
+                           idempotency_key=idempotency_key)

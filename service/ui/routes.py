@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from service.api.deps import SessionDep, SettingsDep, wake_dispatcher
 from service.api.ids import parse_id
 from service.auth.tokens import authenticate_token
 from service.db.models import Job
-from service.jobs import store
+from service.jobs import commands, store
 from service.jobs.specs import SpecError
 from service.state import TERMINAL, IllegalTransition, JobStatus
 from service.sweeps import trials as trial_store
@@ -393,7 +394,8 @@ def submit_page(request: Request, session: SessionDep, caller: PageCaller, kind:
         return not_found(request, caller, job_id or 0)
     except (trial_store.NotASweep, trial_store.TrialNotFound) as exc:
         return render(request, "error.html", caller, 404, title="Not found", error=str(exc))
-    return render(request, "submit.html", caller, title="Submit", spec_text=json.dumps(spec, indent=2))
+    return render(request, "submit.html", caller, title="Submit", spec_text=json.dumps(spec, indent=2),
+                  idempotency_key=uuid.uuid4().hex)
 
 
 @router.post("/submit")
@@ -401,13 +403,22 @@ def submit(request: Request, session: SessionDep, settings: SettingsDep, caller:
            form: Form) -> Response:
     auth.check_csrf(caller, form.get("csrf"))
     text = form.get("spec", "")
+    key = form.get("idempotency_key") or None
     try:
-        job = data.submit(session, caller.token, settings, decode_json(text.encode("utf-8", "surrogatepass")))
+        payload = decode_json(text.encode("utf-8", "surrogatepass"))
+        done = data.submit(session, caller.token, settings, payload, idempotency_key=key)
     except HTTPException as exc:  # malformed JSON
-        return render(request, "submit.html", caller, exc.status_code, title="Submit", spec_text=text,
-                      error=str(exc.detail))
+        return _submit_form(request, caller, exc.status_code, text, error=str(exc.detail))
     except SpecError as exc:
-        return render(request, "submit.html", caller, 422, title="Submit", spec_text=text, error=str(exc),
-                      field_errors=exc.errors)
-    wake_dispatcher(request)
-    return redirect(f"/ui/jobs/{job.id}")
+        return _submit_form(request, caller, 422, text, error=str(exc), field_errors=exc.errors)
+    except (commands.BadIdempotencyKey, store.IdempotencyKeyInUse) as exc:  # a hand-edited form
+        return _submit_form(request, caller, 409, text, error=str(exc))
+    if done.created:
+        wake_dispatcher(request)
+    return redirect(f"/ui/jobs/{done.job.id}")
+
+
+def _submit_form(request: Request, caller: auth.Caller, status: int, text: str, **extra: Any) -> Response:
+    """The form again, with a fresh idempotency key: the corrected spec is a new request."""
+    return render(request, "submit.html", caller, status, title="Submit", spec_text=text,
+                  idempotency_key=uuid.uuid4().hex, **extra)

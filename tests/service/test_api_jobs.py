@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -88,13 +89,20 @@ def test_finetune_from_a_job_resolves_its_checkpoint_and_requires_success(api) -
     assert r.status_code == 422 and "is queued" in detail_text(r)
     assert r.json()["detail"][0]["field"] == "body.init_from.job_id"
     _finish(api, src)
+    # No model named: the checkpoint's, from its meta.json; without readable metadata, name it.
+    r = _submit(api, {"kind": "finetune", "init_from": {"job_id": src}, "epochs": 1})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.model", r.text
+    ckpt = api.settings.job_dir(src) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"model": "wrn", "model_args": {"depth": 10}}))
     r = _submit(api, {"kind": "finetune", "init_from": {"job_id": src}, "epochs": 1})
     assert r.status_code == 201, r.text
     spec = r.json()["spec"]
-    assert spec["init_from"] == str(api.settings.job_dir(src) / "checkpoint") and spec["source_job_id"] == src
+    assert spec["init_from"] == str(ckpt) and spec["source_job_id"] == src
+    assert spec["model"] == "wrn" and spec["model_args"] == {"depth": 10}
     assert spec["lr"] == 0.05 and spec["params"]["ramp.lambda"] == 1.5  # fine-tuning defaults
     assert spec["params"]["gp.enabled"] is False
-    r = _submit(api, {"kind": "finetune", "init_from": {"checkpoint": "/data/ckpt"}})
+    r = _submit(api, {"kind": "finetune", "model": "small-cnn", "init_from": {"checkpoint": "/data/ckpt"}})
     assert r.status_code == 201 and r.json()["spec"]["init_from"] == "/data/ckpt"
     r = _submit(api, {"kind": "finetune", "init_from": {"job_id": 9999}})
     assert r.status_code == 422 and "job 9999 does not exist" in detail_text(r)

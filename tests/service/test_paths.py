@@ -100,7 +100,8 @@ def _post(api: Any, body: dict[str, Any]) -> Any:
 OUT = "/etc"
 CASES = [
     (TRAIN | {"data_root": OUT}, "body.data_root"),
-    ({"kind": "finetune", "epochs": 1, "init_from": {"checkpoint": OUT}}, "body.init_from.checkpoint"),
+    ({"kind": "finetune", "model": "small-cnn", "epochs": 1, "init_from": {"checkpoint": OUT}},
+     "body.init_from.checkpoint"),
     ({"kind": "eval", "checkpoint": OUT}, "body.checkpoint"),
     ({"kind": "eval", "checkpoint": "/data/ok", "data_file": f"{OUT}/points.npz"}, "body.data_file"),
     (TRAIN | {"method": "ramp", "params": {"ramp.pair": "auto"},
@@ -130,7 +131,8 @@ def test_another_jobs_files_are_named_by_id_not_by_path(api: Any) -> None:
     job = _post(api, TRAIN).json()["id"]
     path = str(api.settings.layout.checkpoint_dir(job))
     by_path = (({"kind": "eval", "checkpoint": path}, "body.checkpoint"),
-               ({"kind": "finetune", "init_from": {"checkpoint": path}}, "body.init_from.checkpoint"))
+               ({"kind": "finetune", "model": "small-cnn", "init_from": {"checkpoint": path}},
+                "body.init_from.checkpoint"))
     for body, field in by_path:
         r = _post(api, body)
         assert _fields(r) == [field] and '"job_id": N' in r.json()["detail"][0]["msg"]
@@ -275,7 +277,7 @@ def test_checkpoints_resolved_from_job_ids_are_stored_canonical(tmp_path: Path) 
         with api.sessions()() as s:
             s.execute(update(Job).where(Job.id == src).values(status="succeeded"))
             s.commit()
-        r = _post(api, {"kind": "finetune", "epochs": 1, "init_from": {"job_id": src}})
+        r = _post(api, {"kind": "finetune", "model": "small-cnn", "epochs": 1, "init_from": {"job_id": src}})
         assert r.status_code == 201, r.text
         init_from = r.json()["spec"]["init_from"]
         assert init_from == str(canonical(str(api.settings.layout.checkpoint_dir(src))))

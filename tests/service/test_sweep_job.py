@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from workers.contract.jobs import StoredJob
-from workers.contract.sweep import SweepSpec, best_trial
+from workers.contract.sweep import SweepSpec, best_trial, parse_sweep_spec
 from workers.jobs import sweep_job
 from workers.jobs.sweep_job import (
     SweepCancelled,
@@ -26,6 +26,7 @@ SPEC = {
     "base": {"method": "ramp", "dataset": "mnist-5k", "epochs": 2, "max_steps": 4, "monitor_n": 8},
     "param_space": {"params.ramp.lambda": {"grid": [0.5, 5]}, "lr": {"grid": [0.01, 0.1]}},
 }
+SWEEP = parse_sweep_spec(SPEC)
 
 
 class FakeReporter:
@@ -100,7 +101,7 @@ def fake_runner(unions: dict[int, list[float] | None], *, cancel_after: int | No
 def test_trials_are_reported_and_the_best_is_the_result(tmp_path: Path) -> None:
     reporter = FakeReporter()
     runner = fake_runner({0: [0.1, 0.2], 1: [0.6, 0.3], 2: [0.2, 0.45], 3: None})
-    result = run_sweep_job(SPEC, tmp_path, reporter, runner=runner)
+    result = run_sweep_job(SWEEP, tmp_path, reporter, runner=runner)
     trial_events = reporter.of("trial")
     start = trial_events[0]
     assert start["event"] == "sweep_start" and [t["trial_id"] for t in start["trials"]] == [
@@ -130,10 +131,10 @@ def test_trials_are_reported_and_the_best_is_the_result(tmp_path: Path) -> None:
 
 def test_a_rerun_replaces_the_previous_best_link(tmp_path: Path) -> None:
     first = fake_runner({0: [0.9], 1: [0.1], 2: [0.1], 3: [0.1]})
-    run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=first)
+    run_sweep_job(SWEEP, tmp_path, FakeReporter(), runner=first)
     assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"w"
     second = fake_runner({0: [0.1], 1: [0.1], 2: [0.1], 3: [0.9]})
-    run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=second)
+    run_sweep_job(SWEEP, tmp_path, FakeReporter(), runner=second)
     assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"wwww"
 
 
@@ -142,14 +143,14 @@ def test_a_cancelled_sweep_raises_and_links_nothing(tmp_path: Path) -> None:
     (tmp_path / "checkpoint" / "model.safetensors").write_bytes(b"old")  # an earlier attempt's best
     reporter = FakeReporter()
     with pytest.raises(SweepCancelled, match="1 of 4"):
-        run_sweep_job(SPEC, tmp_path, reporter, stop_event=threading.Event(),
+        run_sweep_job(SWEEP, tmp_path, reporter, stop_event=threading.Event(),
                       runner=fake_runner({0: [0.5]}, cancel_after=1))
     assert not (tmp_path / "checkpoint").exists()
 
 
 def test_a_sweep_where_every_trial_failed_fails_with_the_errors(tmp_path: Path) -> None:
     with pytest.raises(SweepFailed, match="worker died"):
-        run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=fake_runner(dict.fromkeys(range(4))))
+        run_sweep_job(SWEEP, tmp_path, FakeReporter(), runner=fake_runner(dict.fromkeys(range(4))))
 
 
 def test_invalid_specs_are_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -157,8 +158,10 @@ def test_invalid_specs_are_refused_before_anything_runs(tmp_path: Path) -> None:
         raise AssertionError("the runner must not be called")
 
     with pytest.raises(ValueError, match="unknown field 'lamda'"):
-        bad = SPEC | {"param_space": {"lamda": {"grid": [1]}}}
-        run_sweep_job(bad, tmp_path, FakeReporter(), runner=never)
+        parse_sweep_spec(SPEC | {"param_space": {"lamda": {"grid": [1]}}})
+    with pytest.raises(TypeError, match="takes a SweepSpec"):  # parsed once, by the driver
+        run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=never)
+    assert not (tmp_path / "checkpoint").exists()
 
 
 def test_paths_outside_the_job_dir_stay_absolute(tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ def test_the_result_is_the_best_trials_default_suite_and_monitor_numbers_are_lab
     reporter = FakeReporter()
     unions = {0: [0.1, 0.2], 1: [0.6, 0.3], 2: [0.2, 0.45], 3: [0.1, 0.1]}
     runner = fake_runner(unions, default_suite_ratio=0.5)
-    result = run_sweep_job(SPEC, tmp_path, reporter, runner=runner)
+    result = run_sweep_job(SWEEP, tmp_path, reporter, runner=runner)
     # the job's numbers are the default suite's on the best trial, not its monitor upper bound
     assert result["best_trial_id"] == "trial_0002" and result["best_score"] == 0.45
     assert result["union"] == pytest.approx(0.225) and result["suite"] == "standard"
@@ -196,7 +199,7 @@ def test_a_failed_default_suite_evaluation_fails_the_sweep(tmp_path: Path) -> No
     error = "the evaluation ran out of memory"
     runner = fake_runner({0: [0.5], 1: [0.1], 2: [0.1], 3: [0.1]}, best_final_error=error)
     with pytest.raises(SweepFailed, match="out of memory"):
-        run_sweep_job(SPEC, tmp_path, FakeReporter(), runner=runner)
+        run_sweep_job(SWEEP, tmp_path, FakeReporter(), runner=runner)
 
 
 def test_the_driver_entry_runs_the_typed_sweep_spec_it_was_handed(

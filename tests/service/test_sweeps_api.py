@@ -329,7 +329,7 @@ def test_trials_of_what_is_not_a_sweep_are_404(api: Any) -> None:
 def test_finetune_and_eval_start_from_a_trials_checkpoint(any_api: Any, driver_token: Any) -> None:
     sweep = submit(any_api, SWEEP).json()["id"]
     job_dir = any_api.settings.job_dir(sweep)
-    finetune = {"kind": "finetune", "method": "ramp", "epochs": 1,
+    finetune = {"kind": "finetune", "method": "ramp", "model": "small-cnn", "epochs": 1,
                 "init_from": {"job_id": sweep, "trial": "trial_0001"}}
 
     def rejected(body: dict[str, Any], field: str, reason: str) -> None:
@@ -371,7 +371,7 @@ def test_finetune_and_eval_start_from_a_trials_checkpoint(any_api: Any, driver_t
     assert r.json()["spec"]["source_trial"] == "trial_0001"
     # A sweep can start from a trial of another sweep.
     init = {"job_id": sweep, "trial": "trial_0002"}
-    child = SWEEP | {"base": BASE | {"kind": "finetune", "init_from": init}}
+    child = SWEEP | {"base": BASE | {"kind": "finetune", "model": "small-cnn", "init_from": init}}
     r = submit(any_api, child)
     assert r.status_code == 201, r.text
     stored = r.json()["spec"]

@@ -240,7 +240,7 @@ def test_submission_cannot_start_from_another_owner_s_checkpoint(world: World) -
     with world.app.state.session_factory() as s:
         s.execute(update(Job).where(Job.id == src).values(status="succeeded"))
         s.commit()
-    bodies = [{"kind": "finetune", "init_from": {"job_id": src}, "epochs": 1},
+    bodies = [{"kind": "finetune", "model": "small-cnn", "init_from": {"job_id": src}, "epochs": 1},
               {"kind": "eval", "job_id": src, "n": 10}]
     for body in bodies:
         theirs = world.client.post("/v1/jobs", json=body, headers=world.auth["bob"])

@@ -51,7 +51,7 @@ def _stored(api: Any, sweep: int) -> dict[str, str | None]:
 
 
 def _finetune_from(api: Any, sweep: int, trial: str) -> Any:
-    return submit(api, {"kind": "finetune", "method": "ramp", "epochs": 1,
+    return submit(api, {"kind": "finetune", "method": "ramp", "model": "small-cnn", "epochs": 1,
                         "init_from": {"job_id": sweep, "trial": trial}})
 
 
@@ -78,7 +78,7 @@ def test_a_stored_escape_is_refused_when_a_job_would_start_from_it(api: Any, dri
     with api.sessions()() as s:
         s.execute(update(Trial).where(Trial.job_id == sweep).values(checkpoint=f"../{victim}/checkpoint"))
         s.commit()
-    for body in ({"kind": "finetune", "method": "ramp", "epochs": 1,
+    for body in ({"kind": "finetune", "method": "ramp", "model": "small-cnn", "epochs": 1,
                   "init_from": {"job_id": sweep, "trial": "trial_0000"}},
                  {"kind": "eval", "job_id": sweep, "trial": "trial_0000", "n": 10}):
         r = submit(api, body)
@@ -95,7 +95,8 @@ def test_a_symlink_in_the_sweep_directory_pointing_elsewhere_is_refused(api: Any
     assert r.status_code == 422 and "no checkpoint inside the sweep's directory" in r.text, r.text
     # The best trial of a succeeded sweep goes through the same check.
     assert driver.status("succeeded", metrics={"best_trial_id": "trial_0000"}).status_code == 200
-    r = submit(api, {"kind": "finetune", "method": "ramp", "epochs": 1, "init_from": {"job_id": sweep}})
+    r = submit(api, {"kind": "finetune", "method": "ramp", "model": "small-cnn", "epochs": 1,
+                     "init_from": {"job_id": sweep}})
     assert r.status_code == 422 and "no checkpoint inside the sweep's directory" in r.text, r.text
 
 

@@ -241,8 +241,9 @@ def test_the_submit_form_cannot_start_from_or_probe_another_owner_s_job(world: W
     assert _not_found(trial) == f"job {world.a_sweep} not found"
 
     specs = (
-        {"kind": "finetune", "epochs": 1, "init_from": {"job_id": "{id}"}},
-        {"kind": "finetune", "epochs": 1, "init_from": {"job_id": "{id}", "trial": "trial_0000"}},
+        {"kind": "finetune", "model": "small-cnn", "epochs": 1, "init_from": {"job_id": "{id}"}},
+        {"kind": "finetune", "model": "small-cnn", "epochs": 1,
+         "init_from": {"job_id": "{id}", "trial": "trial_0000"}},
         {"kind": "eval", "job_id": "{id}", "n": 8},
     )
     for spec in specs:

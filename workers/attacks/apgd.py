@@ -1,6 +1,6 @@
 """APGD (Croce & Hein 2020; l_1: "Mind the box", 2021), one run on a batch.
 
-Used in two forms (docs: ramp-spec.md):
+Used in two forms (``docs/methods.md#the-training-attack-apgd-training-form``):
 - training: start at x (no random init, no restarts), 10 iterations, return the highest-loss
   iterate and its loss (``apgd(...)``);
 - evaluation: AutoAttack's runs start at a random point ``x_init`` (and l_1 walks down a radius

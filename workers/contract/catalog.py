@@ -5,7 +5,7 @@ job submitted over the API and the same job run with ``rampctl train`` get ident
 The torch registries (``workers.datasets``, ``workers.models``, ``workers.methods``) must register
 exactly these names; a test checks that they agree.
 
-Sources of the numbers: ``ramp-spec.md`` (reference settings of the RAMP / E-AT / MSD code).
+Sources of the numbers: the reference settings of the RAMP / E-AT / MSD code (``docs/methods.md``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ the Ray resources it asks for and its retry budget.
 
 The service builds the stored spec (``service.jobs.specs``) and keeps it as JSON; the job driver
 reads it back with ``StoredJob.from_stored`` -- the one parse on the workers' side -- and hands the
-typed ``work`` down (``TrainSpec`` / ``EvalSpec`` / ``SweepSpec``), never re-resolving it.
+typed ``work`` down (``ResolvedSpec`` / ``EvalSpec`` / ``SweepSpec``), never re-resolving it.
 
 Stored shape (flat, as ``GET /v1/jobs/{id}`` shows it): ``{"kind": ..., <the work spec's fields,
 every default filled in>, "resources": {...}, "max_retries": n, "source_job_id"?, "source_trial"?}``.
@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.contract.spec import EvalSpec, Resources, TrainSpec
+from workers.contract.spec import EvalSpec, ResolvedSpec, Resources, TrainSpec
 from workers.contract.sweep import SweepSpec
 
 JobKind = Literal["train", "finetune", "eval", "sweep"]
-Work = TrainSpec | EvalSpec | SweepSpec
-WORK_MODELS: dict[str, type[BaseModel]] = {"train": TrainSpec, "finetune": TrainSpec, "eval": EvalSpec,
+Work = ResolvedSpec | EvalSpec | SweepSpec
+WORK_MODELS: dict[str, type[BaseModel]] = {"train": ResolvedSpec, "finetune": ResolvedSpec, "eval": EvalSpec,
                                            "sweep": SweepSpec}
+# The fields resolution fills: a stored training spec without them was not written by the service.
+RESOLVED_FIELDS = ("model", "epochs", "batch_size", "lr", "schedule", "weight_decay")
 SERVICE_KEYS = ("kind", "resources", "max_retries", "source_job_id", "source_trial")
 
 
@@ -47,11 +49,14 @@ class StoredJob(BaseModel):
         kind = str(stored.get("kind"))
         if kind not in WORK_MODELS:
             raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(WORK_MODELS)}")
-        work = WORK_MODELS[kind].model_validate(work_fields(stored))
-        if isinstance(work, TrainSpec):
-            # The service stores training specs resolved; a spec written by other means (an older
-            # service, a hand-made row) is resolved here rather than refused.
-            work = work.as_resolved() if work.is_complete() else work.resolve()
+        fields = work_fields(stored)
+        work: Work
+        if WORK_MODELS[kind] is ResolvedSpec and any(fields.get(k) is None for k in RESOLVED_FIELDS):
+            # A spec written by other means (an older service, a hand-made row) is resolved here
+            # rather than refused; the service's own are read back as they were stored.
+            work = TrainSpec.model_validate(fields).resolve()
+        else:
+            work = WORK_MODELS[kind].model_validate(fields)
         return cls(kind=kind, work=work, resources=Resources.model_validate(stored.get("resources") or {}),
                    max_retries=int(stored.get("max_retries") or 0), source_job_id=stored.get("source_job_id"),
                    source_trial=stored.get("source_trial"))

@@ -14,11 +14,14 @@ The service, the driver and the outbox all go through ``JobLayout``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_DIR = "checkpoint"
+META_FILE = "meta.json"  # inside a checkpoint: how to rebuild the model (plain JSON)
 TRAIN_STATE_FILE = "train_state.pt"  # inside a checkpoint: what a resumed run continues from
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.json"
@@ -73,3 +76,27 @@ class JobLayout:
     def storage_of(job_dir: str | os.PathLike[str]) -> Path:
         """The storage dir a job dir belongs to (``<storage>/jobs/<id>`` -> ``<storage>``)."""
         return Path(job_dir).parents[1]
+
+
+class CheckpointMetaError(ValueError):
+    """A checkpoint's metadata that cannot be read."""
+
+
+def checkpoint_meta_file(path: str | os.PathLike[str]) -> Path:
+    """Where a checkpoint's metadata lies: ``path`` is the checkpoint or the run that holds it."""
+    p = Path(path).expanduser()
+    nested = p / CHECKPOINT_DIR / META_FILE
+    return nested if not (p / META_FILE).is_file() and nested.is_file() else p / META_FILE
+
+
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint's ``meta.json`` as plain JSON (torch-free: the service reads it too)."""
+    file = checkpoint_meta_file(path)
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = "not found" if isinstance(e, FileNotFoundError) else str(e)
+        raise CheckpointMetaError(f"its {file} cannot be read ({reason})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointMetaError(f"its {file} is not a JSON object")
+    return meta

@@ -1,8 +1,13 @@
 """Training and evaluation specs: validated, then resolved against the catalog's defaults.
 
-Torch-free. ``TrainSpec`` is what a user writes (most fields optional); ``TrainSpec.resolve()``
-returns a ``TrainSpec`` with every default filled in, which is what gets stored with a job and in a
-checkpoint's metadata, so a run is reproducible from it.
+Torch-free. ``TrainSpec`` is what a user writes (most fields optional). ``TrainSpec.resolve()`` is
+the one resolution: it fills every default (the dataset's, the method's, fine-tuning's) and, when
+fine-tuning without a ``model``, takes the checkpoint's architecture from its ``meta.json`` (read as
+plain JSON; a checkpoint whose metadata cannot be read needs ``model`` named). It returns a
+``ResolvedSpec``: a distinct type whose filled fields are required, so "resolved" survives JSON
+(``ResolvedSpec.model_validate(stored)``) and everything downstream -- the training loop, the
+sweep runner, the CLI, the service's stored specs and trial rows, the job driver -- takes that
+type and never resolves again.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from workers.contract import catalog
+from workers.contract.layout import CheckpointMetaError, read_checkpoint_meta
 from workers.contract.model_args import check_model_args
 from workers.contract.norms import NORMS
 
@@ -116,7 +121,6 @@ class TrainSpec(BaseModel):
     """A training (or fine-tuning, with ``init_from``) run. None means: take the default."""
 
     model_config = ConfigDict(extra="forbid")
-    _resolved: bool = PrivateAttr(default=False)
 
     method: str = "ramp"
     dataset: str = "mnist-5k"
@@ -207,52 +211,84 @@ class TrainSpec(BaseModel):
     def finetune(self) -> bool:
         return self.init_from is not None
 
-    @property
-    def resolved(self) -> bool:
-        """True for a spec that ``resolve`` produced (or that was read back as resolved): nothing
-        downstream needs to resolve it again."""
-        return self._resolved
+    def resolve(self) -> ResolvedSpec:
+        """Every default filled in (see the module docstring); raises ``ResolveError``."""
+        return resolve(self)
 
-    def is_complete(self) -> bool:
-        """Every field ``resolve`` fills is set (as in a spec stored after resolving)."""
-        filled = (self.model, self.epochs, self.batch_size, self.lr, self.schedule, self.weight_decay)
-        return None not in filled
 
-    def as_resolved(self) -> TrainSpec:
-        """This spec, marked as resolved: for a stored spec read back (it was resolved when stored)."""
-        if not self.is_complete():
-            raise ValueError("a stored training spec must have every default filled in")
-        self._resolved = True
+class ResolveError(ValueError):
+    """A spec that validates but cannot be resolved; ``field`` names the field to set."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class ResolvedSpec(TrainSpec):
+    """A ``TrainSpec`` with every default filled in: what is stored, trained and shown."""
+
+    model: str  # type: ignore[assignment]
+    epochs: int = Field(ge=1, le=1000)  # type: ignore[assignment]
+    batch_size: int = Field(ge=1, le=4096)  # type: ignore[assignment]
+    lr: float = Field(gt=0, le=10)  # type: ignore[assignment]
+    schedule: str  # type: ignore[assignment]
+    weight_decay: float = Field(ge=0, le=1)  # type: ignore[assignment]
+
+    def resolve(self) -> ResolvedSpec:
         return self
 
-    def resolve(self) -> TrainSpec:
-        """Fill every None with the dataset's / method's default (idempotent)."""
-        if self._resolved:
-            return self
-        info = catalog.DATASETS[self.dataset]
-        ft = self.finetune
-        params = catalog.param_defaults(self.method, self.dataset, ft) | self.params
-        if params.get("ramp.pair") == "auto":  # chosen by the pair selection, not defaulted
-            params = {k: v for k, v in params.items() if k not in ("ramp.q", "ramp.r")}
-        out = self.model_copy(
-            update={
-                "model": self.model or info.default_model,
-                "epochs": self.epochs or (info.finetune_epochs if ft else info.epochs),
-                "batch_size": self.batch_size or info.batch_size,
-                "lr": self.lr or (info.finetune_lr if ft else info.lr),
-                # Fine-tuning uses the reference's per-third step decay (0.05 -> 0.005 -> 0.0005).
-                "schedule": self.schedule or ("multistep" if ft else info.schedule),
-                "weight_decay": (
-                    self.weight_decay
-                    if self.weight_decay is not None
-                    else (info.finetune_weight_decay if ft else info.weight_decay)
-                ),
-                "epsilons": dict(info.epsilons) | self.epsilons,
-                "params": params,
-            }
-        )
-        out._resolved = True
-        return out
+
+def require_resolved(spec: object, who: str) -> ResolvedSpec:
+    """``spec`` if it is a ``ResolvedSpec``: entry points downstream of the resolution take only that."""
+    if not isinstance(spec, ResolvedSpec):
+        raise TypeError(f"{who} takes a ResolvedSpec (TrainSpec.resolve()), not {type(spec).__name__}")
+    return spec
+
+
+def finetune_model(init_from: str) -> tuple[str, dict[str, Any]]:
+    """The (model, model_args) of the checkpoint a fine-tuning run starts from, from its metadata."""
+    try:
+        meta = read_checkpoint_meta(init_from)
+    except CheckpointMetaError as e:
+        raise ResolveError("model", f"fine-tuning takes the checkpoint's model when none is named, but {e}; "
+                                    "name the model") from None
+    model, args = meta.get("model"), meta.get("model_args") or {}
+    if model not in catalog.MODELS or not isinstance(args, dict):
+        raise ResolveError("model", f"the checkpoint {init_from} names model {model!r} with args {args!r}, "
+                                    "which this version cannot build; name the model")
+    return model, dict(args)
+
+
+def resolve(spec: TrainSpec) -> ResolvedSpec:
+    """The one resolution of a training spec (idempotent: a ``ResolvedSpec`` comes back as it is)."""
+    if isinstance(spec, ResolvedSpec):
+        return spec
+    info = catalog.DATASETS[spec.dataset]
+    ft = spec.finetune
+    model, model_args = spec.model, dict(spec.model_args)
+    if model is None and spec.init_from is not None:
+        if model_args:
+            raise ResolveError("model_args", "model_args without model: fine-tuning takes the checkpoint's "
+                                             "model and its args; name the model to change them")
+        model, model_args = finetune_model(spec.init_from)
+    params = catalog.param_defaults(spec.method, spec.dataset, ft) | spec.params
+    if params.get("ramp.pair") == "auto":  # chosen by the pair selection, not defaulted
+        params = {k: v for k, v in params.items() if k not in ("ramp.q", "ramp.r")}
+    fields = spec.model_dump() | {
+        "model": model or info.default_model,
+        "model_args": model_args,
+        "epochs": spec.epochs or (info.finetune_epochs if ft else info.epochs),
+        "batch_size": spec.batch_size or info.batch_size,
+        "lr": spec.lr or (info.finetune_lr if ft else info.lr),
+        # Fine-tuning uses the reference's per-third step decay (0.05 -> 0.005 -> 0.0005).
+        "schedule": spec.schedule or ("multistep" if ft else info.schedule),
+        "weight_decay": (spec.weight_decay if spec.weight_decay is not None
+                         else (info.finetune_weight_decay if ft else info.weight_decay)),
+        "epsilons": dict(info.epsilons) | spec.epsilons,
+        "params": params,
+    }
+    # Validated again: some rules (ramp.q != ramp.r, model_args' bounds) involve the defaults.
+    return ResolvedSpec.model_validate(fields)
 
 
 class EvalSpec(BaseModel):

@@ -24,7 +24,12 @@ trial), ``uniform`` / ``loguniform`` ([low, high] floats), ``randint`` ([low, hi
 upper bound excluded as in Ray Tune). The trial list is ``num_samples`` repetitions of the grid's
 cartesian product (first key varying slowest); the random domains are drawn per trial from a
 generator seeded by ``seed`` (default: the base spec's seed), so a sweep is reproducible from its
-spec. Every trial's spec is validated through ``workers.contract.spec.TrainSpec`` before anything runs.
+spec.
+
+Validating a ``SweepSpec`` checks its shape: the base, every key, every domain's boundary values
+applied to the base. Expanding it into runnable trials is explicit and done once per process:
+``SweepSpec.expand()`` gives each trial's ``ResolvedSpec`` (the one resolution of
+``workers.contract.spec``), which the service stores as the trial rows and the runner trains.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.contract.norms import NORMS
-from workers.contract.spec import SERVICE_FIELDS, Resources, TrainSpec  # noqa: F401  (re-exported)
+from workers.contract.spec import (  # noqa: F401  (Resources re-exported)
+    SERVICE_FIELDS,
+    ResolvedSpec,
+    ResolveError,
+    Resources,
+    TrainSpec,
+)
 
 MAX_TRIALS = 1000
 MONITOR_METRICS = ("clean", "linf", "l2", "l1", "union")
@@ -129,6 +140,19 @@ class TrialConfig:
     index: int
     overrides: dict[str, Any]
     spec: dict[str, Any]
+
+    @property
+    def trial_id(self) -> str:
+        return trial_id(self.index)
+
+
+@dataclass(frozen=True)
+class ResolvedTrial:
+    """One runnable trial: its swept values and its resolved spec (what is stored and trained)."""
+
+    index: int
+    overrides: dict[str, Any]
+    spec: ResolvedSpec
 
     @property
     def trial_id(self) -> str:
@@ -266,16 +290,6 @@ class SweepSpec(BaseModel):
         n = self.num_trials
         if n > MAX_TRIALS:
             raise ValueError(f"the sweep expands to {n} trials; at most {MAX_TRIALS} are allowed")
-        for trial in self.trials():
-            context = f"trial {trial.index} {trial.overrides}"
-            resolved = _check_train_spec(trial.spec, context).resolve()
-            # Re-validated once resolved: some rules (ramp.q != ramp.r) involve defaults.
-            _check_train_spec(resolved.model_dump(), context)
-            if self.metric in MONITOR_METRICS and resolved.monitor_n == 0:
-                raise ValueError(
-                    f"metric {self.metric!r} is measured on the held-out monitor set, but trial "
-                    f"{trial.index} has monitor_n = 0"
-                )
         return self
 
     @property
@@ -310,8 +324,27 @@ class SweepSpec(BaseModel):
                 out.append(TrialConfig(len(out), overrides, apply_overrides(train, overrides)))
         return out
 
-    def max_epochs(self) -> int:
-        return max(TrainSpec.model_validate(t.spec).resolve().epochs or 1 for t in self.trials())
+    def expand(self) -> list[ResolvedTrial]:
+        """Every trial validated and resolved: the one expansion (a ``ValueError`` names the trial;
+        a ``ResolveError`` keeps the field to set)."""
+        if is_unresolved_init(self.train_base()):
+            raise ValueError("base.init_from names a job; resolve it to a checkpoint path first")
+        out = []
+        for trial in self.trials():
+            context = f"trial {trial.index} {trial.overrides}"
+            try:
+                spec = _check_train_spec(trial.spec, context).resolve()
+            except ResolveError as e:
+                raise ResolveError(e.field, f"{context}: {e}") from None
+            except ValidationError as e:  # a rule that involves the defaults (ramp.q != ramp.r)
+                raise ValueError(f"{context}: {_validation_reason(e)}") from None
+            if self.metric in MONITOR_METRICS and spec.monitor_n == 0:
+                raise ValueError(
+                    f"metric {self.metric!r} is measured on the held-out monitor set, but trial "
+                    f"{trial.index} has monitor_n = 0"
+                )
+            out.append(ResolvedTrial(trial.index, trial.overrides, spec))
+        return out
 
 
 def parse_sweep_spec(data: Mapping[str, Any]) -> SweepSpec:

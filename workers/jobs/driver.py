@@ -42,7 +42,7 @@ from workers.contract.jobs import StoredJob
 from workers.contract.layout import JobLayout
 from workers.contract.paths import recheck_paths
 from workers.contract.registry import Registry
-from workers.contract.spec import EvalSpec, TrainSpec
+from workers.contract.spec import EvalSpec, ResolvedSpec
 from workers.jobs.reporter import (
     ENV_JOB_ATTEMPT,
     ENV_JOB_TOKEN,
@@ -166,7 +166,7 @@ def _relative(path: Path, root: Path) -> str:
 # ------------------------------------------------------------------------------------- job kinds
 
 
-def run_train_job(spec: TrainSpec, out_dir: Path, reporter: Reporter | None, resume: bool, *,
+def run_train_job(spec: ResolvedSpec, out_dir: Path, reporter: Reporter | None, resume: bool, *,
                   resources: dict[str, Any] | None = None,
                   fence: AttemptFence | None = None) -> dict[str, Any]:
     """Train ``spec`` into ``out_dir`` as a Ray Train run, reporting through ``reporter`` (None: a
@@ -205,11 +205,11 @@ def _train_kind(ctx: JobContext) -> dict[str, Any]:
     from workers.training import pair_selection
 
     spec = ctx.job.work
-    assert isinstance(spec, TrainSpec)
+    assert isinstance(spec, ResolvedSpec)
     # Looked up at call time so tests can substitute an in-process runner.
     runner = globals()["run_train_job"]
 
-    def train_quietly(sub: TrainSpec, out_dir: Path, resume: bool) -> dict[str, Any]:
+    def train_quietly(sub: ResolvedSpec, out_dir: Path, resume: bool) -> dict[str, Any]:
         ctx.reporter.log(f"pair selection: training {sub.method} in {out_dir.name}")
         return runner(sub, out_dir, None, resume, resources=ctx.resources, fence=ctx.fence)
 

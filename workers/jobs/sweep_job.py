@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from workers.contract.layout import CHECKPOINT_DIR
-from workers.contract.sweep import SweepSpec, parse_sweep_spec, trial_score
+from workers.contract.sweep import SweepSpec, trial_score
 
 TRIAL_EVENT = "trial"
 BEST_CHECKPOINT = CHECKPOINT_DIR  # the job's own checkpoint: a link to the best trial's
@@ -203,21 +203,23 @@ def sweep_result(result: Any, job_dir: Path, num_trials: int) -> dict[str, Any]:
 
 
 def run_sweep_job(
-    spec: Mapping[str, Any] | SweepSpec,
+    spec: SweepSpec,
     job_dir: Path,
     reporter: SweepReporter,
     *,
     stop_event: threading.Event | None = None,
     runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep ``spec`` (the fields of ``SweepSpec``) into ``job_dir``, reporting every trial
+    """Run the sweep ``spec`` into ``job_dir``, reporting every trial
     through ``reporter``; returns the job's final metrics (see the module docstring).
 
     ``stop_event`` (or SIGINT/SIGTERM while the sweep runs on the main thread) cancels it: every
     trial stops and frees its resources, then ``SweepCancelled`` is raised. ``SweepFailed`` when
     no trial produced the metric or the best trial's default-suite evaluation failed.
     """
-    sweep = spec if isinstance(spec, SweepSpec) else parse_sweep_spec(spec)
+    if not isinstance(spec, SweepSpec):
+        raise TypeError(f"run_sweep_job takes a SweepSpec, not {type(spec).__name__}")
+    sweep = spec
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     clear_best_checkpoint(job_dir)  # an earlier attempt's best is not this attempt's

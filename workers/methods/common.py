@@ -22,7 +22,8 @@ from workers.methods.base import Method, MethodContext, StepOutput
 # (model, x, y, norm, eps, n_iter, *, l1_sparsity) -> AttackResult(x_adv, loss)
 AttackFn = Callable[..., Any]
 
-# Training attack iterations when neither the params nor the catalog give one (ramp-spec.md).
+# Training attack iterations when neither the params nor the catalog give one
+# (docs/methods.md#the-training-attack-apgd-training-form).
 DEFAULT_TRAIN_STEPS = 10
 
 

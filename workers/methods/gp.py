@@ -1,6 +1,6 @@
 """Gradient projection (GP, from RAMP): mix each epoch's adversarial weight update with a natural one.
 
-Per epoch (``ramp-spec.md``):
+Per epoch (``docs/methods.md#gradient-projection-gp``):
 
 1. ``on_epoch_start``: theta0 = the model's full ``state_dict`` (parameters and buffers, so BN
    running statistics too); the natural model is reset to theta0.

@@ -1,6 +1,6 @@
 """RAMP (NeurIPS 2024): MAX over a key trade-off pair plus logit pairing from q to r.
 
-One step, exactly as in ``ramp-spec.md``:
+One step (``docs/methods.md#one-ramp-step``):
 
 1. Eval-mode APGD on q and on r (``ramp.q`` / ``ramp.r``, default l_inf / l_1): ``x_q, l_q``
    and ``x_r, l_r`` (per-sample best losses).

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from workers import checkpoint
-from workers.contract.spec import TrainSpec
+from workers.contract.spec import ResolvedSpec
 from workers.training.callbacks import AttemptFenceCallback, Callback, EpochReport, TrainInfo
 from workers.training.loop import run_training
 from workers.training.runtime import Runtime
@@ -289,7 +289,7 @@ def stage_resume(work_dir: Path, out_dir: Path, *, is_main: bool) -> str:
 def train_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: ``run_training`` with the Ray runtime and glue.
 
-    ``config``: ``spec`` (the resolved ``TrainSpec`` itself, or its JSON), ``out_dir`` (absolute),
+    ``config``: ``spec`` (the ``ResolvedSpec`` itself, or its JSON), ``out_dir`` (absolute),
     ``resume``, ``channel`` (the ``RunChannel`` actor's name), ``key`` (this run's key on the
     channel) and optionally ``fence`` (an ``AttemptFence`` rank 0 checks before each checkpoint
     write). With ``resume`` the run continues from the staged checkpoint, if a restart of Ray
@@ -311,8 +311,7 @@ def train_worker(config: dict[str, Any]) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
         resume = bool(config["resume"]) and stage_resume(work_dir, out_dir, is_main=runtime.is_main) != "none"
         spec = config["spec"]
-        if not isinstance(spec, TrainSpec):
-            spec = TrainSpec.model_validate(spec)
+        spec = ResolvedSpec.model_validate(spec)  # the object itself passes as it is
         try:
             run_training(spec, work_dir, callbacks=callbacks, resume=resume, runtime=runtime)
         except TrainingCancelled as e:

@@ -40,8 +40,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from workers.contract.attempts import AttemptFence
-from workers.contract.spec import TrainSpec
-from workers.contract.sweep import Resources, is_unresolved_init, split_base
+from workers.contract.spec import ResolvedSpec, require_resolved
+from workers.contract.sweep import Resources, is_unresolved_init
 from workers.ray_entry.runtime import (
     CANCELLED,
     CHANNEL_NAMESPACE,
@@ -107,7 +107,7 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def absolute_paths(spec: TrainSpec) -> TrainSpec:
+def absolute_paths(spec: ResolvedSpec) -> ResolvedSpec:
     """The spec with its paths made absolute (workers run in another cwd); still resolved."""
     if spec.init_from is not None and is_unresolved_init(spec.model_dump()):
         raise ValueError(f"init_from {spec.init_from!r} must be resolved to a checkpoint path first")
@@ -122,7 +122,7 @@ def forget_ray_run(storage_path: str, name: str = RUN_NAME) -> None:
 
 
 def build_trainer(
-    spec: TrainSpec,
+    spec: ResolvedSpec,
     out_dir: Path,
     *,
     resume: bool,
@@ -225,15 +225,8 @@ def signals_set(event: threading.Event, enabled: bool = True) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _as_train_spec(spec: TrainSpec | Mapping[str, Any]) -> tuple[TrainSpec, Resources | None]:
-    if isinstance(spec, TrainSpec):
-        return spec, None
-    train, resources = split_base(spec)
-    return TrainSpec.model_validate(train), resources if "resources" in spec else None
-
-
 def run_train_job(
-    spec: TrainSpec | Mapping[str, Any],
+    spec: ResolvedSpec,
     out_dir: str | Path,
     *,
     callbacks: Sequence[Callback] = (),
@@ -247,9 +240,9 @@ def run_train_job(
 ) -> dict[str, Any]:
     """Train ``spec`` on Ray Train workers into ``out_dir``; returns the final metrics.
 
-    ``spec`` is a ``TrainSpec`` or a job spec dict (service fields such as ``kind`` and
-    ``resources`` allowed). ``resources``: ``{"num_workers", "cpus_per_worker", "use_gpu"}``
-    (default: the spec's, else 1 worker with 1 CPU). ``callbacks`` run in this thread, in order.
+    ``spec``: a ``ResolvedSpec`` (``TrainSpec.resolve()``). ``resources``: ``{"num_workers",
+    "cpus_per_worker", "use_gpu"}`` (default: 1 worker with 1 CPU). ``callbacks`` run in this
+    thread, in order.
     ``resume=True`` continues from the newest checkpoint (Ray Train's, else ``out_dir/checkpoint``).
     ``max_failures``: Ray Train restarts of failed workers, from the latest checkpoint.
     ``stop_event`` (or SIGINT/SIGTERM while this runs, with ``handle_signals`` on the main thread)
@@ -257,8 +250,9 @@ def run_train_job(
     refuses to write a checkpoint once a newer attempt was submitted (the run then fails).
     Raises ``TrainingCancelled`` when stopped, ``TrainingFailed`` when a worker failed.
     """
-    train_spec, spec_resources = _as_train_spec(spec)
-    res = Resources.model_validate(resources if resources is not None else spec_resources or {})
+    require_resolved(spec, "run_train_job")
+    train_spec = spec
+    res = Resources.model_validate(resources if resources is not None else {})
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()

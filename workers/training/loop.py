@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from workers import checkpoint
 from workers.contract import catalog
-from workers.contract.spec import TrainSpec
+from workers.contract.spec import ResolvedSpec, require_resolved
 from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
 from workers.methods import Method, MethodContext, build_method
@@ -77,29 +77,21 @@ def plan_steps(epochs: int, steps_per_epoch: int, max_steps: int | None) -> Step
     return StepPlan(steps_per_epoch, total, math.ceil(total / steps_per_epoch))
 
 
-def resolve_spec(spec: TrainSpec) -> TrainSpec:
-    """``spec.resolve()``; fine-tuning without a model name takes the checkpoint's model."""
-    if spec.init_from is not None and spec.model is None:
-        meta = checkpoint.load_metadata(spec.init_from)
-        spec = spec.model_copy(update={"model": meta["model"], "model_args": dict(meta["model_args"])})
-    return spec.resolve()
-
-
-def _train_subset(spec: TrainSpec) -> Dataset:
+def _train_subset(spec: ResolvedSpec) -> Dataset:
     data = load_dataset(spec.dataset, "train", root=spec.data_root, augment=True)
     if spec.train_n is not None and spec.train_n < len(data):
         data = Subset(data, range(spec.train_n))
     return data
 
 
-def _loader(data: Dataset, spec: TrainSpec, runtime: Runtime) -> DataLoader:
+def _loader(data: Dataset, spec: ResolvedSpec, runtime: Runtime) -> DataLoader:
     # A final batch of one sample breaks BatchNorm in train mode; drop only that case.
     drop_last = len(data) > spec.batch_size and len(data) % spec.batch_size == 1
     plain = DataLoader(data, batch_size=spec.batch_size, num_workers=spec.num_workers, drop_last=drop_last)
     return runtime.prepare_loader(plain, shuffle=True, seed=spec.seed)
 
 
-def _model_meta(spec: TrainSpec) -> dict[str, Any]:
+def _model_meta(spec: ResolvedSpec) -> dict[str, Any]:
     channels, height, width = catalog.DATASETS[spec.dataset].shape
     return {
         "model": spec.model,
@@ -139,7 +131,7 @@ def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out_dir: P
         raise ResumeError(f"cannot resume {out_dir}: the spec differs from the checkpoint's ({details})")
 
 
-def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: TrainSpec,
+def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: ResolvedSpec,
              device: torch.device) -> dict[str, float]:
     # Isolated so that monitoring (or not) never changes the training's random streams.
     with isolated_rng():
@@ -149,7 +141,7 @@ def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: Tr
 
 
 def _train_epoch(
-    epoch: int, progress: Progress, plan: StepPlan, *, spec: TrainSpec, model: nn.Module, bare: nn.Module,
+    epoch: int, progress: Progress, plan: StepPlan, *, spec: ResolvedSpec, model: nn.Module, bare: nn.Module,
     method: Method, optimizer: torch.optim.Optimizer, loader: DataLoader, runtime: Runtime, cb: Callback,
 ) -> tuple[EpochStats, float]:
     stats = EpochStats(runtime.device)
@@ -178,7 +170,7 @@ def _train_epoch(
 
 
 def run_training(
-    spec: TrainSpec,
+    spec: ResolvedSpec,
     out_dir: str | os.PathLike[str],
     *,
     callbacks: tuple[Callback, ...] | list[Callback] = (),
@@ -196,7 +188,7 @@ def run_training(
     out = Path(out_dir)
     runtime = runtime or LocalRuntime(device)
     cb = CallbackList(list(callbacks))
-    spec = resolve_spec(spec)
+    require_resolved(spec, "run_training")
     spec_dict = spec.model_dump(mode="json")
     ckpt_dir = out / checkpoint.SUBDIR
 
@@ -278,7 +270,7 @@ def run_training(
 
 
 def _final_metrics(
-    model: nn.Module, spec: TrainSpec, device: torch.device, out: Path, ckpt_dir: Path, cb: Callback
+    model: nn.Module, spec: ResolvedSpec, device: torch.device, out: Path, ckpt_dir: Path, cb: Callback
 ) -> dict[str, Any]:
     extra = {"checkpoint": str(ckpt_dir), "data": f"{spec.dataset}:test"}
     if spec.eval_n > 0:

@@ -11,11 +11,11 @@ attack (the default suite) -- the rule is:
    towards the q-logits, the direction the q model lacks most.
 
 Ties go to the canonical norm order (l_inf, l_2, l_1). The paper states the pairs it found for
-its settings (``ramp-spec.md``: eps_inf = 2/255: l1 -> l2; eps_inf = 4/255 and eps_1 = 18:
-l1 -> l_inf; eps_2 = 1.5: l2 -> l_inf; the defaults: l_inf -> l1) but not the matrices, nor how
-it orients a pair; the orientation above is ours (it gives l_inf -> l1 on the default radii, where
-the l_inf-AT model keeps 7.7 % l_1 robustness). The tests check hand-made matrices shaped like
-each setting.
+its settings (``docs/methods.md#choosing-the-pair-automatically``; eps_inf = 2/255: l1 -> l2;
+eps_inf = 4/255 and eps_1 = 18: l1 -> l_inf; eps_2 = 1.5: l2 -> l_inf; the defaults: l_inf -> l1)
+but not the matrices, nor how it orients a pair; the orientation above is ours (it gives
+l_inf -> l1 on the default radii, where the l_inf-AT model keeps 7.7 % l_1 robustness). The
+tests check hand-made matrices shaped like each setting.
 """
 
 from __future__ import annotations

@@ -24,20 +24,20 @@ from typing import Any
 from workers import checkpoint
 from workers.contract import catalog
 from workers.contract.norms import NORMS
-from workers.contract.spec import TrainSpec
+from workers.contract.spec import ResolvedSpec, TrainSpec
 from workers.training.pair_choice import choose_pair
 
 log = logging.getLogger(__name__)
 
 PAIR_DIR = "pair_selection"
 REPORT_FILE = "pair_selection.json"
-Train = Callable[[TrainSpec, Path, bool], dict[str, Any]]
+Train = Callable[[ResolvedSpec, Path, bool], dict[str, Any]]
 """(spec, out_dir, resume) -> final metrics."""
-Evaluate = Callable[[str, TrainSpec], dict[str, float]]
+Evaluate = Callable[[str, ResolvedSpec], dict[str, float]]
 """(checkpoint dir, the RAMP spec) -> robust accuracy per norm on ``ramp.pair_n`` test points."""
 
 
-def at_spec(spec: TrainSpec, norm: str) -> TrainSpec:
+def at_spec(spec: ResolvedSpec, norm: str) -> ResolvedSpec:
     """Single-norm AT with the run's own budget (its training attacks' iteration counts kept)."""
     steps = {k: v for k, v in spec.params.items() if k.startswith("attack.")}
     defaults = catalog.param_defaults(f"at-{norm}", spec.dataset, spec.finetune)
@@ -52,7 +52,7 @@ def at_spec(spec: TrainSpec, norm: str) -> TrainSpec:
     ).resolve()
 
 
-def default_evaluate(ckpt_dir: str, spec: TrainSpec) -> dict[str, float]:
+def default_evaluate(ckpt_dir: str, spec: ResolvedSpec) -> dict[str, float]:
     from workers.evaluation import evaluate
 
     model, _ = checkpoint.load(ckpt_dir)
@@ -62,7 +62,7 @@ def default_evaluate(ckpt_dir: str, spec: TrainSpec) -> dict[str, float]:
     return {norm: float(metrics[norm]) for norm in NORMS}
 
 
-def select_pair(spec: TrainSpec, out_dir: Path, *, train: Train,
+def select_pair(spec: ResolvedSpec, out_dir: Path, *, train: Train,
                 evaluate: Evaluate = default_evaluate) -> dict[str, Any]:
     """The report of steps 1-3 (cached in ``out_dir/pair_selection``)."""
     folder = Path(out_dir) / PAIR_DIR
@@ -97,14 +97,14 @@ def select_pair(spec: TrainSpec, out_dir: Path, *, train: Train,
     return report
 
 
-def with_pair(spec: TrainSpec, report: dict[str, Any]) -> TrainSpec:
+def with_pair(spec: ResolvedSpec, report: dict[str, Any]) -> ResolvedSpec:
     """The RAMP spec training with the chosen pair."""
     chosen = {"ramp.q": report["q"], "ramp.r": report["r"]}
     return spec.model_copy(update={"params": dict(spec.params) | chosen})
 
 
-def prepare(spec: TrainSpec, out_dir: Path, *, train: Train,
-            evaluate: Evaluate = default_evaluate) -> tuple[TrainSpec, dict[str, Any] | None]:
+def prepare(spec: ResolvedSpec, out_dir: Path, *, train: Train,
+            evaluate: Evaluate = default_evaluate) -> tuple[ResolvedSpec, dict[str, Any] | None]:
     """(the spec to train, the selection report): the spec itself and None unless ``ramp.pair=auto``."""
     if not spec.pair_auto:
         return spec, None

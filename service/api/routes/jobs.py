@@ -6,13 +6,10 @@ reaches jobs through ``owned_job`` or the owner-filtered listing, so another own
 
 from __future__ import annotations
 
-import logging
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy.orm import Session
 
 from service.api.body import json_body
 from service.api.deps import (
@@ -25,20 +22,13 @@ from service.api.deps import (
     wake_dispatcher,
 )
 from service.api.schemas import JobListOut, JobOut
-from service.auth.access import guard_resolver, owned_job
-from service.db.models import Job
-from service.jobs import store, transitions
-from service.jobs.checkpoints import checkpoint_resolver, recording
-from service.jobs.paths import confine_submission
-from service.jobs.specs import SpecError, SweepJob, build_stored_spec, build_sweep_spec, parse_job_request
+from service.auth.access import owned_job
+from service.jobs import commands, store
+from service.jobs.specs import SpecError
 from service.ray_backend import RayUnavailable
 from service.state import JobStatus
-from service.sweeps import trials
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_token)])
-
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 @router.post(
@@ -63,42 +53,18 @@ def submit_job(
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobOut:
-    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
-        raise HTTPException(400, detail="Idempotency-Key must be 1-255 printable ASCII characters")
-    req = parse_job_request(payload)
-    # A spec may start from another job's checkpoint: only from a job the caller may see.
-    resolver, resolved = recording(guard_resolver(session, principal, checkpoint_resolver(session, settings)))
-    children = None
-    trial_rows: list[dict[str, Any]] | None = None
-    if isinstance(req, SweepJob):
-        spec, trial_rows = build_sweep_spec(req, resolve_checkpoint=resolver)
-
-        def children(s: Session, job: Job) -> None:
-            trials.create_trials(s, job.id, trial_rows or [])
-    else:
-        spec = build_stored_spec(req, resolve_checkpoint=resolver)
-    # Paths the user typed must lie under the data roots; paths resolved from job ids are trusted.
-    if refused := confine_submission(spec, trial_rows, settings.path_policy, frozenset(resolved)):
-        raise SpecError(refused)
     try:
-        job, created = store.create_job_idempotent(
-            session,
-            spec,
-            kind=req.kind,
-            idempotency_key=idempotency_key,
-            token_id=token.id,
-            owner_id=principal.owner_id,
-            request_hash=store.request_fingerprint(payload),
-            children=children,
-        )
+        done = commands.submit(session, settings, principal, token_id=token.id, payload=payload,
+                               idempotency_key=idempotency_key)
+    except commands.BadIdempotencyKey as exc:
+        raise HTTPException(400, detail=str(exc)) from None
     except store.IdempotencyKeyInUse as exc:
         raise HTTPException(409, detail=str(exc)) from None
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if created:
-        log.info("job submitted", extra={"job_id": job.id, "kind": job.kind, "method": job.method})
+    response.status_code = 201 if done.created else 200
+    response.headers["Location"] = f"/v1/jobs/{done.job.id}"
+    if done.created:
         wake_dispatcher(request)
-    return JobOut.of(job, settings.ray_dashboard_url)
+    return JobOut.of(done.job, settings.ray_dashboard_url)
 
 
 @router.get("", response_model=JobListOut)
@@ -132,19 +98,14 @@ def get_job(job_id: int, session: SessionDep, settings: SettingsDep, principal: 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> JobOut:
-    owned_job(session, principal, job_id)  # the owner never changes: checking before acting is safe
-    job = transitions.request_cancel(session, job_id)
-    log.info("cancel requested", extra={"job_id": job_id, "status": job.status})
-    return JobOut.of(job, settings.ray_dashboard_url)
+    return JobOut.of(commands.cancel(session, principal, job_id), settings.ray_dashboard_url)
 
 
 @router.post("/{job_id}/retry", response_model=JobOut)
 def retry_job(
     job_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> JobOut:
-    owned_job(session, principal, job_id)
-    job = transitions.retry_job(session, job_id)
-    log.info("retry requested", extra={"job_id": job_id, "attempt": job.attempt})
+    job = commands.retry(session, principal, job_id)
     wake_dispatcher(request)
     return JobOut.of(job, settings.ray_dashboard_url)
 
@@ -153,14 +114,13 @@ def retry_job(
 def job_logs(
     job_id: int, request: Request, session: SessionDep, principal: PrincipalDep
 ) -> PlainTextResponse:
-    job = owned_job(session, principal, job_id)
-    # Asked for after the ownership check, so another owner's job is a 404 even without Ray.
-    backend = get_backend(request)
-    if not job.ray_job_id:
-        raise HTTPException(404, detail=f"job {job_id} has no Ray job yet (status {job.status})")
     try:
-        text = backend.logs(job.ray_job_id)
+        text = commands.logs(session, principal, job_id, lambda: get_backend(request))
+    except commands.NoRayJob as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+    except (store.JobNotFound, HTTPException):  # a 404, or get_backend's 503 (no backend here)
+        raise
     except Exception as exc:  # Ray unreachable (503, worth a retry) or answering with an error (502)
         detail = f"could not fetch logs from Ray: {type(exc).__name__}: {exc}"[:500]
         raise HTTPException(503 if isinstance(exc, RayUnavailable) else 502, detail=detail) from None
-    return PlainTextResponse(text or "")
+    return PlainTextResponse(text)

@@ -18,24 +18,24 @@ import torch
 
 from workers import checkpoint
 from workers.contract.catalog import DEFAULT_SUITE, UPPER_BOUND_SUITES
-from workers.contract.spec import TrainSpec
+from workers.contract.spec import ResolvedSpec
 from workers.datasets import load_tensors
 from workers.training.artifacts import write_metrics
 from workers.training.evaluation import evaluate_and_record
 
 TRIAL_SUITE = "monitor"  # every trial's own final evaluation (an upper bound)
 # Points of a trial's evaluation when the spec has no per-epoch held-out set (monitor_n = 0).
-TRIAL_EVAL_N = TrainSpec.model_fields["monitor_n"].default
+TRIAL_EVAL_N = ResolvedSpec.model_fields["monitor_n"].default
 
 
-def trial_eval_n(spec: TrainSpec) -> int:
+def trial_eval_n(spec: ResolvedSpec) -> int:
     """Points of a trial's own (monitor) evaluation: the held-out points of its per-epoch curve,
     at most ``eval_n``; ``TRIAL_EVAL_N`` of them when the spec has no per-epoch check."""
     return min(spec.eval_n, spec.monitor_n if spec.monitor_n > 0 else TRIAL_EVAL_N)
 
 
 def evaluate_checkpoint(
-    spec: TrainSpec, out_dir: Path, *, suite: str, n: int, steps: int | None, checks: int,
+    spec: ResolvedSpec, out_dir: Path, *, suite: str, n: int, steps: int | None, checks: int,
     device: torch.device | str,
 ) -> dict[str, Any]:
     """Evaluate ``out_dir/checkpoint`` on the first ``n`` test points of ``spec``'s dataset.
@@ -61,23 +61,23 @@ def evaluate_checkpoint(
     return metrics
 
 
-def evaluate_trial(spec: TrainSpec, out_dir: Path, *, device: torch.device | str) -> dict[str, Any]:
+def evaluate_trial(spec: ResolvedSpec, out_dir: Path, *, device: torch.device | str) -> dict[str, Any]:
     """A trial's own final evaluation: the monitor suite (an upper bound) on ``trial_eval_n`` points.
     ``spec`` is resolved (``trial_specs``)."""
     return evaluate_checkpoint(spec, out_dir, suite=TRIAL_SUITE, n=trial_eval_n(spec),
                                steps=spec.monitor_steps, checks=0, device=device)
 
 
-def evaluate_trial_task(spec: TrainSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
+def evaluate_trial_task(spec: ResolvedSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
     """``evaluate_trial`` as a Ray task (a Ray Train trial's evaluation, on one worker's resources)."""
     torch.set_num_threads(threads)
     return evaluate_trial(spec, Path(out_dir), device=device)
 
 
-def evaluate_best(spec: TrainSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
+def evaluate_best(spec: ResolvedSpec, out_dir: str, *, device: str, threads: int) -> dict[str, Any]:
     """The best trial's final evaluation: the default suite on the spec's ``eval_n`` points with the
     rigour checks on ``checks_n`` (what a training run's own final evaluation is). Runs as a Ray task.
-    ``spec``: the trial's resolved ``TrainSpec`` (``trial_specs``)."""
+    ``spec``: the trial's resolved ``ResolvedSpec`` (``trial_specs``)."""
     torch.set_num_threads(threads)  # the attacks shard over this many CPU threads
     return evaluate_checkpoint(spec, Path(out_dir), suite=DEFAULT_SUITE, n=spec.eval_n, steps=None,
                                checks=spec.checks_n, device=device)
@@ -111,7 +111,7 @@ def run_task(
 
 
 def run_best_final(
-    trial_id: str, spec: TrainSpec, trial_dir: Path, resources: dict[str, float], stop: threading.Event,
+    trial_id: str, spec: ResolvedSpec, trial_dir: Path, resources: dict[str, float], stop: threading.Event,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The default-suite evaluation of the best trial as a Ray task: (metrics, None), (None, error),
     or (None, None) when ``stop`` cancelled it."""

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 import torch
 
-from workers.contract.spec import Resources, TrainSpec
+from workers.contract.spec import ResolvedSpec, Resources
 from workers.ray_entry.runtime import CANCELLED, CHECKPOINT, EPOCH_END, TRAIN_END, Event, TrainingCancelled
 from workers.ray_entry.sweep.evaluation import evaluate_trial, evaluate_trial_task, run_task
 from workers.ray_entry.sweep.resources import IN_TRIAL, RAY_TRAIN
@@ -97,7 +97,7 @@ class LocalRun(_ThreadedRun):
     runner = IN_TRIAL
 
     def __init__(
-        self, spec: TrainSpec, out_dir: Path, *, device: torch.device | str,
+        self, spec: ResolvedSpec, out_dir: Path, *, device: torch.device | str,
         poll_cancel: Callable[[], bool] = lambda: False,
     ) -> None:
         self.spec, self.out_dir, self.device = spec, out_dir, device
@@ -146,7 +146,7 @@ class TrainRun(_ThreadedRun):
 
     runner = RAY_TRAIN
 
-    def __init__(self, spec: TrainSpec, out_dir: Path, *, channel: Any, channel_name: str, key: str,
+    def __init__(self, spec: ResolvedSpec, out_dir: Path, *, channel: Any, channel_name: str, key: str,
                  resources: Resources, cpus_per_worker: float) -> None:
         self.spec, self.out_dir = spec, out_dir
         self._channel, self._key = channel, key

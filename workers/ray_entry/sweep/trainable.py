@@ -21,7 +21,7 @@ import ray
 import torch
 from ray import tune
 
-from workers.contract.spec import Resources, TrainSpec
+from workers.contract.spec import ResolvedSpec, Resources
 from workers.ray_entry.runtime import (
     CANCELLED,
     CHANNEL_NAMESPACE,
@@ -71,7 +71,7 @@ class TrainTrial(tune.Trainable):
         self._channel = channel = ray.get_actor(run["channel"], namespace=CHANNEL_NAMESPACE)
         self._run_key = key = f"{self._key}/{uuid.uuid4().hex[:12]}"
         out = Path(run["trials_dir"]) / self._key
-        spec = TrainSpec.model_validate(trial["spec"])  # run_sweep's resolved TrainSpec, taken as it is
+        spec = ResolvedSpec.model_validate(trial["spec"])  # run_sweep's own object, taken as it is
         resources = Resources.model_validate(run["resources"])
         # Process-wide; a trial actor runs one trial at a time.
         torch.set_num_threads(run["threads"])

@@ -2,9 +2,10 @@
 best trial evaluated with the default suite once every trial has ended.
 
 ``run_sweep(spec, out_dir, on_trial_event=..., stop_event=...)`` expands the sweep spec into its
-trials (``workers.contract.sweep.SweepSpec.trials``: deterministic), validates and resolves each
-trial's ``TrainSpec`` once (``trial_specs``) and runs one Tune trial (``trainable.TrainTrial``) per
-trial, handing it that typed, resolved spec. How a trial trains depends on the workers it asks for
+trials once (``workers.contract.sweep.SweepSpec.expand``: deterministic, each trial's
+``ResolvedSpec``, exactly the trial rows the service stored; ``trial_specs``) and runs one Tune
+trial (``trainable.TrainTrial``) per trial, handing it that typed, resolved spec. How a trial
+trains depends on the workers it asks for
 (``resources.trial_runner``):
 
 - one worker (``resources.num_workers == 1``): the trial runs the training loop itself
@@ -47,7 +48,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,16 +59,8 @@ from ray.tune.schedulers import ASHAScheduler
 
 from workers.contract.catalog import DEFAULT_SUITE
 from workers.contract.layout import TRIALS_DIR
-from workers.contract.spec import TrainSpec
-from workers.contract.sweep import (
-    MONITOR_METRICS,
-    SweepSpec,
-    TrialConfig,
-    best_trial,
-    is_unresolved_init,
-    parse_sweep_spec,
-    plan_resources,
-)
+from workers.contract.spec import ResolvedSpec
+from workers.contract.sweep import MONITOR_METRICS, ResolvedTrial, SweepSpec, best_trial, plan_resources
 from workers.ray_entry.sweep.evaluation import TRIAL_SUITE, run_best_final
 from workers.ray_entry.sweep.recorder import CancelStopper, Recorder, TrialEventHandler, TrialRecord
 from workers.ray_entry.sweep.resources import (
@@ -78,7 +71,6 @@ from workers.ray_entry.sweep.resources import (
 )
 from workers.ray_entry.sweep.trainable import TrainTrial
 from workers.ray_entry.train import absolute_paths, ensure_ray, open_channel, signals_set
-from workers.training.loop import resolve_spec
 
 TUNE_DIR = "tune"
 RESULT_FILE = "sweep_result.json"
@@ -142,31 +134,33 @@ def trial_name(trial: Any) -> str:
     return trial.config["trial"]["trial_id"]
 
 
-def asha_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
+def asha_scheduler(spec: SweepSpec, specs: dict[str, ResolvedSpec]) -> ASHAScheduler | None:
     if spec.scheduler is None:
         return None
-    return ASHAScheduler(
-        time_attr="epoch", grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor, max_t=spec.scheduler.max_t or spec.max_epochs(),
-    )
+    max_t = spec.scheduler.max_t or max(s.epochs for s in specs.values())
+    return ASHAScheduler(time_attr="epoch", grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor, max_t=max_t)
 
 
-def trial_specs(trials: Iterable[TrialConfig]) -> dict[str, TrainSpec]:
-    """Each trial's ``TrainSpec``, validated and resolved once, here (a swept method or dataset
-    changes the defaults, so a sweep's base is stored unresolved), paths made absolute. The trials'
+def trial_specs(spec: SweepSpec) -> dict[str, ResolvedSpec]:
+    """Each trial's ``ResolvedSpec`` from the sweep's one expansion, paths made absolute. The trials'
     actors and the best trial's evaluation take these objects as they are."""
-    return {t.trial_id: absolute_paths(resolve_spec(TrainSpec.model_validate(t.spec))) for t in trials}
+    return runnable_specs(spec.expand())
+
+
+def runnable_specs(trials: list[ResolvedTrial]) -> dict[str, ResolvedSpec]:
+    return {t.trial_id: absolute_paths(t.spec) for t in trials}
 
 
 def run_sweep(
-    sweep_spec: SweepSpec | Mapping[str, Any],
+    spec: SweepSpec,
     out_dir: str | Path,
     *,
     on_trial_event: TrialEventHandler | None = None,
     stop_event: threading.Event | None = None,
     handle_signals: bool = True,
 ) -> SweepResult:
-    """Run every trial of ``sweep_spec`` into ``out_dir``, then evaluate the best one.
+    """Run every trial of ``spec`` into ``out_dir``, then evaluate the best one.
 
     ``on_trial_event(event)`` is called in this thread with ``{"type": "trial_start" |
     "trial_result" | "trial_end", "trial_id", "index", "config", ...}`` (``trial_result`` adds
@@ -176,10 +170,10 @@ def run_sweep(
     ``stop_event`` (or SIGINT/SIGTERM when ``handle_signals`` and on the main thread) cancels the
     sweep gracefully. The best trial is the one whose last recorded ``metric`` is best (``mode``).
     """
-    spec = sweep_spec if isinstance(sweep_spec, SweepSpec) else parse_sweep_spec(sweep_spec)
-    trials = spec.trials()
-    if any(is_unresolved_init(t.spec) for t in trials):
-        raise ValueError("base.init_from names a job; resolve it to a checkpoint path before running")
+    if not isinstance(spec, SweepSpec):
+        raise TypeError(f"run_sweep takes a SweepSpec, not {type(spec).__name__}")
+    trials = spec.expand()
+    specs = runnable_specs(trials)
     out = Path(out_dir).expanduser().resolve()
     (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     ensure_ray()
@@ -188,7 +182,6 @@ def run_sweep(
     plan = plan_resources(resources, total_cpus=total.get("CPU", 0.0), total_gpus=total.get("GPU", 0.0),
                           max_concurrent_trials=spec.max_concurrent_trials)
     records = {t.trial_id: TrialRecord(t.trial_id, t.index, dict(t.overrides)) for t in trials}
-    specs = trial_specs(trials)
     stop = stop_event or threading.Event()
     channel, channel_name = open_channel()
     param_space = {
@@ -205,7 +198,7 @@ def run_sweep(
         tune.with_resources(TrainTrial, trial_resources(plan)),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, num_samples=1, scheduler=asha_scheduler(spec),
+            metric=spec.metric, mode=spec.mode, num_samples=1, scheduler=asha_scheduler(spec, specs),
             max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=spec.reuse_actors,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
