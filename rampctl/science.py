@@ -28,6 +28,8 @@ SUITE_HELP = ("standard (AutoAttack's APGD-CE + APGD-T, the default) | standard+
 CHECKS_HELP = ("points of the rigour checks' curves; 10x iterations and Square on up to 50 robust points "
                "(0: none)")
 PRECISION_HELP = "auto | fp32 | bf16 (bf16: a bfloat16 screen first; float32 decides every robust verdict)"
+TRAIN_PRECISION_HELP = ("training attacks: auto | fp32 | bf16 | fp16 (a reduced-precision copy of the model "
+                        "for the inner maximisation; the update stays float32; default fp32)")
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -71,6 +73,11 @@ def train(
     checks_n: Annotated[int | None, typer.Option(help=CHECKS_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     monitor_n: Annotated[int | None, typer.Option(help="held-out points checked per epoch (0: none)")] = None,
+    train_precision: Annotated[str | None, typer.Option(help=TRAIN_PRECISION_HELP)] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last",
+                                                help="train in channels-last layout")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training "
+                                                            "(eager when compilation fails)")] = False,
     init_from: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter KEY=VALUE")] = None,
     eps: Annotated[list[str] | None, typer.Option("--eps", help="radius NORM=VALUE")] = None,
@@ -87,7 +94,8 @@ def train(
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
         "optimizer": optimizer, "eps_warmup": eps_warmup,
         "seed": seed, "train_n": train_n, "eval_n": eval_n, "checks_n": checks_n, "precision": precision,
-        "monitor_n": monitor_n,
+        "monitor_n": monitor_n, "train_precision": train_precision, "channels_last": channels_last,
+        "compile": compile_,
         "init_from": str(init_from) if init_from else None,
         "data_root": str(data_root) if data_root else None,
         "pair_models": parse_pairs(pair_model or [], "--pair-model"),

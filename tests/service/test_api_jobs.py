@@ -73,6 +73,8 @@ def test_a_minimal_spec_gets_every_default(api) -> None:
         ({"init_from": "/ckpt"}, "body", "only valid for kind 'finetune'"),
         ({"epochs": "many"}, "body.epochs", "valid integer"),
         ({"surprise": 1}, "body.surprise", "Extra inputs are not permitted"),
+        ({"train_precision": "fp8"}, "body.train_precision", "unknown train_precision 'fp8'"),
+        ({"compile": "sometimes"}, "body.compile", "valid boolean"),
     ],
 )
 def test_invalid_specs_are_422_naming_the_field(api, patch: dict, field: str, reason: str) -> None:

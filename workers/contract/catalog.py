@@ -97,6 +97,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 """Whether a bfloat16 screen may run before the float32 attacks ("auto": where the hardware
 multiplies bfloat16 natively; robust verdicts are float32 in every case; see
 ``workers.evaluation.precision``)."""
+TRAIN_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+"""The arithmetic of the training attacks' inner maximisation ("auto": bfloat16 where the hardware
+multiplies it natively, else float32); the outer loss, its backward pass and the optimiser stay
+float32 (see ``workers.methods.twin``)."""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,13 @@ def _check_precision(value: str) -> str:
     return value
 
 
+def _check_train_precision(value: str) -> str:
+    if value not in catalog.TRAIN_PRECISIONS:
+        names = ", ".join(catalog.TRAIN_PRECISIONS)
+        raise ValueError(f"unknown train_precision {value!r}; use one of {names}")
+    return value
+
+
 # A path a spec names (checked against the data roots by the service): as long as the service allows.
 MAX_PATH_CHARS = 4096
 PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
@@ -68,6 +75,7 @@ PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
 # Radii per norm and the evaluation's arithmetic, checked the same way in every spec that has them.
 Epsilons = Annotated[dict[str, float], AfterValidator(_check_epsilons)]
 Precision = Annotated[str, AfterValidator(_check_precision)]
+TrainPrecision = Annotated[str, AfterValidator(_check_train_precision)]
 
 
 def coerce_param(key: str, value: Any) -> ParamValue:
@@ -157,6 +165,13 @@ class TrainSpec(BaseModel):
                                              "points first; float32 decides every robust verdict)")
     data_root: str | None = Field(default=None, max_length=MAX_PATH_CHARS)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+    train_precision: TrainPrecision = Field(default="fp32", description=(
+        "training attacks: auto | fp32 | bf16 | fp16 (the inner maximisation on a reduced-precision copy "
+        "of the model; the update itself stays float32; auto: bfloat16 where the hardware multiplies it "
+        "natively)"))
+    channels_last: bool = Field(default=False, description="train the model in channels-last memory layout")
+    compile: bool = Field(default=False, description=(
+        "torch.compile the model for training (eager when compilation fails)"))
 
     @field_validator("model_args")
     @classmethod

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.contract.norms import Norm
+from workers.methods.twin import AttackTwin
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class MethodContext:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0  # the run's seed: methods derive their own generators from it
+    train_precision: str = "fp32"  # the attacks' arithmetic (workers.methods.twin)
 
 
 @dataclass
@@ -53,6 +55,9 @@ class Method:
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
         self.radius_scale = 1.0
+        # What the inner maximisation differentiates: the model itself, or its reduced-precision
+        # twin; never part of the method's state (rebuilt from the model when needed).
+        self.twin = AttackTwin(ctx.train_precision)
 
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         raise NotImplementedError

@@ -141,9 +141,8 @@ class AdversarialMethod(Method):
 
     def run_attack(self, model: nn.Module, x: Tensor, y: Tensor, norm: Norm) -> Any:
         """The training attack on ``norm``: an ``AttackResult(x_adv, loss)`` (per-sample best loss)."""
-        return self.attack(
-            unwrap(model), x, y, norm, self.eps(norm), self.steps(norm), l1_sparsity=self.l1_sparsity
-        )
+        return self.attack(self.twin(unwrap(model)), x, y, norm, self.eps(norm), self.steps(norm),
+                           l1_sparsity=self.l1_sparsity)
 
 
 def adversarial_ce(model: nn.Module, x_adv: Tensor, y: Tensor, norm: Norm) -> StepOutput:

@@ -146,7 +146,7 @@ class MSD(Method):
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         bare = unwrap(model)
         radii = {n: e * self.radius_scale for n, e in self.epsilons.items()}
-        res = msd_attack(bare, x, y, radii, self.n_iter, self.draw_k_ref, step_fn=self.step_fn,
+        res = msd_attack(self.twin(bare), x, y, radii, self.n_iter, self.draw_k_ref, step_fn=self.step_fn,
                          step_sizes=self.step_sizes)
         loss = F.cross_entropy(model(res.x_adv), y)
         return StepOutput(loss=loss, parts={"ce": loss.detach()})

@@ -103,7 +103,7 @@ class TRADES(Method):
 
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
         x_adv = trades_attack(
-            unwrap(model), x, self.norm, self.eps * self.radius_scale, self.steps, self.noise(x),
+            self.twin(unwrap(model)), x, self.norm, self.eps * self.radius_scale, self.steps, self.noise(x),
             step_fn=self.step_fn, project_fn=self.project_fn,
         )
         z_clean = model(x)

@@ -41,6 +41,7 @@ from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
 from workers.methods import Method, MethodContext, build_method
 from workers.models import build_from_metadata
+from workers.models.compiled import eager, fast_model
 from workers.training.accumulate import EpochStats
 from workers.training.artifacts import write_history, write_metrics
 from workers.training.callbacks import Callback, CallbackList, EpochReport, TrainInfo
@@ -124,6 +125,10 @@ def _build_model(meta: dict[str, Any], init_from: str | None) -> nn.Module:
 
 
 def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
+    # A field added after the checkpoint was written counts as its default (what that run did).
+    defaults = {name: f.default for name, f in TrainSpec.model_fields.items() if name not in stored
+                and not f.is_required() and f.default_factory is None}
+    stored = defaults | stored
     differ = sorted(k for k in stored.keys() | current.keys()
                     if k not in RESUME_MUTABLE and stored.get(k) != current.get(k))
     if differ:
@@ -197,14 +202,15 @@ def run_training(
     loader = _loader(_train_subset(spec), spec, runtime)
     plan = plan_steps(spec.epochs, len(loader), spec.max_steps)
     bare = _build_model(meta, spec.init_from).to(runtime.device)
-    model = runtime.prepare_model(bare)
-    bare = runtime.unwrap(model)
+    model = runtime.prepare_model(fast_model(bare, channels_last=spec.channels_last, compile=spec.compile))
+    # Checkpoints, hooks and evaluations get the eager module, never the compiled wrapper.
+    bare = eager(runtime.unwrap(model))
     method = build_method(
         spec.method,
         MethodContext(
             epsilons=dict(spec.epsilons), params=dict(spec.params), num_classes=meta["num_classes"],
             finetune=spec.finetune, momentum=spec.momentum, weight_decay=spec.weight_decay,
-            seed=spec.seed,
+            seed=spec.seed, train_precision=spec.train_precision,
         ),
     )
     optimizer = build_optimizer(bare, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
