@@ -26,6 +26,7 @@ class MethodContext:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0  # the run's seed: methods derive their own generators from it
+    total_steps: int = 0  # the run's optimiser steps (0: unknown); distillation splits them
 
 
 @dataclass
