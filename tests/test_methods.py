@@ -77,7 +77,7 @@ def test_every_method_builds_from_its_catalog_defaults(method: str, dataset: str
     for finetune in (False, True):
         ctx = MethodContext(
             epsilons=dict(info.epsilons), params=catalog.param_defaults(method, dataset, finetune),
-            num_classes=10, finetune=finetune,
+            num_classes=10, finetune=finetune, total_steps=100,
         )
         assert build_method(method, ctx).name == method
 

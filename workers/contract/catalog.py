@@ -73,9 +73,17 @@ MODELS: tuple[str, ...] = ("small-cnn", "preact-resnet18", "resnet18", "wrn")
 
 METHODS: tuple[str, ...] = (
     "nt", "at-linf", "at-l2", "at-l1", "sat", "avg", "max", "msd", "eat", "ramp", "trades",
+    # the defence lecture's methods (docs/methods.md, "The lecture's defences")
+    "alp", "mart", "vat", "fgsm-at", "fast-at", "free-at", "distill",
 )
 # Methods that compute adversarial examples during training (gradient projection applies to them).
-ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt"}
+ADVERSARIAL_METHODS = frozenset(METHODS) - {"nt", "distill"}
+# Of those, the ones whose training attack is the iterative one (APGD / MSD / TRADES' inner loop);
+# VAT's power iteration and the one-step methods take no iteration count.
+ITERATIVE_METHODS = ADVERSARIAL_METHODS - {"vat", "fgsm-at", "fast-at", "free-at"}
+NORM_MODES: tuple[str, ...] = ("linf", "l2", "l1", "max", "sat")
+"""What a single-norm defence attacks (``<method>.norm``): one norm, the per-sample worst of the
+three (as MAX) or one drawn per batch (as SAT)."""
 
 SCHEDULES: tuple[str, ...] = ("constant", "piecewise", "multistep", "cyclic")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
@@ -117,8 +125,36 @@ class Param:
 
 
 _AT = ADVERSARIAL_METHODS
+_STEPS = ITERATIVE_METHODS
 _RAMP = frozenset({"ramp"})
 _NORM_CHOICES = ("linf", "l2", "l1")
+
+_ONE = {m: frozenset({m}) for m in ("alp", "mart", "vat", "fgsm-at", "fast-at", "free-at", "distill")}
+# Sources: the papers' own settings (docs/methods.md, "The lecture's defences").
+LECTURE_PARAMS: dict[str, Param] = {
+    "alp.lambda": Param(float, 0.05, _ONE["alp"], minimum=0.0, maximum=1e4,
+                        help="weight of ||z(x_adv) - z(x)||^2 (Kannan et al.'s 0.5 on the per-class mean)"),
+    "alp.norm": Param(str, "linf", _ONE["alp"], choices=NORM_MODES, help="attacked norm, or max / sat"),
+    "mart.beta": Param(float, 6.0, _ONE["mart"], minimum=0.0, maximum=1e4, help="weight of the KL term"),
+    "mart.norm": Param(str, "linf", _ONE["mart"], choices=NORM_MODES, help="attacked norm, or max / sat"),
+    "vat.lambda": Param(float, 1.0, _ONE["vat"], minimum=0.0, maximum=1e4, help="weight of the LDS term"),
+    "vat.xi": Param(float, 1e-6, _ONE["vat"], minimum=1e-9, maximum=10.0,
+                    help="finite-difference scale of the power iteration"),
+    "vat.power_iters": Param(int, 1, _ONE["vat"], minimum=1, maximum=100, help="power iterations"),
+    "fgsm.alpha": Param(float, 0.5, _ONE["fgsm-at"], minimum=0.0, maximum=1.0,
+                        help="weight of the clean CE (1 - alpha on the FGSM example's)"),
+    "fgsm.norm": Param(str, "linf", _ONE["fgsm-at"], choices=NORM_MODES, help="attacked norm, or max / sat"),
+    "fast.step": Param(float, 1.25, _ONE["fast-at"], minimum=0.01, maximum=10.0,
+                       help="FGSM step from the random start, in multiples of eps"),
+    "fast.norm": Param(str, "linf", _ONE["fast-at"], choices=NORM_MODES, help="attacked norm, or max / sat"),
+    "free.replays": Param(int, 8, _ONE["free-at"], minimum=1, maximum=100, help="m: replays of each batch"),
+    "free.norm": Param(str, "linf", _ONE["free-at"], choices=_NORM_CHOICES,
+                       help="norm of the persistent perturbation"),
+    "distill.temperature": Param(float, 100.0, _ONE["distill"], minimum=1.0, maximum=1e4,
+                                 help="softmax temperature T of teacher and student"),
+    "distill.teacher_share": Param(float, 0.5, _ONE["distill"], minimum=0.01, maximum=0.99,
+                                   help="share of the run's optimiser steps that train the teacher"),
+}
 
 # Defaults that depend on the dataset or on fine-tuning are None here and filled by `param_defaults`.
 PARAMS: dict[str, Param] = {
@@ -138,11 +174,12 @@ PARAMS: dict[str, Param] = {
     "gp.beta": Param(float, 0.5, _AT, minimum=0.0, maximum=1.0, help="GP mixing weight"),
     "gp.formula": Param(str, "reference", _AT, choices=("reference", "projection"),
                         help="reference-code cosine rule, or the paper appendix's true projection"),
-    "attack.steps_linf": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_inf"),
-    "attack.steps_l2": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_2"),
-    "attack.steps_l1": Param(int, None, _AT, minimum=1, maximum=1000, help="APGD iterations, l_1"),
-    "attack.l1_sparsity": Param(float, 0.05, _AT, minimum=1e-4, maximum=1.0,
-                                help="initial top-k fraction of l1-APGD in training"),
+    "attack.steps_linf": Param(int, None, _STEPS, minimum=1, maximum=1000, help="APGD iterations, l_inf"),
+    "attack.steps_l2": Param(int, None, _STEPS, minimum=1, maximum=1000, help="APGD iterations, l_2"),
+    "attack.steps_l1": Param(int, None, _STEPS, minimum=1, maximum=1000, help="APGD iterations, l_1"),
+    "attack.l1_sparsity": Param(float, 0.05, _AT - {"vat"}, minimum=1e-4, maximum=1.0,
+                                help="initial top-k fraction of l1-APGD in training (one-step methods: the "
+                                     "share of coordinates an l1 step moves)"),
     "trades.beta": Param(float, 6.0, frozenset({"trades"}), minimum=0.0, maximum=1e4,
                          help="TRADES KL weight"),
     "trades.steps": Param(int, 10, frozenset({"trades"}), minimum=1, maximum=1000),
@@ -155,6 +192,7 @@ PARAMS: dict[str, Param] = {
                                       "l1 1.0)")
        for norm in ("linf", "l2", "l1")},
     "eat.norms": Param(str, "linf,l1", frozenset({"eat"}), help="comma-separated norms E-AT samples from"),
+    **LECTURE_PARAMS,
 }
 
 

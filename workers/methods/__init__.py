@@ -11,7 +11,10 @@ from workers.methods.base import Method, MethodContext, StepOutput
 from workers.methods.gp import GradientProjected
 from workers.methods.registry import METHODS
 
-_MODULES = ("nt", "at", "sat", "avg", "max", "msd", "eat", "ramp", "trades")
+_MODULES = (
+    "nt", "at", "sat", "avg", "max", "msd", "eat", "ramp", "trades",
+    "alp", "mart", "vat", "one_step", "free", "distill",
+)
 for _module in _MODULES:
     importlib.import_module(f"workers.methods.{_module}")
 

@@ -28,6 +28,7 @@ class MethodContext:
     weight_decay: float = 0.0
     seed: int = 0  # the run's seed: methods derive their own generators from it
     train_precision: str = "fp32"  # the attacks' arithmetic (workers.methods.twin)
+    total_steps: int = 0  # the run's optimiser steps (0: unknown); distillation splits them
 
 
 @dataclass

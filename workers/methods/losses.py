@@ -70,3 +70,55 @@ def cos_pairing(z_q: Tensor, z_r: Tensor, mask: Tensor) -> Tensor:
 
 def pairing_loss(name: str) -> PairingLoss:
     return PAIRING_LOSSES.get(name)
+
+
+# --- the lecture's defences (docs/methods.md writes each loss out) ------------------------------
+
+
+def alp_loss(z_clean: Tensor, z_adv: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """ALP (Kannan et al. 2018): CE(z_adv, y) + lam * mean_i ||z_adv_i - z_clean_i||_2^2.
+
+    Returns (total, ce, pairing). The reference's ``mean_squared_error`` also divides by the number
+    of classes: its lambda is ``lam * num_classes`` here.
+    """
+    ce = F.cross_entropy(z_adv, y)
+    pairing = (z_adv - z_clean).pow(2).sum(dim=1).mean()
+    return ce + lam * pairing, ce, pairing
+
+
+MART_EPS = 1e-12  # keeps log(1 - p) finite when a wrong class takes all the mass
+
+
+def mart_loss(z_clean: Tensor, z_adv: Tensor, y: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """MART (Wang et al. 2020): BCE(p(x'), y) + beta * mean_i KL(p(x_i) || p(x'_i)) * (1 - p_y(x_i)).
+
+    BCE(p, y) = -log p_y - log(1 - max_{k != y} p_k) (the "boosted" CE: it also pushes down the most
+    likely wrong class). Returns (total, bce, weighted KL).
+    """
+    p_adv = F.softmax(z_adv, dim=1)
+    wrong = p_adv.masked_fill(F.one_hot(y, p_adv.shape[1]).bool(), float("-inf")).amax(dim=1)
+    bce = F.cross_entropy(z_adv, y) - torch.log((1.0 - wrong).clamp_min(MART_EPS)).mean()
+    p_true = F.softmax(z_clean, dim=1).gather(1, y[:, None]).squeeze(1)
+    robust = (kl_per_sample(z_clean, z_adv) * (1.0 - p_true)).mean()
+    return bce + beta * robust, bce, robust
+
+
+def fgsm_at_loss(z_clean: Tensor, z_adv: Tensor, y: Tensor, alpha: float) -> Tensor:
+    """FGSM-AT (Goodfellow et al. 2015): alpha * CE(z_clean, y) + (1 - alpha) * CE(z_adv, y)."""
+    return alpha * F.cross_entropy(z_clean, y) + (1.0 - alpha) * F.cross_entropy(z_adv, y)
+
+
+def vat_loss(z_clean: Tensor, z_adv: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """VAT (Miyato et al. 2018): CE(z_clean, y) + lam * mean_i KL(p(x_i) || p(x_i + r_adv_i)).
+
+    The clean distribution in the regulariser is a constant (detached), as in the paper; no label
+    enters it. Returns (total, ce, lds).
+    """
+    ce = F.cross_entropy(z_clean, y)
+    lds = kl_batchmean(z_clean.detach(), z_adv)
+    return ce + lam * lds, ce, lds
+
+
+def soft_ce(z: Tensor, soft: Tensor, temperature: float) -> Tensor:
+    """Mean over rows of -sum_k soft_k * log softmax(z / T)_k (distillation on soft labels)."""
+    return -(soft * F.log_softmax(z / temperature, dim=1)).sum(dim=1).mean()

@@ -210,7 +210,7 @@ def run_training(
         MethodContext(
             epsilons=dict(spec.epsilons), params=dict(spec.params), num_classes=meta["num_classes"],
             finetune=spec.finetune, momentum=spec.momentum, weight_decay=spec.weight_decay,
-            seed=spec.seed, train_precision=spec.train_precision,
+            seed=spec.seed, train_precision=spec.train_precision, total_steps=plan.total_steps,
         ),
     )
     optimizer = build_optimizer(bare, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
