@@ -36,6 +36,7 @@ from rampctl.tables import (
     tokens_table,
     trials_table,
     union_grid,
+    unseen_table,
 )
 from workers.training.callbacks import Callback, EpochReport, TrainInfo  # torch-free
 
@@ -83,6 +84,9 @@ def one_line_errors(*errors: type[Exception]) -> Callable[[Callable[P, R]], Call
 def print_results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> None:
     """The results table, then each row's rigour-check verdict or warnings under it."""
     console.print(results_table(rows, title=title))
+    unseen = unseen_table(rows)
+    if unseen is not None:
+        console.print(unseen)
     for i, row in enumerate(rows):
         for line in check_lines(row):
             style = "yellow" if line.startswith("warning") or " failed " in f" {line} " else None

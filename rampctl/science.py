@@ -24,7 +24,8 @@ from workers.contract.registry import UnknownNameError
 from workers.contract.spec import EvalSpec, ResolvedSpec, TrainSpec
 
 SUITE_HELP = ("standard (AutoAttack's APGD-CE + APGD-T, the default) | standard+ (then FAB-T and Square: "
-              "full AutoAttack's composition) | monitor (an upper bound) | autoattack (pyautoattack)")
+              "full AutoAttack's composition) | monitor (an upper bound) | autoattack (pyautoattack) | "
+              "unseen (JPEG, fog, snow, Gabor, elastic adversaries and their union, and the corruptions)")
 CHECKS_HELP = ("points of the rigour checks' curves; 10x iterations and Square on up to 50 robust points "
                "(0: none)")
 PRECISION_HELP = "auto | fp32 | bf16 (bf16: a bfloat16 screen first; float32 decides every robust verdict)"

@@ -8,6 +8,9 @@ robust flags were decided, and ``check_lines(row)`` words its checks (verdict, w
 not be decided). ``pair_lines(report)`` words the paired tests of ``GET /v1/compare``. The shared
 rules live in ``workers.contract.display``.
 
+``unseen_table(rows)``: the ``unseen`` suite's per-attack accuracies, their mean, the unseen union
+and the corruptions' mean (None when no row has them).
+
 ``jobs_table(jobs)``: the service's job list. ``tokens_table(tokens, now)``: the API tokens of
 ``rampctl token list`` (never their secrets: only hashes are stored).
 ``trials_table(listing)``: a sweep's trials (config columns, status, clean / per-norm / union, the
@@ -27,9 +30,10 @@ from typing import Any
 
 from rich.table import Table
 
-from workers.contract.display import accuracy_text, checks_summary, pair_line
+from workers.contract.display import accuracy_text, checks_summary, interval_text, pair_line
 from workers.contract.results import is_upper_bound, result_notes, result_warnings
 from workers.contract.status import JobStatus
+from workers.contract.unseen import unseen_rows
 
 # (metric key, column header)
 ACCURACY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -86,6 +90,35 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None
             str(row.get("precision", "-")),
             format_epsilons(row.get("epsilons")),
         )
+    return table
+
+
+def unseen_table(rows: Sequence[Mapping[str, Any]]) -> Table | None:
+    """The unseen suite's accuracies (each adversary, their mean, the unseen union, the
+    corruptions' mean), one column per run that has them; None when no run has them."""
+    runs = [(str(row.get("name", i + 1)), unseen_rows(row)) for i, row in enumerate(rows)]
+    runs = [(name, lines) for name, lines in runs if lines]
+    if not runs:
+        return None
+    table = Table(title="unseen adversaries", caption="brackets: 95 % interval (Wilson) for n")
+    table.add_column("attack")
+    table.add_column("eps", justify="right")
+    for name, _ in runs:
+        table.add_column(name, justify="right")
+    keys: dict[str, tuple[str, float | None]] = {}
+    for _, lines in runs:
+        for line in lines:
+            keys.setdefault(line.key, (line.label, line.eps))
+    for key, (label, eps) in keys.items():
+        cells = []
+        for _, lines in runs:
+            found = next((line for line in lines if line.key == key), None)
+            if found is None or found.accuracy is None:
+                cells.append("-")
+            else:
+                interval = f" {interval_text(found.interval)}" if found.interval else ""
+                cells.append(f"{format_fraction(found.accuracy)}{interval}")
+        table.add_row(label, "-" if eps is None else f"{eps:.4g}", *cells)
     return table
 
 

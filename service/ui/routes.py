@@ -27,6 +27,7 @@ from service.jobs.specs import SpecError
 from service.state import TERMINAL, IllegalTransition, JobStatus
 from service.sweeps import trials as trial_store
 from service.ui import auth, data, sessions, views
+from service.ui.unseen import unseen_chart, unseen_compare
 from workers.contract.catalog import METHODS
 
 HERE = Path(__file__).parent
@@ -245,7 +246,8 @@ def _job_page(request: Request, session: Any, settings: Any, caller: auth.Caller
         timeline=views.timeline(job, data.events(session, caller.token, job_id, type="status")),
         logs=[ev.data for ev in data.events(session, caller.token, job_id, type="log")][-MAX_LOG_LINES:],
         artifacts=data.artifacts(session, caller.token, settings, job_id),
-        results=views.results(result), curves=curves, epochs=live["epochs"], sweep=sweep,
+        results=views.results(result), unseen=unseen_chart(result), curves=curves, epochs=live["epochs"],
+        sweep=sweep,
         actions=views.actions(job), error=error, ray_url=data.ray_dashboard_url(job, settings),
         page_data={"page": "job", "job_id": job.id, "kind": job.kind, "poll_ms": LIVE_POLL_MS,
                    "live_url": f"/ui/api/jobs/{job.id}",
@@ -358,6 +360,7 @@ def compare_page(request: Request, session: SessionDep, caller: PageCaller,
     view = views.compare_view(jobs, histories)
     return render(
         request, "compare.html", caller, title="Compare", view=view, missing=missing,
+        unseen=unseen_compare(jobs),
         ids=",".join(str(j.id) for j in jobs),
         page_data={"page": "compare", "curves": view["curves"], "epochs": view["epochs"]},
     )

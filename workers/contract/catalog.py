@@ -96,10 +96,14 @@ SUITES: dict[str, str] = {
                "(per-epoch curves only, never a result)",
     "autoattack": "full AutoAttack, standard version, through pyautoattack (APGD-CE, APGD-T, FAB-T, "
                   "Square): the yardstick",
+    "unseen": "the unseen adversaries of Kang et al. 2019 (JPEG l_inf / l_1, fog, snow, Gabor, elastic) "
+              "with their union, and the common corruptions; no l_p attacks",
 }
 """Evaluation suites: name -> what it runs (shown by the CLI, the API and the docs)."""
 DEFAULT_SUITE = "standard"
 UPPER_BOUND_SUITES = frozenset({"monitor"})
+UNSEEN_SUITES = frozenset({"unseen"})
+"""Suites that run the unseen adversaries and the corruptions instead of l_p attacks."""
 """Suites whose numbers over-state robustness by design: labelled as upper bounds everywhere."""
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 """Whether a bfloat16 screen may run before the float32 attacks ("auto": where the hardware

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workers.contract.catalog import DEFAULT_SUITE, UPPER_BOUND_SUITES
+from workers.contract.catalog import DEFAULT_SUITE, UNSEEN_SUITES, UPPER_BOUND_SUITES
 from workers.contract.metrics import FP32, SCREENED
 from workers.contract.norms import NORMS, Norm
 from workers.contract.samples import points_digest
+from workers.contract.unseen import UNSEEN_ATTACKS
 from workers.datasets import load_tensors
 from workers.evaluation.checks import check_units, run_checks
 from workers.evaluation.corruptions import CORRUPTIONS, SEVERITIES
@@ -42,6 +43,7 @@ from workers.evaluation.suites import (
     resolve_suite,
     screen_stage,
 )
+from workers.evaluation.unseen import unseen_flags
 
 Data = str | tuple[Tensor, Tensor]
 
@@ -166,9 +168,16 @@ def evaluate(
     every case. ``checks`` > 0 runs the rigour checks (curves on the first ``checks`` points, 10x
     iterations and Square on up to 50 robust points). ``device`` defaults to the model's; given,
     the model is moved there. With ``out_dir`` the result is also saved there.
+
+    The "unseen" suite attacks no l_p ball (``epsilons`` is not used, the norms and their union
+    are None): it runs the unseen adversaries with the budgets of the images' family (``steps``
+    overrides their iterations) and the common corruptions, and skips the l_p checks.
     """
-    eps = _check_epsilons(epsilons)
     build_stages = resolve_suite(suite)  # unknown attack names fail before any work
+    named = suite if isinstance(suite, str) else None
+    unseen = named in UNSEEN_SUITES
+    eps = {} if unseen else _check_epsilons(epsilons)
+    corruptions = corruptions or unseen
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if steps is not None and steps < 1:
@@ -180,17 +189,17 @@ def evaluate(
     dev = _resolve_device(model, device)
     if device is not None:
         model.to(dev)
-    named = suite if isinstance(suite, str) else None
     screened = resolve_precision(precision, dev) == "bf16" and named in SCREENED_SUITES
-    result_suite = named not in UPPER_BOUND_SUITES
+    result_suite = named not in UPPER_BOUND_SUITES and not unseen
 
     settings = {norm: AttackSettings(norm, e, seed=seed, steps=steps, batch_size=batch_size)
                 for norm, e in eps.items()}
     plan = {norm: build_stages(s) for norm, s in settings.items()}
-    n_checks = min(checks, len(x))
+    n_checks = 0 if unseen else min(checks, len(x))
     units = (1 + sum(len(stages) + screened for stages in plan.values())) * len(x)
     units += len(CORRUPTIONS.names()) * len(SEVERITIES) * len(x) if corruptions else 0
     units += check_units(plan, n_checks)
+    units += len(UNSEEN_ATTACKS) * len(x) if unseen else 0
     tick = Ticker(units, progress)
 
     with _inference(model):
@@ -211,6 +220,7 @@ def evaluate(
             check_report = run_checks(exact, plan, build_stages, settings, x, y, clean, robust,
                                       stage_accuracy, _suite_names(plan), n_checks, dev, tick)
         corruption = _corruption_flags(model, x, y, dev, batch_size, seed, tick) if corruptions else None
+        adversaries = unseen_flags(model, x, y, clean, dev, batch_size, seed, steps, tick) if unseen else None
     tick.finish()
 
     result = EvalResult(
@@ -218,6 +228,7 @@ def evaluate(
         suite=suite if isinstance(suite, str) else list(suite),
         seconds=time.perf_counter() - started, stages=stage_accuracy, corruptions=corruption,
         precision=SCREENED if screened else FP32, checks=check_report, points=points_digest_of(x, y),
+        unseen=adversaries,
     )
     if out_dir is not None:
         result.save(out_dir)

@@ -7,7 +7,13 @@
 - ``per_sample.npz``: boolean arrays over the n evaluated points, in data order:
   ``clean`` (n,), one array per evaluated norm (``linf`` / ``l2`` / ``l1``, (n,): correct clean
   AND under every attack of the suite), ``union`` (n,), and with corruptions
-  ``corruption_<name>`` (5, n): correct on the corrupted point, row i = severity i + 1.
+  ``corruption_<name>`` (5, n): correct on the corrupted point, row i = severity i + 1; with the
+  ``unseen`` suite ``unseen_<attack>`` (n,) per unseen adversary and ``unseen_union`` (n,).
+
+The ``unseen`` suite attacks no l_p ball: its norms and ``union`` are None, and ``unseen`` holds
+``accuracy`` (attack -> fraction), ``mean``, ``union`` (correct under every unseen adversary, also
+top-level as ``unseen_union``), their 95 % ``intervals``, the budgets ``eps``, the ``family``
+they were taken for and the ``steps``.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from workers.contract.metrics import FP32
 from workers.contract.norms import NORMS
 from workers.contract.samples import PER_SAMPLE_KEY, per_sample_block
 from workers.contract.stats import wilson_interval
+from workers.contract.unseen import UNSEEN_UNION
+from workers.evaluation.unseen import UnseenOutcome
 
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.npz"
 CORRUPTION_PREFIX = "corruption_"
+UNSEEN_PREFIX = "unseen_"
 
 
 def _fraction(flags: np.ndarray) -> float:
@@ -72,6 +81,7 @@ class EvalResult:
     precision: str = FP32  # the precision scheme (workers.contract.metrics): how robust flags were decided
     checks: dict[str, Any] | None = None  # the evaluation checks (see checks.py)
     points: str | None = None  # digest of the evaluated points (paired tests need equal digests)
+    unseen: UnseenOutcome | None = None  # the unseen adversaries (the ``unseen`` suite)
 
     def __post_init__(self) -> None:
         self.clean = np.asarray(self.clean, dtype=bool)
@@ -104,7 +114,8 @@ class EvalResult:
         for norm in NORMS:
             out[norm] = _fraction(self.robust[norm]) if norm in self.robust else None
         out |= {
-            "union": _fraction(self.union),
+            # Without an l_p norm there is no l_p union (the clean flags would pose as one).
+            "union": _fraction(self.union) if self.robust else None,
             "intervals": self.intervals(),
             "n": self.n,
             "epsilons": dict(self.epsilons),
@@ -117,21 +128,39 @@ class EvalResult:
         if self.checks is not None:
             out["checks"] = self.checks
         if self.points is not None:
-            flags = {"clean": self.clean, **self.robust, "union": self.union}
+            flags = self._flags()
             out[PER_SAMPLE_KEY] = per_sample_block(self.points, {k: v.tolist() for k, v in flags.items()})
         if self.corruptions is not None:
             out["corruptions"] = self.corruptions.metrics()
+        if self.unseen is not None:
+            out["unseen"] = self.unseen.metrics()
+            out[UNSEEN_UNION] = out["unseen"]["union"]
         return out
 
+    def _flags(self) -> dict[str, np.ndarray]:
+        """The flags with an accuracy of their own: clean, each norm, the union (when a norm was
+        evaluated) and the unseen union."""
+        flags = {"clean": self.clean, **self.robust}
+        if self.robust:
+            flags["union"] = self.union
+        if self.unseen is not None:
+            flags[UNSEEN_UNION] = self.unseen.union
+        return flags
+
     def intervals(self) -> dict[str, list[float]]:
-        """The 95 % Wilson interval of clean, each evaluated norm's and union accuracy."""
-        flags = {"clean": self.clean, **self.robust, "union": self.union}
+        """The 95 % Wilson interval of clean, each evaluated norm's, union and unseen-union accuracy."""
+        flags = self._flags()
         return {k: list(wilson_interval(int(f.sum()), int(f.size))) for k, f in flags.items()}
 
     def per_sample(self) -> dict[str, np.ndarray]:
-        arrays = {"clean": self.clean, **self.robust, "union": self.union}
+        arrays = {"clean": self.clean, **self.robust}
+        if self.robust:
+            arrays["union"] = self.union
         if self.corruptions is not None:
             arrays |= {CORRUPTION_PREFIX + name: f for name, f in self.corruptions.flags.items()}
+        if self.unseen is not None:
+            arrays |= {UNSEEN_PREFIX + name: f for name, f in self.unseen.flags.items()}
+            arrays[UNSEEN_UNION] = self.unseen.union
         return arrays
 
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
@@ -157,6 +186,13 @@ class EvalResult:
             key[len(CORRUPTION_PREFIX):]: value for key, value in arrays.items()
             if key.startswith(CORRUPTION_PREFIX)
         }
+        unseen = metrics.get("unseen")
+        adversaries = None
+        if isinstance(unseen, dict):
+            names = unseen.get("eps", {})
+            adversaries = UnseenOutcome(
+                {name: arrays[UNSEEN_PREFIX + name] for name in names}, dict(names), unseen["family"],
+                unseen["steps"])
         return cls(
             clean=arrays["clean"],
             robust={norm: arrays[norm] for norm in NORMS if norm in arrays},
@@ -168,4 +204,5 @@ class EvalResult:
             precision=metrics.get("precision", FP32),
             checks=metrics.get("checks"),
             points=(metrics.get(PER_SAMPLE_KEY) or {}).get("points"),
+            unseen=adversaries,
         )

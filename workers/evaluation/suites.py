@@ -17,6 +17,8 @@ classified correctly, so a sample is robust under a norm only if it survives eve
   per-epoch curve of training. It over-states robustness (no restarts, no targets, no l_1
   schedule -- by tens of points on l_1) and is labelled an upper bound wherever it is shown.
 - ``autoattack``: pyautoattack's full standard version (APGD-CE, APGD-T, FAB-T, Square).
+- ``unseen``: no l_p stage; ``evaluate`` runs the unseen adversaries (JPEG, fog, snow, Gabor,
+  elastic; ``workers.evaluation.unseen``) and the common corruptions instead.
 - custom: "apgd-ce" / "apgd-t" (ours, as in ``standard``), "apgd" (the monitor's run), "pgd",
   and pyautoattack's components "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square" with the
   standard version's per-norm settings. ``steps`` overrides every iteration count.
@@ -176,6 +178,12 @@ def screen_stage(s: AttackSettings) -> Stage:
 @SUITES.register("monitor")
 def _monitor(s: AttackSettings) -> list[Stage]:
     return [Stage("apgd", ATTACKS.get("apgd")(s))]
+
+
+@SUITES.register("unseen")
+def _unseen(s: AttackSettings) -> list[Stage]:
+    # No l_p stage: ``evaluate`` runs the unseen adversaries (``workers.evaluation.unseen``).
+    return []
 
 
 @SUITES.register("autoattack")
