@@ -30,6 +30,7 @@ from rich.progress import (
 from rampctl.tables import (
     check_lines,
     format_fraction,
+    gradient_text,
     job_progress,
     jobs_table,
     results_table,
@@ -121,6 +122,8 @@ class RichProgress(Callback):
         parts = [f"epoch {report.epoch}/{report.epochs}", f"lr {report.lr:.4g}"]
         parts += [f"{k} {v:.4f}" for k, v in report.losses.items()]
         parts += [f"train-{k} {format_fraction(v)}" for k, v in report.train_robust_acc.items()]
+        if report.grad_cosine is not None:
+            parts.append(gradient_text(report.grad_cosine, report.grad_angle_deg))
         if report.monitor:
             parts.append("monitor (upper bound): " + " ".join(
                 f"{k} {format_fraction(v)}" for k, v in report.monitor.items()))
@@ -213,6 +216,10 @@ def follow_job(job_id: int, events: Events) -> None:
                                    for k, v in (data.get("monitor") or {}).items())
                 if monitor:
                     monitor = f"monitor (upper bound): {monitor}"
+                cosine = data.get("grad_cosine")
+                if isinstance(cosine, int | float):
+                    angle = data.get("grad_angle_deg")
+                    losses += " " + gradient_text(cosine, angle if isinstance(angle, int | float) else None)
                 bar.console.print(f"  epoch {data.get('epoch')}/{data.get('epochs')}: {losses} {monitor}",
                                   highlight=False)
             elif etype == "log" and data.get("level") in ("warning", "error"):

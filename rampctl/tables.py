@@ -48,6 +48,12 @@ def format_fraction(value: Any) -> str:
     return f"{100 * value:.1f}%"
 
 
+def gradient_text(cosine: float, angle_deg: float | None = None) -> str:
+    """GP's cosine between the epoch's natural and adversarial updates, with its angle."""
+    angle = f" ({angle_deg:.0f} deg)" if angle_deg is not None else ""
+    return f"cos(nat, adv) {cosine:+.3f}{angle}"
+
+
 def format_epsilons(epsilons: Any) -> str:
     if not isinstance(epsilons, Mapping) or not epsilons:
         return "-"

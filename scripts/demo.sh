@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# The demo: RAMP and E-AT on mnist-5k through the service, side by side.
+# The demo: the RAMP paper's Figure-1 effect, through the service, in about five minutes.
 #
-# Starts the service embedded in the background (SQLite + a local Ray head it owns), submits a RAMP
-# and an E-AT training job (the reference MNIST recipe), follows their progress, prints clean / l_inf / l_2 /
-# l_1 / union accuracy side by side and the Ray dashboard URL, then shuts the service down (which
-# stops its Ray head -- only its own processes).
+# An l_inf-robust small-cnn (adversarially trained on mnist-5k; shipped in demo/base-linf-at/, made by
+# scripts/make_demo_base.py) is fine-tuned three ways at once: with l_1 adversarial examples only
+# (AT-l_1), with E-AT and with RAMP. l_1-only fine-tuning destroys the model's l_inf robustness;
+# RAMP keeps it. The demo starts the service embedded in the background (SQLite + a local Ray head it
+# owns), submits the three fine-tuning jobs and an evaluation of the starting model, follows them
+# (per-epoch lines: the cheap monitor suite, an upper bound), then prints
+#   - the results table: clean / l_inf / l_2 / l_1 / union with 95 % Wilson intervals, from the
+#     default suite (AutoAttack's APGD-CE + APGD-T, standard settings, float32 decisions; see
+#     docs/evaluation.md), every job on the same test points, and the paired differences with exact
+#     McNemar p values (`rampctl results`);
+#   - the per-epoch l_inf / l_1 / union curve of each fine-tuning (monitor suite, labelled so) and
+#     the Figure-1 verdict, stated only through the paired tests;
+#   - the web page and the Ray dashboard URL;
+# then shuts the service down (which stops its Ray head -- only its own processes), unless
+# DEMO_KEEP=1 (then it keeps serving the pages until Ctrl-C).
 #
-# The budget is the catalog's MNIST recipe (10 epochs of the 4,000 training digits, batch 128):
-# adversarial training at eps_inf = 0.3 needs about 6 epochs to leave chance level, so a shorter run
-# would print a table of noise. About 8 minutes on a 2-core laptop (both jobs run at once).
-# The results are the default suite's (APGD-CE + APGD-T with AutoAttack's standard settings; see
-# docs/evaluation.md), with the evaluation-rigour checks on the first DEMO_CHECKS_N of the points;
-# the per-epoch lines are the cheap monitor suite, an upper bound.
-# Knobs (environment): DEMO_EPOCHS (default 10), DEMO_STEPS (cap on optimiser steps, default none),
-# DEMO_EVAL_N (test points of the final evaluation, default 300), DEMO_CHECKS_N (default 50),
-# RAMP_HOME (default: a fresh temp dir), RAMP_PORT, RAMPCTL.
+# The from-scratch comparison (RAMP vs E-AT trained from random weights, ~10+ minutes) is
+# `bash scripts/demo_scratch.sh`; the small-scale reproduction of the paper, docs/results-mnist.md.
+# Knobs (environment): DEMO_EPOCHS (fine-tuning epochs, default 2), DEMO_TRAIN_N (training points,
+# default all 4,000), DEMO_EVAL_N (test points of the final evaluation, default 200), DEMO_CHECKS_N
+# (points of the evaluation-rigour checks, default 0: they add minutes; `rampctl submit --kind eval
+# --job-id N --checks-n 100` runs them later), DEMO_MONITOR_N (per-epoch monitor points, default 200),
+# DEMO_BASE (the starting checkpoint), DEMO_KEEP, RAMP_HOME (default: a fresh temp dir), RAMP_PORT,
+# RAMPCTL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,19 +32,30 @@ bash scripts/setup.sh
 
 PY="${PYTHON:-.venv/bin/python}"
 RAMPCTL="${RAMPCTL:-.venv/bin/rampctl}"
-EPOCHS="${DEMO_EPOCHS:-10}"
-STEPS="${DEMO_STEPS:-}"
-EVAL_N="${DEMO_EVAL_N:-300}"
-CHECKS_N="${DEMO_CHECKS_N:-50}"
+EPOCHS="${DEMO_EPOCHS:-2}"
+TRAIN_N="${DEMO_TRAIN_N:-}"
+EVAL_N="${DEMO_EVAL_N:-200}"
+CHECKS_N="${DEMO_CHECKS_N:-0}"
+MONITOR_N="${DEMO_MONITOR_N:-200}"
+BASE="${DEMO_BASE:-demo/base-linf-at}"
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+started=$(date +%s)
 
+[ -f "$BASE/meta.json" ] || { echo "no starting model at $BASE (make it: $PY scripts/make_demo_base.py)" >&2; exit 1; }
 export RAMP_HOME="${RAMP_HOME:-$(mktemp -d /tmp/ramp-demo-XXXXXX)}"
 export RAMP_PORT="${RAMP_PORT:-$(free_port)}"
 export RAMP_URL="http://127.0.0.1:${RAMP_PORT}"
 # A free dashboard port, so the demo runs next to any other Ray head on the machine.
 export RAMP_RAY_DASHBOARD_URL="${RAMP_RAY_DASHBOARD_URL:-http://127.0.0.1:$(free_port)}"
 export RAMP_LOG_JSON="${RAMP_LOG_JSON:-false}"
+# All four jobs at once (one torch thread each): nothing waits for a free slot while a core idles.
+export RAMP_MAX_CONCURRENT_JOBS="${RAMP_MAX_CONCURRENT_JOBS:-4}"
+export RAMP_RAY_NUM_CPUS="${RAMP_RAY_NUM_CPUS:-4}"
 unset RAY_ADDRESS DATABASE_URL  # embedded: this demo owns its database and its Ray head
+# Jobs may name paths only under the data roots (default $RAMP_HOME/data): the starting model goes there.
+mkdir -p "$RAMP_HOME/data"
+cp -r "$BASE" "$RAMP_HOME/data/base-linf-at"
+BASE_CKPT="$RAMP_HOME/data/base-linf-at"
 
 echo "== starting the service at ${RAMP_URL} (home ${RAMP_HOME}; log ${RAMP_HOME}/service.log)"
 "$RAMPCTL" serve --port "$RAMP_PORT" >"${RAMP_HOME}/service.log" 2>&1 &
@@ -62,24 +83,40 @@ curl -sf "${RAMP_URL}/healthz" >/dev/null || { echo "the service did not come up
 RAMP_TOKEN="$(cat "${RAMP_HOME}/admin_token")"
 export RAMP_TOKEN
 
-budget=(--dataset mnist-5k --model small-cnn --epochs "$EPOCHS" --eval-n "$EVAL_N" --checks-n "$CHECKS_N"
-        --monitor-n 100 --seed 0)
-[ -n "$STEPS" ] && budget+=(--max-steps "$STEPS")
-echo "== submitting RAMP and E-AT (mnist-5k, ${EPOCHS} epochs${STEPS:+, at most $STEPS steps} each, eval on ${EVAL_N} points)"
-RAMP_JOB="$("$RAMPCTL" submit --method ramp "${budget[@]}" --idempotency-key "demo-ramp-$$" -q)"
-EAT_JOB="$("$RAMPCTL" submit --method eat "${budget[@]}" --idempotency-key "demo-eat-$$" -q)"
-echo "jobs: RAMP #${RAMP_JOB}, E-AT #${EAT_JOB}"
+# The same seed and the same first EVAL_N test points for every job: the paired tests need them.
+finetune=(--kind finetune --init-from-checkpoint "$BASE_CKPT" --dataset mnist-5k --epochs "$EPOCHS"
+          --eval-n "$EVAL_N" --checks-n "$CHECKS_N" --monitor-n "$MONITOR_N" --seed 0)
+[ -n "$TRAIN_N" ] && finetune+=(--train-n "$TRAIN_N")
+echo "== fine-tuning the l_inf-AT model (${BASE}) with RAMP, E-AT and l_1 examples only:" \
+     "${EPOCHS} epoch(s) each; final evaluation on ${EVAL_N} test points"
+key="demo-$$-$(date +%s)"
+RAMP_JOB="$("$RAMPCTL" submit --method ramp "${finetune[@]}" --idempotency-key "$key-ramp" -q)"
+EAT_JOB="$("$RAMPCTL" submit --method eat "${finetune[@]}" --idempotency-key "$key-eat" -q)"
+L1_JOB="$("$RAMPCTL" submit --method at-l1 "${finetune[@]}" --idempotency-key "$key-l1" -q)"
+BASE_JOB="$("$RAMPCTL" submit --kind eval --checkpoint "$BASE_CKPT" --n "$EVAL_N" --checks-n "$CHECKS_N" \
+            --seed 0 --idempotency-key "$key-base" -q)"
+echo "jobs: starting model (evaluation) #${BASE_JOB}, AT-l_1 #${L1_JOB}, E-AT #${EAT_JOB}, RAMP #${RAMP_JOB}"
 
 status=0
-"$RAMPCTL" status "$RAMP_JOB" --follow || status=1
-"$RAMPCTL" status "$EAT_JOB" --follow || status=1
+for job in "$L1_JOB" "$EAT_JOB" "$RAMP_JOB" "$BASE_JOB"; do
+    "$RAMPCTL" status "$job" --follow || status=1
+done
 
-echo "== results"
-"$RAMPCTL" results "$RAMP_JOB" "$EAT_JOB"
+echo "== results (default suite; 95 % Wilson intervals; paired exact McNemar tests on the same points)"
+"$RAMPCTL" results "$BASE_JOB" "$L1_JOB" "$EAT_JOB" "$RAMP_JOB" || status=1
+echo
+"$PY" scripts/demo_report.py --base "$BASE_JOB" --l1 "$L1_JOB" --eat "$EAT_JOB" --ramp "$RAMP_JOB" || status=1
+
 dashboard="$(curl -sf -H "Authorization: Bearer ${RAMP_TOKEN}" "${RAMP_URL}/v1/jobs/${RAMP_JOB}" \
     | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("ray_dashboard_url") or "-")')"
-echo "Ray dashboard (while the service runs): ${dashboard}"
-echo "The small-scale reproduction of the paper's comparisons (3 seeds, fine-tuning, Figure 1, an"
-echo "AutoAttack cross-check) is in docs/results-mnist.md: at that budget MAX, E-AT and AVG lead from"
-echo "scratch, E-AT > MAX > RAMP after fine-tuning, and RAMP keeps l_inf robustness where l_1 fine-tuning loses it."
+echo
+echo "Web page (log in with the token in ${RAMP_HOME}/admin_token):"
+echo "  ${RAMP_URL}/ui/compare?ids=${BASE_JOB},${L1_JOB},${EAT_JOB},${RAMP_JOB}   (each job: ${RAMP_URL}/ui/jobs/ID)"
+echo "Ray dashboard: ${dashboard}"
+echo "Demo wall time: $(( $(date +%s) - started )) s (set-up excluded)."
+echo "From scratch instead (RAMP vs E-AT from random weights, 10+ minutes): bash scripts/demo_scratch.sh"
+if [ "${DEMO_KEEP:-0}" = "1" ]; then
+    echo "DEMO_KEEP=1: the service keeps running (pages and dashboard stay up); Ctrl-C stops it."
+    wait "$SERVICE_PID" || true
+fi
 exit "$status"

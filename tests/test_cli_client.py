@@ -184,6 +184,18 @@ def test_status_follow_prints_each_event_once_across_a_drop(scripted: Any) -> No
     assert [s["last_event_id"] for s in server.seen if s["path"].endswith("/events")] == [None, "1"]
 
 
+def test_status_follow_prints_the_gradient_cosine_of_a_gradient_projected_epoch(scripted: Any) -> None:
+    server = scripted(stream(
+        event(1, "metrics", epoch=1, epochs=2, losses={"ce": 1.5}, grad_cosine=0.25, grad_angle_deg=75.52),
+        event(2, "metrics", epoch=2, epochs=2, losses={"ce": 0.75}, grad_cosine=None, grad_angle_deg=None),
+        event(3, "status", **{"from": "running", "to": "succeeded"}), END))
+    env = {"RAMP_URL": server.url, "RAMP_TOKEN": "tok", "RAMP_RECONNECT_DELAY_S": "0", "COLUMNS": "200"}
+    r = CliRunner().invoke(app, ["status", "7", "--follow"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/2: ce=1.5 cos(nat, adv) +0.250 (76 deg)" in r.output
+    assert r.output.count("cos(nat, adv)") == 1  # epoch 2 ran without gradient projection
+
+
 def test_http_errors_are_one_line(scripted: Any) -> None:
     server = scripted()
     with client_for(server) as client:

@@ -266,3 +266,66 @@ def test_hooks_out_of_order_raise() -> None:
     x, y = _data(1)[0]
     with pytest.raises(RuntimeError, match="before on_epoch_start"):
         gp.after_step(_model(), x, y, 0.1)
+
+
+# --- the logged cosine between the natural and adversarial updates ---------------------------------
+
+
+def test_update_cosine_joins_the_tensors_and_ignores_other_keys() -> None:
+    from workers.methods.gp import angle_degrees, update_cosine
+
+    theta0 = {"a": torch.zeros(2), "b": torch.zeros(1), "buf": torch.zeros(1)}
+    nat = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0]), "buf": torch.tensor([5.0])}
+    adv = {"a": torch.tensor([0.0, 0.0]), "b": torch.tensor([1.0]), "buf": torch.tensor([5.0])}
+    # Orthogonal over the parameters; the buffer (same move on both sides) would make it positive.
+    assert update_cosine(theta0, nat, adv, ["a", "b"]) == pytest.approx(0.0)
+    assert update_cosine(theta0, nat, adv, ["a", "b", "buf"]) > 0.9
+    assert angle_degrees(update_cosine(theta0, nat, adv, ["a", "b"])) == pytest.approx(90.0)
+    opposite = {k: -v for k, v in nat.items()}
+    assert update_cosine(theta0, nat, opposite, ["a"]) == pytest.approx(-1.0)
+    assert angle_degrees(-1.0) == pytest.approx(180.0) and angle_degrees(1.0) == pytest.approx(0.0)
+    assert update_cosine(theta0, theta0, adv, ["a", "b"]) == 0.0  # no natural update: 0, not NaN
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, vectors, vectors, st.floats(0.01, 100))
+def test_update_cosine_is_a_bounded_symmetric_scale_free_cosine(t0, n, a, scale) -> None:
+    from workers.methods.gp import update_cosine
+
+    theta0 = {"w": torch.tensor(t0, dtype=torch.float64)}
+    nat = {"w": torch.tensor(n, dtype=torch.float64)}
+    adv = {"w": torch.tensor(a, dtype=torch.float64)}
+    c = update_cosine(theta0, nat, adv, ["w"])
+    assert -1.0 <= c <= 1.0
+    assert c == pytest.approx(update_cosine(theta0, adv, nat, ["w"]), abs=1e-9)
+    scaled = {"w": theta0["w"] + scale * (adv["w"] - theta0["w"])}
+    assert c == pytest.approx(update_cosine(theta0, nat, scaled, ["w"]), abs=1e-6)
+    g_a, g_n = (adv["w"] - theta0["w"]), (nat["w"] - theta0["w"])
+    if g_a.norm() > 1e-6 and g_n.norm() > 1e-6:
+        expected = float(torch.dot(g_a, g_n) / (g_a.norm() * g_n.norm()))
+        assert c == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_wrapper_reports_the_epochs_cosine_over_parameters() -> None:
+    from workers.methods.gp import angle_degrees, update_cosine
+    from workers.training.optim import build_optimizer
+
+    model, data = _model(), _data(4)
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gp = GradientProjected(ShiftedCE(CTX))
+    assert gp.epoch_metrics() == {}  # before any projected epoch
+    theta0 = copy.deepcopy(model.state_dict())
+    seen = {}
+
+    def before_projection() -> None:
+        seen["nat"] = copy.deepcopy(gp.natural.state_dict())
+        seen["adv"] = copy.deepcopy(model.state_dict())
+
+    _run_epoch(gp, model, opt, data, 0, hook=before_projection)
+    params = [name for name, _ in model.named_parameters()]
+    expected = update_cosine(theta0, seen["nat"], seen["adv"], params)
+    got = gp.epoch_metrics()
+    assert got["grad_cosine"] == pytest.approx(expected)
+    assert got["grad_angle_deg"] == pytest.approx(angle_degrees(expected))
+    assert -1.0 < got["grad_cosine"] < 1.0  # the shifted batch makes the two updates differ
+    assert NaturalTraining(CTX).epoch_metrics() == {}  # a method without GP reports nothing

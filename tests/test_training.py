@@ -253,6 +253,7 @@ def test_run_writes_checkpoint_metrics_history_and_reports(tmp_path):
     first = rec.reports[0]
     assert set(first.losses) == {"ce"} and math.isfinite(first.losses["ce"])
     assert first.train_robust_acc == {}  # natural training attacks nothing
+    assert first.grad_cosine is None and first.grad_angle_deg is None  # no gradient projection
     assert set(first.monitor) == {"clean", "linf", "l2", "l1", "union"}
     assert all(0.0 <= v <= 1.0 for v in first.monitor.values())
     # piecewise over the capped 10 steps: the decay still happens (at step 8.75 of 10)
@@ -433,6 +434,15 @@ def test_resume_is_exact_for_stateful_methods(tmp_path, method):
     hist = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     if method in ("eat", "ramp"):
         assert set(hist[0]["train_robust_acc"]) <= {"linf", "l1"} and hist[0]["train_robust_acc"]
+    # Gradient projection logs its cosine every epoch (the resumed run the same); the others have none.
+    resumed = [json.loads(x) for x in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    cosines = [h["grad_cosine"] for h in hist]
+    assert cosines == [h["grad_cosine"] for h in resumed]
+    if method == "ramp":
+        assert all(-1.0 <= c <= 1.0 for c in cosines) and len(set(cosines)) == 2
+        assert all(0.0 <= h["grad_angle_deg"] <= 180.0 for h in hist)
+    else:
+        assert cosines == [None, None]
 
 
 def test_run_training_takes_only_a_resolved_spec(tmp_path):

@@ -177,7 +177,8 @@ def timeline(job: Job, status_events: Iterable[JobEvent]) -> list[dict[str, Any]
 
 def epoch_series(history: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-epoch curves from ``metrics`` events (``EpochReport`` dicts): the held-out monitor
-    accuracies (an upper bound) and the loss parts. An epoch reported again by a later attempt
+    accuracies (an upper bound), the loss parts and, under gradient projection, the cosine (and
+    angle) between the natural and adversarial updates. An epoch reported again by a later attempt
     (a retry resumes from its checkpoint) replaces the earlier report."""
     by_epoch: dict[int, Mapping[str, Any]] = {}
     for report in history:
@@ -200,6 +201,10 @@ def epoch_series(history: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         # The monitor suite is an upper bound unless a report says otherwise.
         "upper_bound": all(r.get("monitor_upper_bound", True) for r in reports if r.get("monitor")),
         "losses": {p: [_num(loss.get(p)) for loss in losses] for p in parts},
+        # Gradient projection's cosine between the epoch's natural and adversarial updates.
+        "grad_cosine": [_num(r.get("grad_cosine")) for r in reports],
+        "grad_angle_deg": [_num(r.get("grad_angle_deg")) for r in reports],
+        "has_gradients": any(number(r.get("grad_cosine")) for r in reports),
     }
 
 

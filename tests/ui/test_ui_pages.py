@@ -195,6 +195,30 @@ def test_the_job_page_shows_results_checks_warnings_curves_and_epochs(ui: Ui) ->
     assert live["epochs"] == data["epochs"] and live["status"] == "succeeded"
 
 
+def test_the_job_page_shows_the_gradient_cosine_of_a_gradient_projected_run(ui: Ui) -> None:
+    job_id = ui.submit(TRAIN)
+    first = epoch_report(1, clean=0.5, union=0.1, ce=2.1, pairing=0.3) | {"grad_cosine": 0.25,
+                                                                          "grad_angle_deg": 75.52}
+    second = epoch_report(2, clean=0.7, union=0.2, ce=1.4, pairing=0.2) | {"grad_cosine": -0.125,
+                                                                           "grad_angle_deg": 97.18}
+    ui.run(job_id, events=[{"type": "metrics", "data": first}, {"type": "metrics", "data": second}])
+    text = ui.client.get(f"/ui/jobs/{job_id}", headers=ui.auth).text
+    table = re.search(r'<table class="grid" id="gradients">.*?</table>', text, re.S).group(0)
+    assert re.findall(r'<td class="num">([^<]*)</td>', table) == ["+0.250", "-0.125", "76°", "97°"]
+    assert 'id="epoch-gradients"' in text
+    data = page_data(text)
+    assert data["epochs"]["grad_cosine"] == [0.25, -0.125] and data["epochs"]["has_gradients"] is True
+    assert data["epochs"]["grad_angle_deg"] == [75.52, 97.18]
+    live = ui.client.get(data["live_url"], headers=ui.auth).json()
+    assert live["epochs"]["grad_cosine"] == [0.25, -0.125]
+
+    # A run without gradient projection (no cosine in its reports) gets neither table nor chart.
+    plain = recorded_job(ui, clean=0.9, linf=0.41, l2=0.52, l1=0.33, union=0.275)
+    text = ui.client.get(f"/ui/jobs/{plain}", headers=ui.auth).text
+    assert 'id="gradients"' not in text and 'id="epoch-gradients"' not in text
+    assert page_data(text)["epochs"]["has_gradients"] is False
+
+
 def test_an_undecided_check_is_never_a_tick(ui: Ui) -> None:
     job_id = recorded_job(ui, clean=0.9, linf=0.41, l2=0.52, l1=0.33, union=0.275, n_checks=10)
     text = ui.client.get(f"/ui/jobs/{job_id}", headers=ui.auth).text

@@ -77,6 +77,11 @@ class Method:
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Called after the last batch of each epoch, before evaluation and checkpointing."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Scalars about the epoch that just ended (after ``on_epoch_end``) for its ``EpochReport``;
+        gradient projection gives ``grad_cosine`` and ``grad_angle_deg``."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Resumable state; tensors and plain Python values only (loaded with weights_only=True)."""
         return {}

@@ -25,6 +25,12 @@ Per epoch (``docs/methods.md#gradient-projection-gp``):
 A zero delta on either side gives ``c = 0`` (and a zero projection), never NaN. Scalars
 (``num_batches_tracked``) and non-floating tensors come from the adversarial model.
 
+``update_cosine`` (pure) is what the per-epoch history logs (``grad_cosine``, ``grad_angle_deg``;
+the paper's GP analysis reports this cosine): the cosine between the epoch's natural and adversarial
+updates ``g_n``, ``g_a`` of the model's *parameters*, all tensors flattened into one vector
+(buffers such as BN running statistics are left out: they are not gradients). It is a whole-model
+view; the projection itself still takes one cosine per tensor.
+
 The reference GP code crashes as published (a missing import), so there is no run to match
 bit-for-bit; the rule above is what it computes. Under distributed data parallelism the natural
 model's gradients are averaged across ranks like the main model's, so every rank computes the
@@ -34,7 +40,8 @@ same projected weights.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -106,6 +113,30 @@ def project_state(
     return out
 
 
+def update_cosine(
+    theta0: Mapping[str, Tensor], theta_nat: Mapping[str, Tensor], theta_adv: Mapping[str, Tensor],
+    keys: Iterable[str],
+) -> float:
+    """cos(g_n, g_a) over ``keys`` (tensors flattened and joined); 0 when either update is zero."""
+    dot = norm_a = norm_n = torch.zeros((), dtype=torch.float64)
+    for key in keys:
+        base = theta0[key].detach()
+        g_a = (theta_adv[key].detach() - base).reshape(-1).double()
+        g_n = (theta_nat[key].detach() - base).reshape(-1).double()
+        dot = dot + torch.dot(g_a, g_n)
+        norm_a = norm_a + torch.dot(g_a, g_a)
+        norm_n = norm_n + torch.dot(g_n, g_n)
+    denom = (norm_a * norm_n).sqrt()
+    if not denom > 0:
+        return 0.0
+    return float((dot / denom).clamp(-1.0, 1.0))
+
+
+def angle_degrees(cosine: float) -> float:
+    """The angle whose cosine is ``cosine`` (clamped to [-1, 1]), in degrees."""
+    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+
+
 def _average_grads_across_ranks(params: list[nn.Parameter]) -> None:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
@@ -135,6 +166,7 @@ class GradientProjected(Method):
         self.optimizer: torch.optim.Optimizer | None = None
         self.theta0: dict[str, Tensor] | None = None
         self._pending: dict[str, Any] | None = None
+        self._cosine: float | None = None  # of the last projected epoch
 
     # --- the wrapped method ---
     def compute_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
@@ -169,12 +201,19 @@ class GradientProjected(Method):
         if self.natural is None or self.theta0 is None:
             raise RuntimeError("gradient projection: on_epoch_end called before on_epoch_start")
         base = unwrap(model)
-        new = project_state(
-            self.theta0, self.natural.state_dict(), base.state_dict(), self.beta, self.formula
-        )
+        natural, adversarial = self.natural.state_dict(), base.state_dict()
+        params = [name for name, _ in base.named_parameters()]
+        self._cosine = update_cosine(self.theta0, natural, adversarial, params)
+        new = project_state(self.theta0, natural, adversarial, self.beta, self.formula)
         base.load_state_dict(new)
         self.natural.load_state_dict(new)
         self.theta0 = None
+
+    def epoch_metrics(self) -> dict[str, float]:
+        out = self.inner.epoch_metrics()
+        if self._cosine is not None:
+            out |= {"grad_cosine": self._cosine, "grad_angle_deg": angle_degrees(self._cosine)}
+        return out
 
     # --- state ---
     def state_dict(self) -> dict[str, Any]:

@@ -141,7 +141,8 @@ def epoch_metrics(report: EpochReport) -> dict[str, Any]:
     """An epoch report as flat scalars: what Ray Train and Ray Tune record, and sweeps rank by.
 
     Monitor metrics keep their names (``union``, ``clean``, ``linf``, ...); loss parts become
-    ``loss_<part>`` and training robust accuracies ``train_acc_<norm>``.
+    ``loss_<part>`` and training robust accuracies ``train_acc_<norm>``; gradient-projected runs add
+    ``grad_cosine``.
     """
     out: dict[str, Any] = {
         "epoch": report.epoch, "epochs": report.epochs, "step": report.step,
@@ -150,6 +151,8 @@ def epoch_metrics(report: EpochReport) -> dict[str, Any]:
     out.update({f"loss_{k}": v for k, v in report.losses.items()})
     out.update({f"train_acc_{k}": v for k, v in report.train_robust_acc.items()})
     out.update(report.monitor)
+    if report.grad_cosine is not None:
+        out["grad_cosine"] = report.grad_cosine
     return out
 
 

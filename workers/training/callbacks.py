@@ -41,6 +41,9 @@ class EpochReport:
     fraction of training adversarial examples still classified correctly. ``monitor`` holds the
     held-out check (``clean``, ``linf``, ``l2``, ``l1``, ``union``) or is empty when disabled: the
     ``monitor`` suite, an optimistic upper bound on robustness (curves, never results).
+    ``grad_cosine`` / ``grad_angle_deg``: under gradient projection, the cosine (and angle, in
+    degrees) between the epoch's natural and adversarial parameter updates
+    (``workers.methods.gp.update_cosine``); None for runs without GP.
     """
 
     epoch: int
@@ -56,6 +59,8 @@ class EpochReport:
     # place the curve is shown (history.jsonl, the job's metrics events, the CLI, the web page).
     monitor_suite: str = "monitor"
     monitor_upper_bound: bool = True
+    grad_cosine: float | None = None
+    grad_angle_deg: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -248,9 +248,11 @@ def run_training(
         losses, robust = stats.summary(runtime.reduce_sum)
         seconds = time.perf_counter() - started
         monitor = _monitor(bare, monitor_data, spec, runtime.device) if monitor_data is not None else {}
+        gradients = method.epoch_metrics()
         report = EpochReport(
             epoch=epoch + 1, epochs=plan.epochs, step=progress.step, total_steps=plan.total_steps,
             lr=lr, losses=losses, train_robust_acc=robust, seconds=seconds, monitor=monitor,
+            grad_cosine=gradients.get("grad_cosine"), grad_angle_deg=gradients.get("grad_angle_deg"),
         )
         progress.history.append(report.to_dict())
         progress.epoch = epoch + 1

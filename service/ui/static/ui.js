@@ -81,6 +81,14 @@
       options: { scales: { x: { title: { display: true, text: "epoch" } },
                            y: { title: { display: true, text: "loss" } } } },
     });
+    if (epochs.has_gradients) {
+      draw("epoch-gradients", {
+        type: "line",
+        data: { labels: labels, datasets: [line(PALETTE[0], "cos(natural, adversarial)", epochs.grad_cosine)] },
+        options: { scales: { x: { title: { display: true, text: "epoch" } },
+                             y: { min: -1, max: 1, title: { display: true, text: "cosine" } } } },
+      });
+    }
   }
 
   function radiusChart(id, curve, datasets, legend) {
