@@ -13,9 +13,12 @@ status. Each index below serves one of those as a single range scan in ``id`` or
 * ``(owner_id, status, id)``, ``(owner_id, kind, id)``, ``(owner_id, method, id)``: a tenant's
   listing filtered by status, kind or method;
 * ``(kind, method, id)``: an admin's listing filtered by kind and method;
-* ``(status, id)``: the dispatcher's claim (queued, oldest first), the active jobs it watches, the
-  live-status counts of ``/metrics`` and the start-up reconciliation's failed jobs. It replaces
-  the single-column ``ix_jobs_status``, its prefix.
+* ``(status, id)``: the dispatcher's claim (queued, oldest first), the active jobs it watches and
+  the live-status counts of ``/metrics``. It replaces the single-column ``ix_jobs_status``, its
+  prefix;
+* ``(status, id) WHERE attempt <= max_retries`` (partial): the failed jobs with a retry left, which
+  the start-up reconciliation retries -- without it, that query visited every failed job of the
+  history (SQLite, 5k failed of 50k: 41 ms; with it, well under 1 ms).
 
 CREATE/DROP INDEX only (no table rebuild), as in 0003 and 0004.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
@@ -38,15 +42,19 @@ INDEXES: dict[str, list[str]] = {
     "ix_jobs_kind_method_id": ["kind", "method", "id"],
     "ix_jobs_status_id": ["status", "id"],
 }
+RETRY_LEFT_SQL = "attempt <= max_retries"  # as service.db.models (a migration does not import it)
 
 
 def upgrade() -> None:
     for name, columns in INDEXES.items():
         op.create_index(name, "jobs", columns, unique=False)
+    op.create_index("ix_jobs_retry_due", "jobs", ["status", "id"], unique=False,
+                    sqlite_where=sa.text(RETRY_LEFT_SQL), postgresql_where=sa.text(RETRY_LEFT_SQL))
     op.drop_index("ix_jobs_status", table_name="jobs")
 
 
 def downgrade() -> None:
     op.create_index("ix_jobs_status", "jobs", ["status"], unique=False)
+    op.drop_index("ix_jobs_retry_due", table_name="jobs")
     for name in reversed(INDEXES):
         op.drop_index(name, table_name="jobs")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db.base import Base, utcnow
@@ -14,6 +14,9 @@ from service.state import JobStatus
 
 # The owner the service gives its own admin token (service.main.ensure_admin_token).
 ADMIN_OWNER = "admin"
+# attempt - 1 < max_retries, written as the partial index ix_jobs_retry_due's predicate: a query
+# uses that index only when its WHERE repeats this very expression.
+RETRY_LEFT_SQL = "attempt <= max_retries"
 
 
 class Job(Base):
@@ -29,6 +32,10 @@ class Job(Base):
         Index("ix_jobs_owner_id_method_id", "owner_id", "method", "id"),
         Index("ix_jobs_kind_method_id", "kind", "method", "id"),
         Index("ix_jobs_status_id", "status", "id"),
+        # Jobs with a retry left: the failed ones among them are what the start-up reconciliation
+        # retries (``store.retry_due_ids``), found without visiting the failed jobs that have none.
+        Index("ix_jobs_retry_due", "status", "id", sqlite_where=text(RETRY_LEFT_SQL),
+              postgresql_where=text(RETRY_LEFT_SQL)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

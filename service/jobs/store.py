@@ -14,12 +14,12 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import ApiToken, IdempotencyKey, Job
+from service.db.models import RETRY_LEFT_SQL, ApiToken, IdempotencyKey, Job
 from service.state import ACTIVE, JobStatus, parse_status
 
 if TYPE_CHECKING:  # service.auth.access imports this module; store only calls Principal's methods
@@ -257,10 +257,10 @@ def count_jobs_by_status(session: Session, statuses: Iterable[str] | None = None
 
 
 def retry_due_ids(session: Session) -> list[int]:
-    """Failed jobs with retries left (``attempt - 1 < max_retries``), oldest first: decided in SQL
-    over the failed range of ``(status, id)``, so no row is loaded only to be rejected."""
-    stmt = select(Job.id).where(Job.status == JobStatus.FAILED.value,
-                                Job.attempt - 1 < Job.max_retries).order_by(Job.id)
+    """Failed jobs with retries left (``attempt - 1 < max_retries``), oldest first: the failed
+    range of the partial index ``ix_jobs_retry_due``, so neither a row nor a failed job without a
+    retry left is visited (a history of failures costs nothing here)."""
+    stmt = select(Job.id).where(Job.status == JobStatus.FAILED.value, text(RETRY_LEFT_SQL)).order_by(Job.id)
     return list(session.scalars(stmt))
 
 

@@ -21,7 +21,7 @@ from service.db.session import make_engine
 from service.jobs import store, transitions
 
 NEW = {"ix_jobs_owner_id_status_id", "ix_jobs_owner_id_kind_id", "ix_jobs_owner_id_method_id",
-       "ix_jobs_kind_method_id", "ix_jobs_status_id"}
+       "ix_jobs_kind_method_id", "ix_jobs_status_id", "ix_jobs_retry_due"}
 TS = "2026-01-01 00:00:00"
 
 
@@ -118,7 +118,7 @@ QUERIES: dict[str, tuple[Any, str]] = {
     "claim": (lambda s: transitions.claim_queued_jobs(s, limit=2, claimer="t"), "ix_jobs_status_id"),
     "live counts": (lambda s: store.count_jobs_by_status(s, ["queued", "dispatching", "running"]),
                     "ix_jobs_status_id"),
-    "reconcile": (store.retry_due_ids, "ix_jobs_status_id"),
+    "reconcile": (store.retry_due_ids, "ix_jobs_retry_due"),
 }
 
 
@@ -153,7 +153,8 @@ def test_the_postgresql_claim_walks_the_queued_range_of_status_id(request: pytes
             with engine.begin() as conn:
                 conn.execute(text(
                     "INSERT INTO jobs (kind, spec, status, attempt, max_retries, created_at, updated_at) "
-                    "SELECT 'train', '{}', CASE WHEN g > 19990 THEN 'queued' ELSE 'succeeded' END, 1, 0, "
+                    "SELECT 'train', '{}', CASE WHEN g > 19990 THEN 'queued' WHEN g % 10 = 8 THEN 'failed' "
+                    "ELSE 'succeeded' END, 1, CASE WHEN g > 19900 THEN 1 ELSE 0 END, "
                     f"'{TS}', '{TS}' FROM generate_series(1, 20000) AS g"))
                 conn.execute(text("ANALYZE jobs"))
             with engine.connect() as conn:
@@ -161,5 +162,10 @@ def test_the_postgresql_claim_walks_the_queued_range_of_status_id(request: pytes
                     "EXPLAIN SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 4 "
                     "FOR UPDATE SKIP LOCKED")))
             assert "ix_jobs_status_id" in plan and "Sort" not in plan, plan
+            with engine.connect() as conn, _captured(engine) as seen, Session(bind=conn) as s:
+                assert len(store.retry_due_ids(s)) == 9  # 19908 .. 19988
+                (statement, params), = seen
+                plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {statement}", params))
+            assert "ix_jobs_retry_due" in plan, plan  # not the 2000 failed jobs without a retry left
         finally:
             engine.dispose()
