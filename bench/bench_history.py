@@ -10,7 +10,7 @@ What runs: for each size, a fresh migrated database filled with that many finish
 of spec + result each, like real ones; 90 % of them the admin's, 10 % a small tenant's, mostly
 succeeded, a few failed with retries left, 30 queued at the newest ids), one job with 3000 log
 lines, then the app in-process (no dispatcher, no Ray) behind TestClient. Each endpoint is timed
-``--reps`` times after warm-ups; the median is printed. PostgreSQL's statistics are refreshed
+``--reps`` times after warm-ups. PostgreSQL's statistics are refreshed
 (ANALYZE) after the fill, as autovacuum would; SQLite gets none, as a default deployment has none.
 
 Measured: the listings, pages of ``LIMIT`` jobs (full pages at either size: a cost that grows with
@@ -18,7 +18,9 @@ the page's fill is not one that grows with history) -- an admin's first page, a 
 filtered by status / kind / method, an admin's filtered by kind + method, the jobs page's live
 fragment), ``/metrics``, ``/readyz``, one claim pass (``claim_queued_jobs``, a queued job at the
 newest id), the start-up reconciliation's query (``retry_due_ids``) and a job's page
-(``/ui/jobs/{id}``, 3000 log lines).
+(``/ui/jobs/{id}``, 3000 log lines). The sizes' requests alternate one by one, so a shared
+machine's load weighs on both alike; the median and the minimum are printed (the minimum is the
+closest to the work itself when the machine is busy).
 ``--baseline-indexes`` drops 0005's indexes after migrating (and restores ``ix_jobs_status``), to
 see what they buy.
 """
@@ -104,19 +106,6 @@ def _baseline_indexes(url: str) -> None:
     engine.dispose()
 
 
-def _times_ms(fn: Callable[[], Any], reps: int, warmup: int = 3) -> tuple[float, float]:
-    """(median, min) of ``reps`` timed calls. On a shared, loaded machine the minimum is the
-    closest to the work itself; both are printed."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), min(times)
-
-
 @contextlib.contextmanager
 def _database(kind: str, pg_url: str, tmp: Path, n: int) -> Iterator[str]:
     if kind == "sqlite":
@@ -126,7 +115,9 @@ def _database(kind: str, pg_url: str, tmp: Path, n: int) -> Iterator[str]:
         yield url
 
 
-def measure(kind: str, n: int, *, reps: int, pg_url: str, baseline: bool) -> dict[str, tuple[float, float]]:
+@contextlib.contextmanager
+def prepared(kind: str, n: int, *, pg_url: str, baseline: bool) -> Iterator[dict[str, Callable[[], None]]]:
+    """A filled database of ``n`` jobs and the app on it; yields each endpoint's call."""
     from fastapi.testclient import TestClient
 
     from service.auth import tokens
@@ -191,9 +182,27 @@ def measure(kind: str, n: int, *, reps: int, pg_url: str, baseline: bool) -> dic
                 "start-up reconcile query": reconcile_query,
                 "GET /ui/jobs/{id} (3000 log lines)": get(f"/ui/jobs/{big}", admin),
             }
-            out = {name: _times_ms(fn, reps) for name, fn in cases.items()}
-            engine.dispose()
-        return out
+            try:
+                yield cases
+            finally:
+                engine.dispose()
+
+
+def measure(kind: str, sizes: list[int], *, reps: int, pg_url: str, baseline: bool,
+            warmup: int = 3) -> dict[int, dict[str, tuple[float, float]]]:
+    """{size: {endpoint: (median ms, min ms)}}. The sizes' calls alternate, request by request, so
+    the load of a shared machine weighs on every size alike (the ratios are what matters)."""
+    with contextlib.ExitStack() as stack:
+        apps = {n: stack.enter_context(prepared(kind, n, pg_url=pg_url, baseline=baseline)) for n in sizes}
+        times: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
+        for name in apps[sizes[0]]:
+            for rep in range(warmup + reps):
+                for n in sizes:
+                    started = time.perf_counter()
+                    apps[n][name]()
+                    if rep >= warmup:
+                        times[n].setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        return {n: {name: (statistics.median(t), min(t)) for name, t in times[n].items()} for n in sizes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     worst = 0.0
     for kind in kinds:
-        results = {n: measure(kind, n, reps=args.reps, pg_url=args.pg_url, baseline=args.baseline_indexes)
-                   for n in args.sizes}
+        results = measure(kind, args.sizes, reps=args.reps, pg_url=args.pg_url,
+                          baseline=args.baseline_indexes)
         lo, hi = min(args.sizes), max(args.sizes)
         print(f"\n{kind}{' (baseline indexes)' if args.baseline_indexes else ''}: ms over {args.reps} "
               f"requests, median / min at each size; ratios {hi} / {lo} of the median and of the min")
