@@ -153,10 +153,12 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
     for col in ("id", "kind", "method", "dataset", "status", "attempt", "progress", "union", "created"):
         table.add_column(col, justify="right" if col in ("id", "attempt", "progress", "union") else "left")
     for j in jobs:
-        spec = j["spec"]
+        # A listing's summary names method and dataset itself; a full job (older services) in spec.
+        spec = j.get("spec") or {}
         union = format_fraction((j.get("metrics") or {}).get("union"))
         created = j["created_at"][:19].replace("T", " ")
-        table.add_row(str(j["id"]), j["kind"], spec.get("method") or "-", spec.get("dataset") or "-",
+        method, dataset = j.get("method") or spec.get("method"), j.get("dataset") or spec.get("dataset")
+        table.add_row(str(j["id"]), j["kind"], method or "-", dataset or "-",
                       j["status"], str(j["attempt"]), job_progress(j), union, created)
     return table
 

@@ -56,13 +56,68 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, job: Any, dashboard_url: str | None) -> JobOut:
         out = cls.model_validate(job)
-        if job.ray_job_id and dashboard_url:
-            out.ray_dashboard_url = f"{dashboard_url.rstrip('/')}/#/jobs/{job.ray_job_id}"
+        out.ray_dashboard_url = _dashboard_link(job, dashboard_url)
         return out
 
 
+def _spec_value(spec: Any, key: str) -> str | None:
+    """``spec[key]``, or a sweep's ``spec.base[key]`` (a sweep trains its base's method/data)."""
+    if not isinstance(spec, dict):
+        return None
+    value = spec.get(key)
+    if value is None and isinstance(spec.get("base"), dict):
+        value = spec["base"].get(key)
+    return value if isinstance(value, str) else None
+
+
+class JobSummaryOut(BaseModel):
+    """A job in a listing: what a table row shows, without the spec and the full result (about
+    2.5 KB a job, and a jobs page polls its listing). ``GET /v1/jobs/{id}`` has the whole job."""
+
+    id: int
+    kind: str
+    status: str
+    status_reason: str | None
+    attempt: int
+    max_retries: int
+    method: str | None
+    dataset: str | None
+    model: str | None
+    progress: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(
+        description="the result's top-level numbers and labels (clean, linf, l2, l1, union, suite, ...); "
+                    "curves, checks and per-attack detail are on the job itself")
+    warnings: list[str] = Field(description="as the job's own warnings (computed from the full result)")
+    error: str | None
+    ray_job_id: str | None
+    ray_dashboard_url: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    timings: dict[str, datetime | None]
+
+    @classmethod
+    def of(cls, job: Any, dashboard_url: str | None) -> JobSummaryOut:
+        result = job.result if isinstance(job.result, dict) else None
+        headline = None if result is None else {
+            k: v for k, v in result.items() if isinstance(v, int | float | str | bool) or v is None}
+        return cls(
+            id=job.id, kind=job.kind, status=job.status, status_reason=job.status_reason,
+            attempt=job.attempt, max_retries=job.max_retries, method=job.method,
+            dataset=_spec_value(job.spec, "dataset"), model=_spec_value(job.spec, "model"),
+            progress=job.progress, metrics=headline, warnings=result_warnings(result), error=job.error,
+            ray_job_id=job.ray_job_id, ray_dashboard_url=_dashboard_link(job, dashboard_url),
+            created_at=job.created_at, updated_at=job.updated_at, timings=job.timings,
+        )
+
+
+def _dashboard_link(job: Any, dashboard_url: str | None) -> str | None:
+    if job.ray_job_id and dashboard_url:
+        return f"{dashboard_url.rstrip('/')}/#/jobs/{job.ray_job_id}"
+    return None
+
+
 class JobListOut(BaseModel):
-    jobs: list[JobOut]
+    jobs: list[JobSummaryOut]
     next_cursor: str | None
 
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     # Where job drivers (possibly on other machines) reach the internal endpoints.
     public_url: str | None = None
+    # Where people reach the service's pages (RAMP_EXTERNAL_URL): the job page's URL in Ray's job
+    # metadata. Default: http://<host>:<port> (127.0.0.1 for a wildcard host).
+    external_url: str | None = None
     max_concurrent_jobs: int = Field(default=2, ge=1)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -129,6 +132,11 @@ class Settings(BaseSettings):
             self.ray_tmpdir = home / "ray"
         if self.public_url is None:
             self.public_url = f"http://127.0.0.1:{self.port}"
+        if self.external_url is None:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            host = f"[{host}]" if ":" in host else host
+            self.external_url = f"http://{host}:{self.port}"
+        self.external_url = self.external_url.rstrip("/")
         if self.ray_dashboard_url is None and self.ray_address is None:
             self.ray_dashboard_url = "http://127.0.0.1:8265"
         return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db.base import Base, utcnow
@@ -14,19 +14,36 @@ from service.state import JobStatus
 
 # The owner the service gives its own admin token (service.main.ensure_admin_token).
 ADMIN_OWNER = "admin"
+# attempt - 1 < max_retries, written as the partial index ix_jobs_retry_due's predicate: a query
+# uses that index only when its WHERE repeats this very expression.
+RETRY_LEFT_SQL = "attempt <= max_retries"
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    # (owner_id, id): a tenant's listing, newest first with keyset cursors, is one index range scan.
-    __table_args__ = (Index("ix_jobs_owner_id_id", "owner_id", "id"),)
+    # Every listing (a tenant's, filtered by one of status / kind / method, or an admin's by kind
+    # and method), newest first with keyset cursors, is one index range scan: each index ends in
+    # ``id``, so no row is read only to be filtered out and nothing is sorted. (status, id) is also
+    # the dispatcher's claim and the live-status counts. Migration 0005 says what each one saved.
+    __table_args__ = (
+        Index("ix_jobs_owner_id_id", "owner_id", "id"),
+        Index("ix_jobs_owner_id_status_id", "owner_id", "status", "id"),
+        Index("ix_jobs_owner_id_kind_id", "owner_id", "kind", "id"),
+        Index("ix_jobs_owner_id_method_id", "owner_id", "method", "id"),
+        Index("ix_jobs_kind_method_id", "kind", "method", "id"),
+        Index("ix_jobs_status_id", "status", "id"),
+        # Jobs with a retry left: the failed ones among them are what the start-up reconciliation
+        # retries (``store.retry_due_ids``), found without visiting the failed jobs that have none.
+        Index("ix_jobs_retry_due", "status", "id", sqlite_where=text(RETRY_LEFT_SQL),
+              postgresql_where=text(RETRY_LEFT_SQL)),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     # Denormalised from the spec so listing can filter on it with an index (None for eval).
     method: Mapped[str | None] = mapped_column(String(64), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED.value)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     status_reason: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     max_retries: Mapped[int] = mapped_column(Integer, default=0)

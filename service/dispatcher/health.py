@@ -25,6 +25,8 @@ class LoopHealth:
         self.reconciled = False
         self.consecutive_errors = 0
         self._last_pass_at: float | None = None
+        # When the loop was made: /readyz says how long the start-up reconciliation has taken.
+        self._started_at = clock()
         self._last_error: tuple[float, str] | None = None
         # Rate-limited warnings: key -> (last logged, suppressed since).
         self._warned: dict[str, tuple[float, int]] = {}
@@ -75,7 +77,8 @@ class LoopHealth:
         ``last_error_age_s``: the latest error of a pass, of Ray or of one job (kept after
         recovery); ``consecutive_errors``: failed passes since the last completed one (0 when
         healthy); ``job_errors``: errors processing single jobs so far; ``reconciled``: the start-up
-        reconciliation has completed; ``running``: the loop's thread is alive."""
+        reconciliation has completed; ``started_age_s``: seconds since the loop was made;
+        ``running``: the loop's thread is alive."""
         now = self.clock()
         last_pass, last_error = self._last_pass_at, self._last_error
         return {
@@ -86,5 +89,6 @@ class LoopHealth:
             "consecutive_errors": self.consecutive_errors,
             "job_errors": self.job_errors,
             "reconciled": self.reconciled,
+            "started_age_s": round(now - self._started_at, 3),
             "running": running,
         }

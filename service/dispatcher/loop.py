@@ -152,7 +152,7 @@ class Dispatcher:
         """Start-up: adopt every active job, finish what ended meanwhile, retry what is due.
         Raises when the database or Ray cannot be reached (the loop retries it)."""
         with self.ctx.session() as s:
-            failed = [j.id for j in store.jobs_in_status(s, [S.FAILED.value]) if self.watcher.retry_due(j)]
+            failed = store.retry_due_ids(s)
         for job_id in failed:
             self.guard.run(job_id, "retry", lambda job_id=job_id: self.watcher.retry(job_id))
         self._watch_all(adopt=True)

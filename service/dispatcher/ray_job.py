@@ -10,6 +10,7 @@ from typing import Any
 
 from service.core.config import Settings
 from service.db.models import Job
+from workers.contract.ray_names import RUN_NAME_ENV, job_metadata, run_name
 
 DRIVER_MODULE = "workers.jobs.driver"
 
@@ -52,7 +53,15 @@ def driver_env(settings: Settings, job: Job, token_file: Path) -> dict[str, str]
         "RAMP_STORAGE_DIR": str(settings.storage_dir),
         "RAMP_JOB_ID": str(job.id),
         "RAMP_JOB_ATTEMPT": str(job.attempt),
+        RUN_NAME_ENV: run_name(job.id, job.kind, job.spec),
         # Ray's job stop sends SIGTERM and, by default, SIGKILL 3 s later: too soon for a Train
         # run to stop at its next step and keep its checkpoint.
         "RAY_JOB_STOP_WAIT_TIME_S": "60",
     }
+
+
+def ray_metadata(settings: Settings, job: Job, owner: str | None) -> dict[str, str]:
+    """The Ray job's metadata (``workers.contract.ray_names.job_metadata``) with the job's page on
+    this service (``external_url``)."""
+    return job_metadata(job_id=job.id, attempt=job.attempt, kind=job.kind, spec=job.spec, owner=owner,
+                        page_url=f"{settings.external_url}/ui/jobs/{job.id}")

@@ -13,10 +13,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from sqlalchemy import select
+
 from service.core.security import DRIVER_TOKEN_PREFIX, generate_token, hash_token
-from service.db.models import Job
+from service.db.models import Job, Principal
 from service.dispatcher.context import ACTIVE_VALUES, DispatchContext, S
-from service.dispatcher.ray_job import driver_entrypoint, driver_env, entrypoint_resources, submission_id
+from service.dispatcher.ray_job import (
+    driver_entrypoint,
+    driver_env,
+    entrypoint_resources,
+    ray_metadata,
+    submission_id,
+)
 from service.dispatcher.stops import Stops
 from service.jobs import store, transitions
 from service.ray_backend import RayJobExists, RayRequestError, RayUnavailable
@@ -73,7 +81,7 @@ class Submitter:
             ray_id = ctx.backend.submit(
                 driver_entrypoint(ctx.settings.driver_python, job.id), sub_id,
                 env_vars=driver_env(ctx.settings, job, token_file), num_cpus=cpus, num_gpus=gpus or None,
-                metadata={"ramp_job_id": str(job.id), "ramp_attempt": str(job.attempt)},
+                metadata=ray_metadata(ctx.settings, job, self._owner_name(job)),
             )
         except RayJobExists:
             ray_id = sub_id  # an earlier submit of this very attempt got through
@@ -88,6 +96,12 @@ class Submitter:
         if self.record_ray_id(job, ray_id):
             log.info("job submitted to Ray",
                      extra={"job_id": job.id, "attempt": job.attempt, "ray_job_id": ray_id})
+
+    def _owner_name(self, job: Job) -> str | None:
+        if job.owner_id is None:
+            return None
+        with self.ctx.session() as s:
+            return s.scalar(select(Principal.name).where(Principal.id == job.owner_id))
 
     def _issue_token(self, job: Job, sub_id: str) -> Path | None:
         """The attempt's token file (reused by a resubmission of the attempt) with its hash on the

@@ -14,12 +14,12 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import ApiToken, IdempotencyKey, Job
+from service.db.models import RETRY_LEFT_SQL, ApiToken, IdempotencyKey, Job
 from service.state import ACTIVE, JobStatus, parse_status
 
 if TYPE_CHECKING:  # service.auth.access imports this module; store only calls Principal's methods
@@ -244,11 +244,24 @@ def count_active_jobs(session: Session) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def count_jobs_by_status(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    counts = {s.value: 0 for s in JobStatus}
-    counts.update({status: int(n) for status, n in rows})
+def count_jobs_by_status(session: Session, statuses: Iterable[str] | None = None) -> dict[str, int]:
+    """Jobs per status: every status, or only ``statuses`` (then each is one range of the
+    ``(status, id)`` index, so counting the live ones costs what is live, not what is stored)."""
+    stmt = select(Job.status, func.count()).group_by(Job.status)
+    wanted = list(JobStatus) if statuses is None else [parse_status(s) for s in statuses]
+    if statuses is not None:
+        stmt = stmt.where(Job.status.in_([s.value for s in wanted]))
+    counts = {s.value: 0 for s in wanted}
+    counts.update({status: int(n) for status, n in session.execute(stmt).all()})
     return counts
+
+
+def retry_due_ids(session: Session) -> list[int]:
+    """Failed jobs with retries left (``attempt - 1 < max_retries``), oldest first: the failed
+    range of the partial index ``ix_jobs_retry_due``, so neither a row nor a failed job without a
+    retry left is visited (a history of failures costs nothing here)."""
+    stmt = select(Job.id).where(Job.status == JobStatus.FAILED.value, text(RETRY_LEFT_SQL)).order_by(Job.id)
+    return list(session.scalars(stmt))
 
 
 def jobs_in_status(session: Session, statuses: Iterable[str]) -> list[Job]:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.api.routes.artifacts import _list_artifacts, safe_artifact_path
@@ -86,6 +87,15 @@ def events(session: Session, token: ApiToken, job_id: int, *, type: str) -> list
             break
         after = page[-1].id
     return out[:MAX_EVENTS]
+
+
+def last_events(session: Session, token: ApiToken, job_id: int, *, type: str, limit: int) -> list[JobEvent]:  # noqa: A002
+    """A job's newest ``limit`` events of one type, oldest first: read newest first down the
+    ``(job_id, id)`` index, so a long job's page costs what it shows, not what it logged."""
+    visible_job(session, token, job_id)
+    stmt = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == type)
+            .order_by(JobEvent.id.desc()).limit(limit))
+    return list(reversed(session.scalars(stmt).all()))
 
 
 def sweep_trials(session: Session, token: ApiToken, job_id: int) -> list[Trial]:

@@ -14,6 +14,8 @@ from sqlalchemy.orm import sessionmaker
 from service.api.routes import health
 from service.core.config import Settings
 from service.db.session import make_engine
+from service.dispatcher.health import LoopHealth
+from service.dispatcher.policy import DispatchPolicy
 from service.jobs import transitions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +95,41 @@ def test_readyz_includes_the_dispatcher_heartbeat(api) -> None:
     assert "OperationalError: gone" in r.json()["reasons"][0]
 
 
+class LoopHealthDispatcher:
+    """The real heartbeat (``LoopHealth``) on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.loop = LoopHealth(DispatchPolicy(), clock=lambda: self.now)
+
+    def health(self) -> dict[str, object]:
+        return self.loop.snapshot(running=True)
+
+
+def test_readyz_is_not_ok_before_the_start_up_reconciliation_completes(api) -> None:
+    dispatcher = LoopHealthDispatcher()
+    api.app.state.dispatcher = dispatcher
+    dispatcher.now += 5.0
+    r = api.client.get("/readyz")
+    # Serving (200) but not ok: the jobs that were running are not adopted yet.
+    assert r.status_code == 200 and r.json()["status"] == "degraded", r.json()
+    assert r.json()["checks"]["dispatcher"] == "starting"
+    assert "start-up reconciliation not completed in 5 s" in r.json()["reasons"][0]
+    # A reconciliation failing for longer than a stalled pass would: not ready, with its error.
+    dispatcher.loop.pass_failed("start-up reconciliation", ConnectionError("Ray at :8265 refused"))
+    dispatcher.now += health.DISPATCHER_STALE_S + 1
+    r = api.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["dispatcher"] == "stalled"
+    assert "Ray at :8265 refused" in r.json()["reasons"][0]
+    # Reconciled (what Dispatcher.reconcile does at its end): ok.
+    dispatcher.loop.reconciled = True
+    dispatcher.loop.pass_done()
+    r = api.client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {
+        "status": "ok", "checks": {"database": "ok", "ray": "not configured", "dispatcher": "ok"},
+        "reasons": []}
+
+
 def test_readyz_and_api_when_the_database_is_down(api) -> None:
     good = api.app.state.session_factory
     dead_url = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
@@ -119,19 +156,31 @@ def _samples(text: str) -> dict[str, float]:
 
 
 def test_metrics_exposition(api) -> None:
+    # The ended counters belong to this process (earlier tests' jobs count too): compare deltas.
+    before = _samples(api.client.get("/metrics").text)
     post = lambda i: api.client.post("/v1/jobs", json=TRAIN | {"seed": i}, headers=api.auth)  # noqa: E731
-    ids = [post(i).json()["id"] for i in range(3)]
+    ids = [post(i).json()["id"] for i in range(4)]
     api.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=api.auth)
     with api.sessions()() as s:
-        transitions.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.claim_queued_jobs(s, limit=2, claimer="t")
         transitions.transition(s, ids[1], "running")
+        transitions.transition(s, ids[2], "failed", error="boom")
     r = api.client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = _samples(r.text)
-    assert samples['ramp_jobs{status="cancelled"}'] == 1
+    # Live statuses: counted in the database at scrape time.
     assert samples['ramp_jobs{status="running"}'] == 1
     assert samples['ramp_jobs{status="queued"}'] == 1
-    assert samples['ramp_jobs{status="succeeded"}'] == 0
+    assert samples['ramp_jobs{status="dispatching"}'] == 0
+    assert 'ramp_jobs{status="cancelled"}' not in samples  # terminal totals are counters instead
+    ended = lambda s, status: s[f'ramp_jobs_ended_total{{status="{status}"}}']  # noqa: E731
+    assert ended(samples, "cancelled") - ended(before, "cancelled") == 1
+    assert ended(samples, "failed") - ended(before, "failed") == 1
+    assert ended(samples, "succeeded") - ended(before, "succeeded") == 0
+    with api.sessions()() as s:
+        transitions.retry_job(s, ids[2])  # failed -> queued is no ending: the counters stay
+    again = _samples(api.client.get("/metrics").text)
+    assert ended(again, "failed") == ended(samples, "failed") and again['ramp_jobs{status="queued"}'] == 2
     dispatched = samples["ramp_dispatch_latency_seconds_count"]
     assert dispatched >= 1 and samples['ramp_dispatch_latency_seconds_bucket{le="+Inf"}'] == dispatched
     key = 'ramp_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="201"}'
@@ -140,6 +189,7 @@ def test_metrics_exposition(api) -> None:
     buckets = [v for k, v in samples.items() if k.startswith("ramp_http_request_duration_seconds_bucket{")
                and 'route="/v1/jobs",status="201"' in k]
     assert buckets == sorted(buckets) and buckets[-1] == samples[key]
+    assert "# TYPE ramp_jobs_ended_total counter" in r.text
     assert "# TYPE ramp_jobs gauge" in r.text and "# TYPE ramp_dispatch_latency_seconds histogram" in r.text
 
 

@@ -189,6 +189,26 @@ def test_list_filters_and_paginates_newest_first(api) -> None:
     assert api.client.get("/v1/jobs", params={"limit": 0}, headers=api.auth).status_code == 422
 
 
+def test_the_list_carries_a_summary_and_the_job_its_whole_self(api) -> None:
+    job_id = _submit(api, TRAIN).json()["id"]
+    result = {"clean": 0.9, "union": 0.4, "suite": "monitor", "n": 100,
+              "curves": {"linf": [[0.1, 0.5]] * 50}, "checks": {"warnings": []}}
+    with api.sessions()() as s:
+        transitions.claim_queued_jobs(s, limit=1, claimer="t")
+        transitions.transition(s, job_id, "running", ray_job_id="raysubmit_9")
+        transitions.transition(s, job_id, "succeeded", result=result)
+    full = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth).json()
+    (row,) = api.client.get("/v1/jobs", headers=api.auth).json()["jobs"]
+    assert "spec" not in row and row["metrics"] == {"clean": 0.9, "union": 0.4, "suite": "monitor", "n": 100}
+    assert (row["method"], row["dataset"], row["model"]) == ("ramp", "mnist-5k", "small-cnn")
+    # What a reader must be told is in the summary too (monitor: an upper bound).
+    assert row["warnings"] == full["warnings"] and "upper bound" in row["warnings"][0]
+    for key in ("id", "kind", "status", "attempt", "max_retries", "progress", "error", "ray_job_id",
+                "ray_dashboard_url", "created_at", "timings"):
+        assert row[key] == full[key], key
+    assert full["metrics"]["curves"] and full["spec"]["epochs"] == 1
+
+
 def test_cancel_and_retry_follow_the_state_machine(api) -> None:
     job_id = _submit(api, TRAIN).json()["id"]
     r = api.client.post(f"/v1/jobs/{job_id}/retry", headers=api.auth)

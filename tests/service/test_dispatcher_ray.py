@@ -43,7 +43,27 @@ def test_a_training_job_runs_to_succeeded_with_metrics(service: Any) -> None:
     assert {"metrics.json", "history.jsonl", "checkpoint/model.safetensors", "result.json"} <= names
     logs = service.get(f"/v1/jobs/{job_id}/logs")
     assert logs.status_code == 200 and "workers.jobs.driver" in logs.text
+    _readable_in_the_ray_dashboard(service, job)
     assert service.head.processes()  # the head is still ours and alive for the next test
+
+
+def _readable_in_the_ray_dashboard(service: Any, job: dict[str, Any]) -> None:
+    """Ray's own job API says what the job trains, for whom, and where its page is; the Ray Train
+    run is named after the job (its directory under the job's storage is that name)."""
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(service.head.dashboard_url).get_job_info(job["ray_job_id"])
+    spec = service.get(f"/v1/jobs/{job['id']}").json()["spec"]
+    run = f"ramp-{job['id']}-ramp-train"
+    assert info.submission_id == job["ray_job_id"] and job["ray_job_id"].startswith(f"ramp-{job['id']}-a1-")
+    assert info.metadata == {
+        "ramp_job_id": str(job["id"]), "ramp_attempt": "1", "ramp_kind": "train", "ramp_method": "ramp",
+        "ramp_dataset": spec["dataset"], "ramp_model": spec["model"], "ramp_owner": "admin",
+        "ramp_run_name": run, "ramp_page_url": f"{service.settings.external_url}/ui/jobs/{job['id']}",
+    }, info.metadata
+    assert info.runtime_env["env_vars"]["RAMP_RAY_RUN_NAME"] == run
+    ray_runs = service.settings.layout.job_dir(job["id"]) / "ray"
+    assert sorted(p.name for p in ray_runs.iterdir() if p.is_dir()) == [run]
 
 
 def test_cancelling_a_running_job_stops_it_on_ray(service: Any) -> None:

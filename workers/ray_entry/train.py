@@ -40,6 +40,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from workers.contract.attempts import AttemptFence
+from workers.contract.ray_names import current_run_name
 from workers.contract.spec import ResolvedSpec, require_resolved
 from workers.contract.sweep import Resources, is_unresolved_init
 from workers.ray_entry.runtime import (
@@ -132,6 +133,7 @@ def build_trainer(
     storage_path: str,
     max_failures: int = 0,
     fence: AttemptFence | None = None,
+    run_name: str = RUN_NAME,
 ) -> TorchTrainer:
     return TorchTrainer(
         train_worker,
@@ -142,7 +144,7 @@ def build_trainer(
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
             storage_path=storage_path,
-            name=RUN_NAME,
+            name=run_name,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
@@ -258,8 +260,10 @@ def run_train_job(
     ensure_ray()
     check_fits(res)
     storage = storage_path or str(out / "ray")
+    # A service job's run is named after it (``ramp-<id>-<method>-train``) in Ray's Train view.
+    run_name = current_run_name(RUN_NAME)
     if not resume:
-        forget_ray_run(storage)
+        forget_ray_run(storage, run_name)
     channel, channel_name = open_channel()
     key = "run"
     stop = stop_event or threading.Event()
@@ -268,6 +272,7 @@ def run_train_job(
         trainer = build_trainer(
             train_spec, out, resume=resume, channel_name=channel_name, key=key,
             scaling=scaling_config(res), storage_path=storage, max_failures=max_failures, fence=fence,
+            run_name=run_name,
         )
         with signals_set(stop, enabled=handle_signals):
             fit = FitThread(trainer)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from workers import checkpoint
 from workers.contract import catalog
-from workers.contract.spec import ResolvedSpec, require_resolved
+from workers.contract.spec import ResolvedSpec, TrainSpec, require_resolved
 from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
 from workers.methods import Method, MethodContext, build_method

@@ -3,7 +3,9 @@
 ``/readyz`` answers within ``READY_TIMEOUT_S`` whatever its dependencies do: the probes run
 concurrently on their own small thread pool and a probe still running at the deadline is reported
 as timed out (its thread is abandoned, not waited for). Not ready (503) means this process cannot
-serve its API: the database is unreachable, or its dispatcher has stopped completing passes. Ray
+serve its API: the database is unreachable, or its dispatcher has stopped completing passes (or
+has not completed its start-up reconciliation within the same bound; before that it is
+``starting``, which makes the service ``degraded``, never ``ok``). Ray
 being unreachable is reported (``degraded``, with the reason) but does not take the API out of
 a load balancer: submissions are still accepted and queue until Ray returns.
 """
@@ -70,18 +72,27 @@ async def _probe(fn: Any, *args: Any) -> str | None:
     return None
 
 
-def _dispatcher_problem(dispatcher: Any, interval_s: float) -> str | None:
+def _dispatcher_problem(dispatcher: Any, interval_s: float) -> tuple[str, str | None, bool]:
+    """(check, problem, fatal) of the dispatcher's heartbeat.
+
+    Before its start-up reconciliation completes the dispatcher is ``starting``: it has not yet
+    adopted the jobs that were running, nor recorded those that ended meanwhile, so it is not ``ok``
+    -- but the API serves, so it is only fatal (503) once that has taken longer than a stalled pass
+    would."""
     health = dispatcher.health()
     age = health.get("last_pass_age_s")
     stale = max(DISPATCHER_STALE_S, 20 * interval_s)
-    if age is None:
-        if health.get("started_age_s", 0.0) > stale:
-            return f"no dispatcher pass completed in {health['started_age_s']:.0f} s since start"
-        return None
-    if age > stale:
-        last = health.get("last_error")
-        return f"last dispatcher pass completed {age:.0f} s ago" + (f" (last error: {last})" if last else "")
-    return None
+    last = health.get("last_error")
+    since_last = f" (last error: {last})" if last else ""
+    if not health.get("reconciled", False):
+        started = float(health.get("started_age_s") or 0.0)
+        problem = f"start-up reconciliation not completed in {started:.0f} s since start{since_last}"
+        if started > stale:
+            return "stalled", problem, True
+        return "starting", problem, False
+    if age is not None and age > stale:
+        return "stalled", f"last dispatcher pass completed {age:.0f} s ago{since_last}", True
+    return "ok", None, False
 
 
 @router.get("/readyz", response_model=ReadyOut,
@@ -114,12 +125,13 @@ async def readyz(request: Request) -> JSONResponse:
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is None:
         checks["dispatcher"] = "not running in this process"
-    elif problem := _dispatcher_problem(dispatcher, request.app.state.settings.dispatch_interval_s):
-        checks["dispatcher"] = "stalled"
-        fatal = True
-        reasons.append(f"dispatcher: {problem}")
     else:
-        checks["dispatcher"] = "ok"
+        interval_s = request.app.state.settings.dispatch_interval_s
+        check, problem, stalled = _dispatcher_problem(dispatcher, interval_s)
+        checks["dispatcher"] = check
+        fatal = fatal or stalled
+        if problem is not None:
+            reasons.append(f"dispatcher: {problem}")
     status = "unavailable" if fatal else "degraded" if reasons else "ok"
     if reasons:
         log.warning("readiness", extra={"status": status, "reasons": reasons})
@@ -130,5 +142,5 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse)
 def prometheus_metrics(request: Request) -> Response:
     with request.app.state.session_factory() as session:
-        counts = store.count_jobs_by_status(session)
+        counts = store.count_jobs_by_status(session, metrics.LIVE)
     return Response(metrics.render(counts), media_type=metrics.CONTENT_TYPE)

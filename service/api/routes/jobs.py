@@ -21,7 +21,7 @@ from service.api.deps import (
     get_current_token,
     wake_dispatcher,
 )
-from service.api.schemas import JobListOut, JobOut
+from service.api.schemas import JobListOut, JobOut, JobSummaryOut
 from service.auth.access import owned_job
 from service.jobs import commands, store
 from service.jobs.specs import SpecError
@@ -88,7 +88,8 @@ def list_jobs(
     jobs, next_cursor = store.list_jobs(
         session, status=statuses, kind=kind, method=method, cursor=cursor, limit=limit, principal=principal
     )
-    return JobListOut(jobs=[JobOut.of(j, settings.ray_dashboard_url) for j in jobs], next_cursor=next_cursor)
+    summaries = [JobSummaryOut.of(j, settings.ray_dashboard_url) for j in jobs]
+    return JobListOut(jobs=summaries, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut)

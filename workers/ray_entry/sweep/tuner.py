@@ -59,8 +59,15 @@ from ray.tune.schedulers import ASHAScheduler
 
 from workers.contract.catalog import DEFAULT_SUITE
 from workers.contract.layout import TRIALS_DIR
+from workers.contract.ray_names import current_run_name
 from workers.contract.spec import ResolvedSpec
-from workers.contract.sweep import MONITOR_METRICS, ResolvedTrial, SweepSpec, best_trial, plan_resources
+from workers.contract.sweep import (
+    MONITOR_METRICS,
+    ResolvedTrial,
+    SweepSpec,
+    best_trial,
+    plan_resources,
+)
 from workers.ray_entry.sweep.evaluation import TRIAL_SUITE, run_best_final
 from workers.ray_entry.sweep.recorder import CancelStopper, Recorder, TrialEventHandler, TrialRecord
 from workers.ray_entry.sweep.resources import (
@@ -203,7 +210,7 @@ def run_sweep(
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            storage_path=str(out / TUNE_DIR), name="sweep", verbose=0,
+            storage_path=str(out / TUNE_DIR), name=current_run_name("sweep"), verbose=0,
             callbacks=[recorder], stop=CancelStopper(stop, channel),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
