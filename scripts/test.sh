@@ -25,7 +25,7 @@ fi
 
 .venv/bin/ruff check .
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=40 "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no tests: that is a failure of the suite, not a pass.

@@ -108,7 +108,7 @@ def test_a_compiled_channels_last_run_trains_through_the_compiled_form_and_saves
     spec = TrainSpec(method="at-linf", dataset="mnist-5k", model="small-cnn", epochs=1, max_steps=2,
                      batch_size=16, train_n=32, eval_n=0, monitor_n=0, compile=True, channels_last=True,
                      params={"attack.steps_linf": 2})
-    run_training(spec, tmp_path, device="cpu")
+    run_training(spec.resolve(), tmp_path, device="cpu")
     # per step: APGD's start point and its 2 iterates, then the training forward
     assert len(fakes) == 1 and fakes[0].calls == 2 * 4
     saved = load_file(str(tmp_path / "checkpoint" / checkpoint.WEIGHTS_FILE))

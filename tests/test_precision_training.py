@@ -174,7 +174,7 @@ def test_a_bf16_run_checkpoints_the_float32_model_only(tmp_path):
     spec = TrainSpec(method="at-linf", dataset="mnist-5k", model="small-cnn", epochs=1, max_steps=2,
                      batch_size=16, train_n=32, eval_n=0, monitor_n=0, train_precision="bf16",
                      params={"attack.steps_linf": 2})
-    run_training(spec, tmp_path, device="cpu")
+    run_training(spec.resolve(), tmp_path, device="cpu")
     saved = load_file(str(tmp_path / "checkpoint" / checkpoint.WEIGHTS_FILE))
     fresh = build_model("small-cnn", num_classes=10, in_channels=1, input_size=(28, 28)).state_dict()
     assert saved.keys() == fresh.keys()
