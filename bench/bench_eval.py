@@ -38,6 +38,7 @@ from workers.contract.spec import TrainSpec
 from workers.datasets import load_tensors
 from workers.evaluation import evaluate
 from workers.evaluation.agreement import Agreement, agreement_with_autoattack
+from workers.evaluation.result import union_flags
 from workers.training.loop import run_training
 
 NORMS = ("linf", "l2", "l1")
@@ -106,9 +107,7 @@ def plus_cost(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons
         std, std_s = base.ours[norm], base.ours_seconds[norm]
         print(f"{norm:6s} {100 * std.mean():8.1f}% {100 * flags[norm].mean():9.1f}% "
               f"{std_s:8.1f} {seconds:8.1f} {seconds / std_s:6.2f}", flush=True)
-    union = base.clean.copy()
-    for f in flags.values():
-        union &= f
+    union = union_flags(base.clean, flags.values())
     ours_union = base.accuracy("ours")["union"]
     print(f"{'union':6s} {100 * ours_union:8.1f}% {100 * union.mean():9.1f}%")
     print(f"standard+ cost ratio (standard+ / standard, all norms): "

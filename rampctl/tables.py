@@ -16,22 +16,31 @@ and the corruptions' mean (None when no row has them).
 ``trials_table(listing)``: a sweep's trials (config columns, status, clean / per-norm / union, the
 best trial starred); ``union_grid(listing, spec)``: for a sweep over exactly two grid keys, the
 union accuracy over the grid (rows: the first key's values, columns: the second's; the mean over
-samples when ``num_samples`` > 1). A trial's accuracies are its final evaluation once it has one,
-else its last epoch's held-out check.
+samples when ``num_samples`` > 1). Headers, values, a trial's accuracies and what a grid cell
+shows (every trial's monitor number, labelled an upper bound) are ``workers.contract.display``'s
+rules, which the web pages use too.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from rich.table import Table
 
-from workers.contract.display import accuracy_text, checks_summary, interval_text, pair_line
-from workers.contract.results import is_upper_bound, result_notes, result_warnings
+from workers.contract.display import (
+    accuracy_text,
+    checks_summary,
+    config_header,
+    format_value,
+    interval_text,
+    pair_line,
+    suite_label,
+    trial_accuracies,
+)
+from workers.contract.display import union_grid as grid_of
+from workers.contract.results import result_notes, result_warnings
 from workers.contract.status import JobStatus
 from workers.contract.unseen import unseen_rows
 
@@ -58,13 +67,6 @@ def format_epsilons(epsilons: Any) -> str:
     if not isinstance(epsilons, Mapping) or not epsilons:
         return "-"
     return " ".join(f"{norm}={eps:.4g}" for norm, eps in epsilons.items())
-
-
-def suite_label(row: Mapping[str, Any]) -> str:
-    """The suite's name, marked when its numbers are an upper bound on robustness."""
-    suite = row.get("suite", "-")
-    name = ",".join(suite) if isinstance(suite, list) else str(suite)
-    return f"{name} (upper bound)" if is_upper_bound(row) else name
 
 
 def check_lines(row: Mapping[str, Any]) -> list[str]:
@@ -194,30 +196,6 @@ def tokens_table(tokens: Sequence[Mapping[str, Any]], now: datetime) -> Table:
 BEST_MARK = "*"
 
 
-def config_header(key: str) -> str:
-    """A short column header for a param_space key: ``params.ramp.lambda`` -> ``ramp.lambda``,
-    ``epsilons.l1`` -> ``eps_l1``."""
-    if key.startswith("params."):
-        return key[len("params."):]
-    if key.startswith("epsilons."):
-        return "eps_" + key[len("epsilons."):]
-    return key
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
-def trial_accuracies(trial: Mapping[str, Any]) -> dict[str, Any]:
-    """The final evaluation's accuracies, else the last epoch's held-out check."""
-    if trial.get("final"):
-        return dict(trial["final"])
-    history = trial.get("metrics") or []
-    return dict(history[-1]) if history else {}
-
-
 def trials_table(listing: Mapping[str, Any], *, title: str | None = None) -> Table:
     keys = list(listing.get("param_keys") or [])
     table = Table(title=title)
@@ -246,39 +224,17 @@ def trials_table(listing: Mapping[str, Any], *, title: str | None = None) -> Tab
     return table
 
 
-def grid_axes(sweep_spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The two grid keys of a sweep over exactly two grid axes (other axes: no grid view)."""
-    space = sweep_spec.get("param_space") or {}
-    keys = list(space)
-    if len(keys) != 2 or not all("grid" in (space[k] or {}) for k in keys):
-        return None
-    return keys[0], keys[1]
-
-
 def union_grid(listing: Mapping[str, Any], sweep_spec: Mapping[str, Any]) -> Table | None:
-    """Union accuracy over the 2-D grid (mean over repeated samples), or None if not a 2-D grid."""
-    axes = grid_axes(sweep_spec)
-    if axes is None:
+    """``display.union_grid`` as a table (the best trial's cell starred), or None if not a 2-D grid."""
+    grid = grid_of(sweep_spec, listing.get("trials") or [], listing.get("best_trial_id"))
+    if grid is None:
         return None
-    row_key, col_key = axes
-    rows = list(sweep_spec["param_space"][row_key]["grid"])
-    cols = list(sweep_spec["param_space"][col_key]["grid"])
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for t in listing.get("trials") or []:
-        config = t.get("config") or {}
-        union = trial_accuracies(t).get("union")
-        if isinstance(union, int | float) and not isinstance(union, bool):
-            cells[(_cell_key(config.get(row_key)), _cell_key(config.get(col_key)))].append(float(union))
-    table = Table(title=f"union accuracy: {config_header(row_key)} x {config_header(col_key)}")
-    table.add_column(f"{config_header(row_key)} \\ {config_header(col_key)}")
-    for c in cols:
-        table.add_column(format_value(c), justify="right")
-    for r in rows:
-        values = [cells.get((_cell_key(r), _cell_key(c))) for c in cols]
-        table.add_row(format_value(r), *(format_fraction(sum(v) / len(v)) if v else "-" for v in values))
+    table = Table(title=f"{grid['label']}: {grid['row_key']} x {grid['col_key']}")
+    table.add_column(f"{grid['row_key']} \\ {grid['col_key']}")
+    for c in grid["cols"]:
+        table.add_column(c, justify="right")
+    width = len(grid["cols"])
+    for i, r in enumerate(grid["rows"]):
+        row = grid["cells"][i * width:(i + 1) * width]
+        table.add_row(r, *(format_fraction(c["value"]) + (f" {BEST_MARK}" if c["best"] else "") for c in row))
     return table
-
-
-def _cell_key(value: Any) -> str:
-    # Grid values come back from JSON: 5 and 5.0 are the same cell.
-    return json.dumps(float(value) if isinstance(value, int) and not isinstance(value, bool) else value)

@@ -78,3 +78,38 @@ def test_training_and_sweep_trials_do_not_import_torchvision() -> None:
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "True", "the check must see torchvision when it is imported"
+
+
+# The science: torch and numpy, never an orchestrator, a web framework, an HTTP client or a database.
+SCIENCE = ("workers/attacks", "workers/methods", "workers/models", "workers/datasets", "workers/training",
+           "workers/evaluation", "workers/checkpoint.py")
+FORBIDDEN_IN_SCIENCE = ("ray", "fastapi", "starlette", "sqlalchemy", "httpx", "requests", "uvicorn",
+                        "service", "workers.ray_entry", "workers.jobs")
+
+
+def _forbidden(module: str, banned: tuple[str, ...] = FORBIDDEN_IN_SCIENCE) -> bool:
+    return any(module == b or module.startswith(b + ".") for b in banned)
+
+
+def _science_files() -> list[Path]:
+    out = []
+    for entry in SCIENCE:
+        path = REPO / entry
+        out += [path] if path.is_file() else sorted(path.rglob("*.py"))
+    return out
+
+
+def test_the_science_imports_no_ray_http_or_database() -> None:
+    files = _science_files()
+    assert len(files) > 40  # every science package was found (a moved folder must not empty the check)
+    leaks = [f"{path.relative_to(REPO)}:{line} imports {module}"
+             for path in files for line, module in _imported_modules(path) if _forbidden(module)]
+    assert not leaks, "\n".join(leaks)
+
+
+def test_the_science_check_sees_a_leak(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import ray.tune\nimport torch\nfrom sqlalchemy.orm import Session\nimport requests\n"
+                     "from workers.jobs.reporter import Reporter\nimport httpx_sse\nimport rayon\n")
+    found = [m for _, m in _imported_modules(probe) if _forbidden(m)]
+    assert found == ["ray.tune", "sqlalchemy.orm", "requests", "workers.jobs.reporter"]

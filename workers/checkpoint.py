@@ -38,10 +38,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from workers.contract.layout import CHECKPOINT_DIR, META_FILE, TRAIN_STATE_FILE
+from workers.contract.layout import CHECKPOINT_DIR, META_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
 SUBDIR = CHECKPOINT_DIR  # where run_training puts the checkpoint inside its output directory
 REQUIRED_KEYS = ("model", "model_args", "dataset", "num_classes", "in_channels", "input_size")
 

@@ -18,14 +18,23 @@ from service.jobs.comparison import compare_jobs, job_label
 from service.state import ACTIVE, RETRYABLE, TERMINAL, JobStatus
 from service.sweeps import trials as trial_store
 from workers.contract import display
-from workers.contract.metrics import float32_decided, intervals, precision_label
+from workers.contract.layout import WEIGHTS_FILE
+from workers.contract.metrics import (
+    ACCURACY_KEYS,
+    ACCURACY_LABELS,
+    float32_decided,
+    intervals,
+    precision_label,
+)
+from workers.contract.norms import NORMS
 from workers.contract.results import is_upper_bound, result_notes, result_warnings
 
-ACCURACY_KEYS = ("clean", "linf", "l2", "l1", "union")
-NORMS = ("linf", "l2", "l1")
-LABELS = {"clean": "clean", "linf": "l_inf", "l2": "l_2", "l1": "l_1", "union": "union"}
+LABELS = ACCURACY_LABELS
 CANCELLABLE = frozenset({JobStatus.QUEUED, *ACTIVE}) - {JobStatus.CANCELLING}
-CHECKPOINT_FILE = "model.safetensors"
+# The CLI's display rules, shared (workers.contract.display).
+fmt_value = display.format_value
+config_header = display.config_header
+suite_label = display.suite_label
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -47,10 +56,6 @@ def pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if number(value) else "-"
 
 
-def fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -70,23 +75,8 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def config_header(key: str) -> str:
-    """A short name for a param_space key (as the CLI prints it): ``params.ramp.lambda`` ->
-    ``ramp.lambda``, ``epsilons.l1`` -> ``eps_l1``."""
-    if key.startswith("params."):
-        return key[len("params."):]
-    if key.startswith("epsilons."):
-        return "eps_" + key[len("epsilons."):]
-    return key
 
 
-def suite_label(metrics: Mapping[str, Any] | None) -> str:
-    """The suite's name, marked when its numbers over-state robustness."""
-    if not isinstance(metrics, Mapping) or not metrics:
-        return "-"
-    suite = metrics.get("suite", "-")
-    name = ",".join(map(str, suite)) if isinstance(suite, list) else str(suite)
-    return f"{name} (upper bound)" if is_upper_bound(metrics) else name
 
 
 # ------------------------------------------------------------------------------------ one job
@@ -268,93 +258,28 @@ def _ordered_norms(keys: Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------------------------- sweeps
 
 
+def _listed(trial: Trial) -> dict[str, Any]:
+    """A trial row as the trial listing (``GET /v1/jobs/{id}/trials``) gives it to the CLI."""
+    return {"trial_id": trial.trial_id, "config": trial.config or {}, "final": trial.final,
+            "metrics": trial.metrics or []}
+
+
 def trial_accuracies(trial: Trial) -> dict[str, Any]:
-    """A trial's final evaluation, else its last epoch's held-out check (as ``rampctl trials``)."""
-    if trial.final:
-        return dict(trial.final)
-    history = trial.metrics or []
-    return dict(history[-1]) if history else {}
-
-
-def trial_union(trial: Trial) -> tuple[float | None, bool]:
-    """The union accuracy a heat-map cell shows for ``trial`` and whether it is an upper bound.
-
-    Cells must be comparable: the monitor suite's union wherever the trial has one (its final
-    evaluation when that was the monitor suite; the best trial's own monitor evaluation, kept
-    under ``final.monitor`` when it was re-evaluated with the default suite), else the final
-    evaluation's, else the last epoch's held-out check (the monitor suite too).
-    """
-    final = trial.final if isinstance(trial.final, Mapping) else {}
-    if final and is_upper_bound(final) and number(final.get("union")):
-        return float(final["union"]), True
-    monitor = final.get("monitor")
-    if isinstance(monitor, Mapping) and number(monitor.get("union")):
-        return float(monitor["union"]), is_upper_bound({"suite": "monitor", **monitor})
-    if number(final.get("union")):
-        return float(final["union"]), False
-    history = trial.metrics or []
-    if history and number(history[-1].get("union")):
-        return float(history[-1]["union"]), True
-    return None, False
-
-
-def grid_axes(spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The two keys of a sweep over exactly two grid axes (rows, columns); None otherwise."""
-    space = _mapping(spec.get("param_space"))
-    keys = list(space)
-    if len(keys) != 2 or not all(isinstance(space[k], Mapping) and "grid" in space[k] for k in keys):
-        return None
-    return keys[0], keys[1]
-
-
-def _cell_key(value: Any) -> str:
-    # Grid values come back from JSON: 5 and 5.0 are the same cell.
-    return repr(float(value)) if number(value) else repr(value)
+    """A trial's final evaluation, else its last epoch's held-out check (``display``'s rule)."""
+    return display.trial_accuracies(_listed(trial))
 
 
 def union_heatmap(spec: Mapping[str, Any], trials: Sequence[Trial],
                   best_id: str | None) -> dict[str, Any] | None:
-    """Union accuracy over a 2-D grid sweep (the mean over repeated samples of a cell), the best
-    trial's cell marked; None when the sweep is not a 2-D grid."""
-    axes = grid_axes(spec)
-    if axes is None:
+    """``display.union_grid`` (the CLI's grid: every cell a monitor number, labelled an upper
+    bound) in the chart's shape; None when the sweep is not a 2-D grid."""
+    grid = display.union_grid(spec, [_listed(t) for t in trials], best_id)
+    if grid is None:
         return None
-    row_key, col_key = axes
-    space = spec["param_space"]
-    rows, cols = list(space[row_key]["grid"]), list(space[col_key]["grid"])
-    values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    bounds: dict[tuple[str, str], list[bool]] = defaultdict(list)
-    members: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for t in trials:
-        config = t.config or {}
-        key = (_cell_key(config.get(row_key)), _cell_key(config.get(col_key)))
-        members[key].append(t.trial_id)
-        value, upper = trial_union(t)
-        if value is not None:
-            values[key].append(value)
-            bounds[key].append(upper)
-    cells = []
-    for r in rows:
-        for c in cols:
-            key = (_cell_key(r), _cell_key(c))
-            vs = values.get(key) or []
-            cells.append({
-                "x": fmt_value(c), "y": fmt_value(r), "v": sum(vs) / len(vs) if vs else None,
-                "upper_bound": any(bounds.get(key) or []), "trials": members.get(key, []),
-                "best": best_id is not None and best_id in members.get(key, []),
-            })
-    flags = [f for fs in bounds.values() for f in fs]
-    if flags and all(flags):
-        label = "union accuracy (monitor suite: an upper bound)"
-    elif flags and any(flags):
-        label = "union accuracy (mixed suites: cells marked <= are upper bounds)"
-    else:
-        label = "union accuracy"
-    return {
-        "x_key": config_header(col_key), "y_key": config_header(row_key),
-        "x": [fmt_value(c) for c in cols], "y": [fmt_value(r) for r in rows],
-        "cells": cells, "label": label,
-    }
+    cells = [{"x": c["col"], "y": c["row"], "v": c["value"], "upper_bound": c["value"] is not None,
+              "trials": c["trials"], "best": c["best"]} for c in grid["cells"]]
+    return {"x_key": grid["col_key"], "y_key": grid["row_key"], "x": grid["cols"], "y": grid["rows"],
+            "cells": cells, "label": grid["label"]}
 
 
 def sweep_view(job: Job, trials: Sequence[Trial]) -> dict[str, Any]:
@@ -375,7 +300,7 @@ def sweep_view(job: Job, trials: Sequence[Trial]) -> dict[str, Any]:
             "suite": suite_label(acc) if t.final else ("monitor (upper bound)" if acc else "-"),
             "score": trial_store.score(t, metric),
             "checkpoint": checkpoint,
-            "checkpoint_file": f"{checkpoint.rstrip('/')}/{CHECKPOINT_FILE}" if checkpoint else None,
+            "checkpoint_file": f"{checkpoint.rstrip('/')}/{WEIGHTS_FILE}" if checkpoint else None,
             "usable": t.status in trial_store.FINISHED_WITH_CHECKPOINT and bool(checkpoint),
             "best": t.trial_id == best_id,
             "error": t.error,

@@ -105,7 +105,9 @@ def test_trials_prints_the_table_the_best_and_the_union_grid(cli: Any, tmp_path:
     assert "status" in header
     assert any("trial_0002 *" in line and "40.0%" in line for line in lines)  # the best, starred
     assert sum("*" in line for line in lines if "trial_" in line) == 1
-    grid_at = next(i for i, line in enumerate(lines) if "union accuracy: ramp.lambda x eps_l1" in line)
+    grid_at = next(i for i, line in enumerate(lines) if "ramp.lambda x eps_l1" in line)
+    title = " ".join(" ".join(lines[grid_at - 1:grid_at + 1]).split())  # rich wraps a long title
+    assert "union accuracy, monitor suite (an upper bound): ramp.lambda x eps_l1" in title
     grid = lines[grid_at:]
     row_05 = next(line for line in grid if line.strip("│┃ ").startswith("0.5 "))
     row_5 = next(line for line in grid if line.strip("│┃ ").startswith("5 "))
@@ -126,15 +128,16 @@ def test_trials_refuses_a_job_that_is_not_a_sweep(cli: Any) -> None:
 
 def test_the_union_grid_averages_samples_and_skips_other_shapes() -> None:
     spec = {"param_space": {"a": {"grid": [1, 2]}, "b": {"grid": ["x"]}}}
+    monitor = {"suite": "monitor", "upper_bound": True}
     listing = {"trials": [
-        {"config": {"a": 1, "b": "x"}, "final": {"union": 0.2}},
-        {"config": {"a": 1.0, "b": "x"}, "final": {"union": 0.4}},  # 1.0 is the cell of 1
-        {"config": {"a": 2, "b": "x"}, "metrics": [{"union": 0.9}, {"union": 0.5}]},  # last epoch
-    ]}
+        {"trial_id": "t0", "config": {"a": 1, "b": "x"}, "final": monitor | {"union": 0.2}},
+        {"trial_id": "t1", "config": {"a": 1.0, "b": "x"}, "final": monitor | {"union": 0.4}},  # 1.0 is 1
+        {"trial_id": "t2", "config": {"a": 2, "b": "x"}, "metrics": [{"union": 0.9}, {"union": 0.5}]},
+    ], "best_trial_id": "t2"}
     table = tables.union_grid(listing, spec)
     assert table is not None
     cells = [list(col.cells) for col in table.columns]
-    assert cells == [["1", "2"], ["30.0%", "50.0%"]]
+    assert cells == [["1", "2"], ["30.0%", "50.0% *"]]  # the last epoch's check; the best starred
     assert tables.union_grid(listing, {"param_space": {"a": {"grid": [1]}}}) is None
     mixed = {"param_space": {"a": {"grid": [1]}, "b": {"uniform": [0, 1]}}}
     assert tables.union_grid(listing, mixed) is None

@@ -8,6 +8,7 @@ from typing import Any
 
 from service.db.models import Job, Trial
 from service.ui import views
+from workers.contract import display
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -45,27 +46,57 @@ def test_heat_map_cells_compare_monitor_numbers_even_for_the_re_evaluated_best_t
               status="running"),
         trial(3, {"params.ramp.lambda": 5.0, "epsilons.l1": 12.0}, status="pending"),
     ]
-    assert views.trial_union(trials[1]) == (0.4, True)
-    assert views.trial_union(trials[2]) == (0.3, True)  # the last epoch's held-out (monitor) check
-    assert views.trial_union(trials[3]) == (None, False)
+    listed = [{"final": t.final, "metrics": t.metrics or []} for t in trials]
+    assert display.monitor_union(listed[1]) == 0.4
+    assert display.monitor_union(listed[2]) == 0.3  # the last epoch's held-out (monitor) check
+    assert display.monitor_union(listed[3]) is None
     heat = views.union_heatmap(SPEC, trials, "trial_0001")
     cells = {(c["y"], c["x"]): c for c in heat["cells"]}
     assert {k: c["v"] for k, c in cells.items()} == {("0.5", "8"): 0.2, ("0.5", "12"): 0.4,
                                                       ("5", "8"): 0.3, ("5", "12"): None}
     assert cells[("5", "12")]["trials"] == ["trial_0003"]  # 5.0 and 5 are one grid value
     assert [k for k, c in cells.items() if c["best"]] == [("0.5", "12")]
-    assert heat["label"] == "union accuracy (monitor suite: an upper bound)"
+    assert heat["label"] == display.GRID_LABEL == "union accuracy, monitor suite (an upper bound)"
 
 
-def test_heat_map_of_default_suite_trials_is_labelled_as_such_and_averages_repeated_samples() -> None:
+def test_a_default_suite_number_never_enters_the_grid_and_repeated_samples_average() -> None:
     standard = {"suite": "standard", "upper_bound": False}
-    trials = [trial(i, {"params.ramp.lambda": lam, "epsilons.l1": eps}, final=standard | {"union": u})
-              for i, (lam, eps, u) in enumerate([(0.5, 8, 0.1), (0.5, 8, 0.3), (5, 12, 0.2)])]
+    points = [(0.5, 8, 0.1, 0.3), (0.5, 8, 0.3, 0.5), (5, 12, 0.2, 0.4)]
+    trials = [trial(i, {"params.ramp.lambda": lam, "epsilons.l1": eps}, final=standard | {"union": u},
+                    metrics=[{"epoch": 1, "union": m}])
+              for i, (lam, eps, u, m) in enumerate(points)]
+    trials.append(trial(3, {"params.ramp.lambda": 5, "epsilons.l1": 8}, final=standard | {"union": 0.9}))
     heat = views.union_heatmap(SPEC, trials, None)
     cells = {(c["y"], c["x"]): c["v"] for c in heat["cells"]}
-    assert cells[("0.5", "8")] == 0.2 and cells[("5", "12")] == 0.2 and cells[("0.5", "12")] is None
-    assert heat["label"] == "union accuracy" and not any(c["best"] for c in heat["cells"])
+    # the held-out (monitor) checks, averaged; trial 3 has no monitor number: its cell stays empty
+    assert cells == {("0.5", "8"): 0.4, ("0.5", "12"): None, ("5", "8"): None, ("5", "12"): 0.4}
+    assert not any(c["best"] for c in heat["cells"])
     assert views.union_heatmap({"param_space": {"lr": {"uniform": [0.01, 0.1]}}}, trials, None) is None
+
+
+def test_the_cli_grid_and_the_page_heat_map_show_the_same_cells() -> None:
+    """One display rule: for the same trials, ``rampctl trials`` prints what the page draws."""
+    from rampctl import tables
+
+    best_final = {"union": 0.12, "suite": "standard", "upper_bound": False, "monitor": monitor(0.4)}
+    trials = [
+        trial(0, {"params.ramp.lambda": 0.5, "epsilons.l1": 8}, final=monitor(0.2)),
+        trial(1, {"params.ramp.lambda": 0.5, "epsilons.l1": 12}, final=best_final),
+        trial(2, {"params.ramp.lambda": 5, "epsilons.l1": 8}, metrics=[{"epoch": 1, "union": 0.3}]),
+        trial(3, {"params.ramp.lambda": 5.0, "epsilons.l1": 12.0}, status="pending"),
+    ]
+    heat = views.union_heatmap(SPEC, trials, "trial_0001")
+    listing = {"trials": [{"trial_id": t.trial_id, "config": t.config, "final": t.final,
+                           "metrics": t.metrics or []} for t in trials], "best_trial_id": "trial_0001"}
+    table = tables.union_grid(listing, SPEC)
+    columns = [list(col.cells) for col in table.columns]
+    printed = {(row, col): columns[j + 1][i] for i, row in enumerate(columns[0])
+               for j, col in enumerate(heat["x"])}
+    drawn = {(c["y"], c["x"]): display.pct(c["v"]) + (" *" if c["best"] else "") for c in heat["cells"]}
+    assert printed == drawn == {("0.5", "8"): "20.0%", ("0.5", "12"): "40.0% *", ("5", "8"): "30.0%",
+                                ("5", "12"): "-"}
+    assert heat["label"] in str(table.title)
+    assert [col.header for col in table.columns[1:]] == heat["x"] and columns[0] == heat["y"]
 
 
 def test_the_best_trial_follows_the_sweeps_rule_last_epoch_and_ties_to_the_earliest() -> None:

@@ -8,6 +8,13 @@
   they may have tested nothing, so they get no tick either.
 - p values: ``p = 0.038`` with two significant digits, ``p < 0.0001`` below that; a difference is
   called significant only at p < 0.05 (``workers.contract.stats.SIGNIFICANCE``).
+- Sweeps: a swept key's header (``params.ramp.lambda`` -> ``ramp.lambda``, ``epsilons.l1`` ->
+  ``eps_l1``), its values (``format_value``), a trial's accuracies (its final evaluation, else its
+  last epoch's held-out check) and the 2-D grid (``union_grid``). One rule for a grid cell: the
+  trial's **monitor** union accuracy -- every trial has one (its own final evaluation, kept under
+  ``final.monitor`` for the best trial once the default suite re-evaluated it, else its last
+  epoch's held-out check) -- so the cells are comparable, and the grid says they are upper bounds.
+  The best trial's default-suite number is shown beside the grid, never in it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from workers.contract.metrics import (
     precision_label,
 )
 from workers.contract.norms import NORMS
+from workers.contract.results import is_upper_bound
 
 LEGACY = "legacy"
 STATUS_MARK: dict[str, str] = {CHECK_PASSED: "✓", CHECK_FAILED: "✗", CHECK_INCONCLUSIVE: "?", LEGACY: "?"}
@@ -144,3 +152,105 @@ def pair_line(pair: Mapping[str, Any]) -> str:
     return (f"{pair['a']} vs {pair['b']}, {ACCURACY_LABELS.get(pair['metric'], pair['metric'])}: "
             f"{diff:+.1f} points ({pair['only_a']} vs {pair['only_b']} points only one got right, "
             f"n = {pair['n']}), {p_text(float(pair['p']))} ({verdict}; Holm {p_text(float(pair['p_holm']))})")
+
+
+# ------------------------------------------------------------------------------------- sweeps
+
+# The best trial's default-suite number is the sweep's result, shown beside the grid, never in it.
+GRID_LABEL = "union accuracy, monitor suite (an upper bound)"
+
+
+def suite_label(metrics: Mapping[str, Any] | None) -> str:
+    """The suite's name, marked when its numbers over-state robustness ('-' without metrics)."""
+    if not isinstance(metrics, Mapping) or not metrics:
+        return "-"
+    suite = metrics.get("suite", "-")
+    name = ",".join(map(str, suite)) if isinstance(suite, list) else str(suite)
+    return f"{name} (upper bound)" if is_upper_bound(metrics) else name
+
+
+def config_header(key: str) -> str:
+    """A short header for a param_space key: ``params.ramp.lambda`` -> ``ramp.lambda``,
+    ``epsilons.l1`` -> ``eps_l1``."""
+    if key.startswith("params."):
+        return key[len("params."):]
+    if key.startswith("epsilons."):
+        return "eps_" + key[len("epsilons."):]
+    return key
+
+
+def format_value(value: Any) -> str:
+    """A swept value: floats with four significant digits, '-' for None."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def cell_key(value: Any) -> str:
+    """The grid cell a swept value falls in: values come back from JSON, so 5 and 5.0 are one cell."""
+    return repr(float(value)) if number(value) else repr(value)
+
+
+def trial_accuracies(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's final evaluation, else its last epoch's held-out check (``trial``: ``final``,
+    ``metrics`` as the trial listing gives them)."""
+    final = trial.get("final")
+    if isinstance(final, Mapping) and final:
+        return dict(final)
+    history = trial.get("metrics") or []
+    return dict(history[-1]) if history and isinstance(history[-1], Mapping) else {}
+
+
+def monitor_union(trial: Mapping[str, Any]) -> float | None:
+    """The number a grid cell shows for ``trial``: its monitor-suite union accuracy (module docstring)."""
+    final = _mapping(trial.get("final"))
+    if final and is_upper_bound(final) and number(final.get("union")):
+        return float(final["union"])
+    monitor = _mapping(final.get("monitor"))
+    if number(monitor.get("union")):
+        return float(monitor["union"])
+    history = trial.get("metrics") or []
+    last = _mapping(history[-1]) if history else {}
+    return float(last["union"]) if number(last.get("union")) else None
+
+
+def grid_axes(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The two keys (rows, columns) of a sweep over exactly two grid axes; None otherwise."""
+    space = _mapping(spec.get("param_space"))
+    keys = list(space)
+    if len(keys) != 2 or not all(isinstance(space[k], Mapping) and "grid" in space[k] for k in keys):
+        return None
+    return keys[0], keys[1]
+
+
+def union_grid(spec: Mapping[str, Any], trials: Iterable[Mapping[str, Any]],
+               best_id: str | None = None) -> dict[str, Any] | None:
+    """The monitor union accuracy over a 2-D grid sweep (mean over a cell's repeated samples):
+    ``row_key``, ``col_key`` (headers), ``rows``, ``cols`` (formatted values), ``cells`` (row-major:
+    ``row``, ``col``, ``value``, ``trials``, ``best``) and ``label``; None when not a 2-D grid."""
+    axes = grid_axes(spec)
+    if axes is None:
+        return None
+    row_key, col_key = axes
+    space = spec["param_space"]
+    rows, cols = list(space[row_key]["grid"]), list(space[col_key]["grid"])
+    values: dict[tuple[str, str], list[float]] = {}
+    members: dict[tuple[str, str], list[str]] = {}
+    for t in trials:
+        config = _mapping(t.get("config"))
+        key = (cell_key(config.get(row_key)), cell_key(config.get(col_key)))
+        members.setdefault(key, []).append(str(t.get("trial_id")))
+        value = monitor_union(t)
+        if value is not None:
+            values.setdefault(key, []).append(value)
+    cells = []
+    for r in rows:
+        for c in cols:
+            key = (cell_key(r), cell_key(c))
+            vs, ids = values.get(key) or [], members.get(key) or []
+            cells.append({"row": format_value(r), "col": format_value(c),
+                          "value": sum(vs) / len(vs) if vs else None, "trials": ids,
+                          "best": best_id is not None and best_id in ids})
+    return {"row_key": config_header(row_key), "col_key": config_header(col_key),
+            "rows": [format_value(r) for r in rows], "cols": [format_value(c) for c in cols],
+            "cells": cells, "label": GRID_LABEL}

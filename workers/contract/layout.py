@@ -22,9 +22,15 @@ from typing import Any
 
 CHECKPOINT_DIR = "checkpoint"
 META_FILE = "meta.json"  # inside a checkpoint: how to rebuild the model (plain JSON)
+WEIGHTS_FILE = "model.safetensors"  # inside a checkpoint: the weights
 TRAIN_STATE_FILE = "train_state.pt"  # inside a checkpoint: what a resumed run continues from
 RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # an evaluation's numbers (training runs end with one too)
+PER_SAMPLE_FILE = "per_sample.npz"  # an evaluation's per-point flags, beside its metrics.json
+HISTORY_FILE = "history.jsonl"  # a training run's per-epoch reports
+SWEEP_RESULT_FILE = "sweep_result.json"  # a sweep's trials and best trial, beside trials/
+PAIR_SELECTION_DIR = "pair_selection"  # ramp.pair=auto: the single-norm AT runs and the report
+PAIR_SELECTION_FILE = "pair_selection.json"
 TRIALS_DIR = "trials"
 ATTEMPT_MARKER = ".attempt"  # hidden: drivers do not list dot-files as artifacts
 

@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workers.contract.metrics import ACCURACY_KEYS
 from workers.contract.norms import NORMS
 from workers.contract.spec import (  # noqa: F401  (Resources re-exported)
     SERVICE_FIELDS,
@@ -55,7 +56,7 @@ from workers.contract.spec import (  # noqa: F401  (Resources re-exported)
 )
 
 MAX_TRIALS = 1000
-MONITOR_METRICS = ("clean", "linf", "l2", "l1", "union")
+MONITOR_METRICS = ACCURACY_KEYS  # what the held-out monitor set reports per epoch
 # Result keys a sweep can rank trials by, besides the held-out monitor metrics (see
 # ``workers.ray_entry.runtime.epoch_metrics``): training loss parts and training robust accuracy.
 _OTHER_METRIC = re.compile(rf"^(loss_[a-z][a-z0-9_]*|train_acc_({'|'.join(NORMS)}))$")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from workers.evaluation.autoattack_suite import build_adversary
 from workers.evaluation.evaluate import evaluate
+from workers.evaluation.result import union_flags
 from workers.evaluation.rng import isolated_rng, preserved_trace
 
 AA_GRADIENT_ATTACKS = ("apgd-ce", "apgd-t")
@@ -43,9 +44,7 @@ class Agreement:
     def robust_counts(self, side: str) -> dict[str, int]:
         """``side``: "ours" or "theirs"; robust points per norm and under the union."""
         flags: dict[str, np.ndarray] = getattr(self, side)
-        union = self.clean.copy()
-        for f in flags.values():
-            union &= f
+        union = union_flags(self.clean, flags.values())
         return {norm: int(f.sum()) for norm, f in flags.items()} | {"union": int(union.sum())}
 
     def accuracy(self, side: str) -> dict[str, float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from workers.contract.catalog import UPPER_BOUND_SUITES
+from workers.contract.layout import METRICS_FILE, PER_SAMPLE_FILE
 from workers.contract.metrics import FP32
 from workers.contract.norms import NORMS
 from workers.contract.samples import PER_SAMPLE_KEY, per_sample_block
@@ -34,10 +36,16 @@ from workers.contract.stats import wilson_interval
 from workers.contract.unseen import UNSEEN_UNION
 from workers.evaluation.unseen import UnseenOutcome
 
-METRICS_FILE = "metrics.json"
-PER_SAMPLE_FILE = "per_sample.npz"
 CORRUPTION_PREFIX = "corruption_"
 UNSEEN_PREFIX = "unseen_"
+
+
+def union_flags(clean: np.ndarray, robust: Iterable[np.ndarray]) -> np.ndarray:
+    """Per point: correct clean AND robust under every given norm (the one definition of union)."""
+    out = np.array(clean, dtype=bool, copy=True)
+    for flags in robust:
+        out &= flags
+    return out
 
 
 def _fraction(flags: np.ndarray) -> float:
@@ -99,10 +107,7 @@ class EvalResult:
     @property
     def union(self) -> np.ndarray:
         """Correct clean AND robust under every evaluated norm, per sample."""
-        out = self.clean.copy()
-        for flags in self.robust.values():
-            out &= flags
-        return out
+        return union_flags(self.clean, self.robust.values())
 
     def metrics(self) -> dict[str, Any]:
         """Accuracies as fractions in [0, 1]; a norm that was not evaluated is None.
@@ -163,15 +168,16 @@ class EvalResult:
             arrays[UNSEEN_UNION] = self.unseen.union
         return arrays
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write ``metrics.json`` and ``per_sample.npz`` into ``out_dir``; returns the metrics path."""
+    def save(self, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write ``metrics.json`` (the metrics, then ``extra``'s keys) and ``per_sample.npz`` into
+        ``out_dir``, each once; returns the metrics path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / PER_SAMPLE_FILE, **self.per_sample())
         path = out / METRICS_FILE
         # Write-then-rename so a reader polling the directory never sees half a file.
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.metrics(), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(self.metrics() | (extra or {}), indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
         return path
 

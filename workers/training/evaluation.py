@@ -20,7 +20,6 @@ from workers.contract.spec import EvalSpec
 from workers.datasets import load_npz, load_tensors
 from workers.evaluation import evaluate
 from workers.evaluation.evaluate import Progress
-from workers.training.artifacts import write_metrics
 from workers.training.runtime import default_device
 
 
@@ -54,14 +53,14 @@ def evaluate_and_record(
     precision: str = "auto", checks: int = 0, corruptions: bool = False, progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``evaluate`` into ``out_dir`` (per-sample flags too) and write ``metrics.json`` with ``extra``."""
+    """``evaluate``, then ``metrics.json`` (with ``extra``) and the per-sample flags into ``out_dir``,
+    each written once."""
     result = evaluate(
         model, data, epsilons, suite, n=n, batch_size=batch_size, device=device, seed=seed, steps=steps,
-        precision=precision, checks=checks, out_dir=out_dir, corruptions=corruptions, progress=progress,
+        precision=precision, checks=checks, corruptions=corruptions, progress=progress,
     )
-    metrics = result.metrics() | (extra or {})
-    write_metrics(out_dir, metrics)
-    return metrics
+    result.save(out_dir, extra)
+    return result.metrics() | (extra or {})
 
 
 def run_evaluation(

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from workers import checkpoint
 from workers.contract import catalog
+from workers.contract.metrics import ACCURACY_KEYS
 from workers.contract.spec import ResolvedSpec, TrainSpec, require_resolved
 from workers.datasets import load_dataset, load_tensors, num_classes
 from workers.evaluation import evaluate
@@ -52,7 +53,6 @@ from workers.training.runtime import LocalRuntime, Runtime
 from workers.training.schedules import lr_at, radius_scale
 from workers.training.state import Progress, pack_train_state, restore_train_state
 
-MONITOR_KEYS = ("clean", "linf", "l2", "l1", "union")
 # Spec fields that may change between a run and its resumption: they do not affect the weights.
 RESUME_MUTABLE = frozenset({"eval_n", "checks_n", "precision", "monitor_n", "monitor_steps", "num_workers",
                             "data_root"})
@@ -142,7 +142,7 @@ def _monitor(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], spec: Re
     with isolated_rng():
         metrics = evaluate(model, data, spec.epsilons, "monitor", n=None, device=device, seed=spec.seed,
                            steps=spec.monitor_steps, precision=spec.precision).metrics()
-    return {k: metrics[k] for k in MONITOR_KEYS if metrics.get(k) is not None}
+    return {k: metrics[k] for k in ACCURACY_KEYS if metrics.get(k) is not None}
 
 
 def _train_epoch(

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +22,15 @@ from typing import Any
 
 from workers import checkpoint
 from workers.contract import catalog
+from workers.contract.layout import PAIR_SELECTION_DIR
 from workers.contract.norms import NORMS
 from workers.contract.spec import ResolvedSpec, TrainSpec
+from workers.training.artifacts import has_metrics, read_pair_report, write_metrics, write_pair_report
 from workers.training.pair_choice import choose_pair
 
 log = logging.getLogger(__name__)
 
-PAIR_DIR = "pair_selection"
-REPORT_FILE = "pair_selection.json"
+PAIR_DIR = PAIR_SELECTION_DIR
 Train = Callable[[ResolvedSpec, Path, bool], dict[str, Any]]
 """(spec, out_dir, resume) -> final metrics."""
 Evaluate = Callable[[str, ResolvedSpec], dict[str, float]]
@@ -66,9 +66,9 @@ def select_pair(spec: ResolvedSpec, out_dir: Path, *, train: Train,
                 evaluate: Evaluate = default_evaluate) -> dict[str, Any]:
     """The report of steps 1-3 (cached in ``out_dir/pair_selection``)."""
     folder = Path(out_dir) / PAIR_DIR
-    report_path = folder / REPORT_FILE
-    if report_path.is_file():
-        return json.loads(report_path.read_text())
+    cached = read_pair_report(folder)
+    if cached is not None:
+        return cached
     models: dict[str, str] = {}
     sources: dict[str, str] = {}
     for norm in NORMS:
@@ -78,7 +78,7 @@ def select_pair(spec: ResolvedSpec, out_dir: Path, *, train: Train,
             continue
         run_dir = folder / f"at-{norm}"
         ckpt = run_dir / checkpoint.SUBDIR
-        if not (run_dir / "metrics.json").is_file():
+        if not has_metrics(run_dir):
             log.info("pair selection: training AT-%s with the run's budget", norm)
             train(at_spec(spec, norm), run_dir, checkpoint.has_train_state(ckpt))
         models[norm], sources[norm] = str(ckpt), "trained"
@@ -91,8 +91,7 @@ def select_pair(spec: ResolvedSpec, out_dir: Path, *, train: Train,
               "n": int(spec.params.get("ramp.pair_n", 200)), "suite": catalog.DEFAULT_SUITE,
               "rule": "the pair least robust to each other (sum of the two cross entries); q = the one whose "
                       "AT model is the less robust to the other"}
-    folder.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_pair_report(folder, report)
     log.info("pair selection: (q, r) = (%s, %s)", q, r)
     return report
 
@@ -116,8 +115,6 @@ def record(out_dir: Path, metrics: dict[str, Any], report: dict[str, Any] | None
     """The run's final metrics with the selection report under ``pair_selection`` (metrics.json too)."""
     if report is None:
         return metrics
-    from workers.training.artifacts import write_metrics
-
     out = dict(metrics) | {"pair_selection": report}
     write_metrics(Path(out_dir), out)
     return out

@@ -58,7 +58,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from workers.contract.catalog import DEFAULT_SUITE
-from workers.contract.layout import TRIALS_DIR
+from workers.contract.layout import SWEEP_RESULT_FILE, TRIALS_DIR
 from workers.contract.ray_names import current_run_name
 from workers.contract.spec import ResolvedSpec
 from workers.contract.sweep import (
@@ -80,7 +80,7 @@ from workers.ray_entry.sweep.trainable import TrainTrial
 from workers.ray_entry.train import absolute_paths, ensure_ray, open_channel, signals_set
 
 TUNE_DIR = "tune"
-RESULT_FILE = "sweep_result.json"
+RESULT_FILE = SWEEP_RESULT_FILE
 
 # The job driver forwards ``workers.*`` log records to the job's log.
 log = logging.getLogger(__name__)
