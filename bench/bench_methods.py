@@ -8,7 +8,7 @@ A *setting* is a training precision (``TrainSpec.train_precision``: the arithmet
 maximisation, on a reduced-precision twin of the model) and a layout of the float32 model
 (``eager``, ``channels-last``, ``compile``: ``TrainSpec.channels_last`` / ``TrainSpec.compile``).
 Reduced precisions the device does not multiply natively are skipped unless named in
-``--precisions`` (emulated bfloat16 on an AVX2 CPU is tens of times slower, not faster). Every
+``--precisions`` (emulated bfloat16 on an AVX2 CPU was 8-35x slower here, not faster). Every
 (setting, method) pair takes one warm-up step (compilation, allocations), then ``--rounds``
 timed steps, the rounds interleaved over all pairs so that load drifting on a shared machine hits
 every setting alike: the ratios within one run are the result, not the absolute seconds. By
