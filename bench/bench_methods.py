@@ -1,20 +1,21 @@
 """Seconds per training step of each method, per attack precision and model layout, as a ratio to
 float32 eager, on PreAct ResNet-18 (CIFAR-sized inputs) and small-cnn in one run.
 
-    .venv/bin/python bench/bench_methods.py       # ~5 min on a shared 2-core CPU box
+    .venv/bin/python bench/bench_methods.py       # both models, 5 methods, 2 layouts (docs/performance.md)
     .venv/bin/python bench/bench_methods.py --attack-steps 0 --rounds 3 --layouts eager,channels-last,compile
 
 A *setting* is a training precision (``TrainSpec.train_precision``: the arithmetic of the inner
 maximisation, on a reduced-precision twin of the model) and a layout of the float32 model
 (``eager``, ``channels-last``, ``compile``: ``TrainSpec.channels_last`` / ``TrainSpec.compile``).
 Reduced precisions the device does not multiply natively are skipped unless named in
-``--precisions`` (emulated bfloat16 on an AVX2 CPU is tens of times slower, not faster). Every
+``--precisions`` (emulated bfloat16 on an AVX2 CPU was 8-35x slower here, not faster). Every
 (setting, method) pair takes one warm-up step (compilation, allocations), then ``--rounds``
 timed steps, the rounds interleaved over all pairs so that load drifting on a shared machine hits
 every setting alike: the ratios within one run are the result, not the absolute seconds. By
-default the attacks run ``--attack-steps 3`` iterations per norm instead of the recipe's 10 so
-the whole run fits in ~5 minutes; ``--attack-steps 0`` times the recipe (the attack's share of a
-step, and so any gain of a reduced-precision attack, is then larger). The last line is
+default the attacks run ``--attack-steps 3`` iterations per norm instead of the recipe's 10 to
+keep the run short (aimed at ~5 minutes on an idle 2-core box; a loaded one takes far longer);
+``--attack-steps 0`` times the recipe (the attack's share of a step, and so any gain of a
+reduced-precision attack, is then larger). The last line is
 ``ramp speed-up vs float32 eager: N.NN (<setting>)``: the fastest setting for RAMP (with GP, the
 from-scratch default) on PreAct ResNet-18.
 

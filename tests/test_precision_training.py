@@ -210,3 +210,15 @@ def test_with_the_same_adversarial_batch_the_update_is_the_float32_one():
     (loss32, grads32), (loss16, grads16) = results
     assert torch.equal(loss32, loss16)
     assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(grads32, grads16, strict=True))
+
+
+def test_resuming_needs_the_same_speed_settings_and_old_checkpoints_count_as_the_defaults(tmp_path):
+    from workers.contract.spec import TrainSpec
+    from workers.training.loop import ResumeError, _check_resumable
+
+    current = TrainSpec(method="nt", epochs=1).resolve().model_dump(mode="json")
+    old = {k: v for k, v in current.items() if k not in ("train_precision", "channels_last", "compile")}
+    _check_resumable(old, current, tmp_path)  # written before the fields existed: the defaults
+    for field, value in (("train_precision", "bf16"), ("channels_last", True), ("compile", True)):
+        with pytest.raises(ResumeError, match=field):
+            _check_resumable(old, current | {field: value}, tmp_path)
