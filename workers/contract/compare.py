@@ -2,7 +2,8 @@
 use it).
 
 Two results are compared only when they were scored on the same points (equal
-``per_sample.points`` digests, see ``samples``): then, per accuracy (clean, each norm, union), the
+``per_sample.points`` digests, see ``samples``): then, per accuracy (clean, each norm, union, the
+unseen suite's ``unseen_union``), the
 difference with McNemar's exact test on the per-sample flags. A difference is called
 ``significant`` at p < 0.05; with several pairs the Holm-adjusted p is given too (``p_holm``, over
 every pair and metric of the report), for a reader who wants the family-wise rate.
@@ -21,6 +22,9 @@ from typing import Any
 from workers.contract.metrics import ACCURACY_KEYS, precision_label
 from workers.contract.samples import read_per_sample
 from workers.contract.stats import SIGNIFICANCE, discordant, holm, mcnemar_exact
+from workers.contract.unseen import UNSEEN_UNION
+
+PAIRED_KEYS: tuple[str, ...] = (*ACCURACY_KEYS, UNSEEN_UNION)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def compare_results(results: Sequence[tuple[str, Mapping[str, Any] | None]]) -> 
                                  "no paired test")
                 continue
             out.notes += _mixed(name_a, metrics_a, name_b, metrics_b)
-            for metric in ACCURACY_KEYS:
+            for metric in PAIRED_KEYS:
                 if metric not in flags_a or metric not in flags_b:
                     continue
                 a, b = flags_a[metric], flags_b[metric]
