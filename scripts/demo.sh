@@ -51,6 +51,8 @@ export RAMP_LOG_JSON="${RAMP_LOG_JSON:-false}"
 # All four jobs at once (one torch thread each): nothing waits for a free slot while a core idles.
 export RAMP_MAX_CONCURRENT_JOBS="${RAMP_MAX_CONCURRENT_JOBS:-4}"
 export RAMP_RAY_NUM_CPUS="${RAMP_RAY_NUM_CPUS:-4}"
+# Seconds on an idle machine; on a crowded one `ray start` alone can take minutes.
+export RAMP_RAY_START_TIMEOUT_S="${RAMP_RAY_START_TIMEOUT_S:-600}"
 unset RAY_ADDRESS DATABASE_URL  # embedded: this demo owns its database and its Ray head
 # Jobs may name paths only under the data roots (default $RAMP_HOME/data): the starting model goes there.
 mkdir -p "$RAMP_HOME/data"
@@ -70,7 +72,7 @@ shutdown() {
 }
 trap shutdown EXIT
 
-for _ in $(seq 1 240); do
+for _ in $(seq 1 1200); do  # the service answers once its Ray head is up (RAMP_RAY_START_TIMEOUT_S)
     if curl -sf "${RAMP_URL}/healthz" >/dev/null 2>&1; then break; fi
     if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
         echo "the service exited during start-up:" >&2
