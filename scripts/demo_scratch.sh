@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The from-scratch demo: RAMP and E-AT trained from random weights on mnist-5k through the service,
 # side by side. (The first demo, `bash scripts/demo.sh`, fine-tunes a robust model instead: the
-# paper's Figure 1 in about five minutes.)
+# paper's Figure 1, sized for about five minutes.)
 #
 # Starts the service embedded in the background (SQLite + a local Ray head it owns), submits a RAMP
 # and an E-AT training job (the reference MNIST recipe), follows their progress, prints clean / l_inf / l_2 /
@@ -84,5 +84,5 @@ dashboard="$(curl -sf -H "Authorization: Bearer ${RAMP_TOKEN}" "${RAMP_URL}/v1/j
     | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("ray_dashboard_url") or "-")')"
 echo "Ray dashboard (while the service runs): ${dashboard}"
 echo "The small-scale reproduction of the paper's comparisons (fine-tuning, Figure 1, an AutoAttack"
-echo "cross-check) is in docs/results-mnist.md; the Figure-1 effect in five minutes: bash scripts/demo.sh"
+echo "cross-check) is in docs/results-mnist.md; the Figure-1 effect: bash scripts/demo.sh"
 exit "$status"

@@ -5,7 +5,7 @@
 
 ``scripts/demo.sh`` fine-tunes this model through the service (the RAMP paper's Figure 1: l_1-only
 fine-tuning of an l_inf-robust model destroys its l_inf robustness, RAMP keeps it). Shipping it
-keeps the demo within five minutes; this script is how it was made, from the repository's own data
+keeps the demo short (no base training); this script is how it was made, from the repository's own data
 and recipe, so anyone can rebuild it and check it.
 
 The recipe is the catalog's MNIST one for AT-l_inf (SGD momentum 0.9, LR 0.05 piecewise, weight

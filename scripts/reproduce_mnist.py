@@ -468,7 +468,8 @@ def plot_figure(figure: dict[str, list[dict[str, Any]]], path: Path, settings: d
 
 
 DEMO_POINTER = (
-    "The same effect in about five minutes, through the service: `bash scripts/demo.sh` fine-tunes a "
+    "The same effect through the service, sized for about five minutes on an idle 2-core machine: "
+    "`bash scripts/demo.sh` fine-tunes a "
     "shipped l_inf-AT small-cnn (`demo/base-linf-at/`, made by `scripts/make_demo_base.py`) with AT-l_1, "
     "E-AT and RAMP and judges it with paired McNemar tests on the same test points."
 )
