@@ -5,7 +5,7 @@
 # training digits (~64 optimiser steps each) and 4 default-suite evaluations on 200 points, all at
 # once. Not yet timed on an idle machine: on the shared development box (load 10-40 from other
 # work) `ray start` alone took 67 s, twice missed Ray's own 30 s raylet deadline, and a full run did
-# not finish within 10 minutes -- see docs/service.md, "Timings".
+# not finish within 10 minutes -- see docs/service.md, "Measured".
 #
 # An l_inf-robust small-cnn (adversarially trained on mnist-5k; shipped in demo/base-linf-at/, made by
 # scripts/make_demo_base.py) is fine-tuned three ways at once: with l_1 adversarial examples only
