@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                      eps_warmup=EPS_WARMUP, seed=args.seed, monitor_n=200, eval_n=0, checks_n=0)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="demo-base-") as tmp:
-        run_training(spec, tmp)
+        run_training(spec.resolve(), tmp)
         source = checkpoint.resolve_dir(tmp)
         if args.out.exists():
             shutil.rmtree(args.out)
