@@ -467,6 +467,14 @@ def plot_figure(figure: dict[str, list[dict[str, Any]]], path: Path, settings: d
     plt.close(fig)
 
 
+DEMO_POINTER = (
+    "The same effect through the service, sized for about five minutes on an idle 2-core machine: "
+    "`bash scripts/demo.sh` fine-tunes a "
+    "shipped l_inf-AT small-cnn (`demo/base-linf-at/`, made by `scripts/make_demo_base.py`) with AT-l_1, "
+    "E-AT and RAMP and judges it with paired McNemar tests on the same test points."
+)
+
+
 def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]],
                     figure: dict[str, list[dict[str, Any]]], crosscheck: list[dict[str, Any]],
                     settings: dict[str, Any], plot_name: str, specs: list[dict[str, Any]]) -> str:
@@ -504,6 +512,8 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         f"Seed 0, the default suite on the first {settings['figure_n']} test points after each epoch "
         "(epoch 0: the AT-l_inf model itself).",
+        "",
+        DEMO_POINTER,
         "",
         f"![Figure 1]({plot_name})",
         "",

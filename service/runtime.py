@@ -112,6 +112,7 @@ class ServiceRuntime:
             num_cpus=settings.ray_num_cpus,
             auth_mode=settings.ray_auth_mode,
             dashboard_port=_port_of(settings.ray_dashboard_url),
+            startup_timeout_s=settings.ray_start_timeout_s,
         )
         url = self.head.start()
         # The job views link to the dashboard actually running (its port may have been picked free).

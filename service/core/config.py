@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     ray_dashboard_url: str | None = None
     ray_auth_mode: Literal["disabled", "token"] = "disabled"
     ray_num_cpus: int | None = Field(default=None, ge=1)
+    # How long the embedded head may take to answer: seconds when the machine is idle, minutes on a
+    # crowded one (the demo allows more).
+    ray_start_timeout_s: float = Field(default=90.0, gt=0, le=3600)
     ray_tmpdir: Path | None = None
     storage_dir: Path | None = None
     # Directories a job spec may name paths under (data_root, data_file, checkpoint, init_from):

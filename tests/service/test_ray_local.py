@@ -116,6 +116,23 @@ def test_settings_errors_are_explained(tmp_path: Path) -> None:
     assert len(str(short)) < 45 and short == embedded_tmpdir(settings)
 
 
+def test_the_head_start_up_timeout_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    def start(head: LocalRayHead) -> str:
+        seen.append(head.startup_timeout_s)
+        raise RayHeadError("not starting a head in this test")
+
+    monkeypatch.setattr(LocalRayHead, "start", start)
+    for settings, expected in ((make_test_settings(tmp_path), 90.0),
+                               (make_test_settings(tmp_path, ray_start_timeout_s=321.0), 321.0)):
+        with pytest.raises(RayHeadError):
+            ServiceRuntime(settings, None)._connect()  # type: ignore[arg-type]
+        assert seen.pop() == expected
+    with pytest.raises(ValueError, match="ray_start_timeout_s"):
+        make_test_settings(tmp_path, ray_start_timeout_s=0)
+
+
 def test_external_cluster_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gcs = make_test_settings(tmp_path, ray_address="ray-head:6379")
     with pytest.raises(RuntimeConfigError, match="http://ray-head:8265"):
