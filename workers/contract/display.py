@@ -50,7 +50,12 @@ SANITY_LABELS: dict[str, str] = {
 
 def number(value: Any) -> bool:
     """A real, finite number (JSON booleans are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float (stored before such values were refused)
+        return False
 
 
 def pct(value: Any) -> str:
