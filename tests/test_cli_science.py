@@ -119,7 +119,11 @@ def test_eval_on_user_points(trained, tmp_path):
         (["train", "--method", "nt", "--eps", "linf=abc", "--out", "X"], 2, "cannot read 'abc'"),
         (["train", "--method", "nt", "--eps", "l3=1", "--out", "X"], 2, "unknown norm"),
         (["train", "--method", "nt", "--train-precision", "fp8", "--out", "X"], 2, "unknown train_precision"),
-        (["train", "--method", "nt", "--init-from", "MISSING", "--out", "X"], 1, "no such directory"),
+        (["train", "--method", "nt", "--model", "small-cnn", "--init-from", "MISSING", "--out", "X"], 1,
+         "no such directory"),
+        # without --model the checkpoint must name it (the one resolution's fine-tune rule)
+        (["train", "--method", "nt", "--init-from", "MISSING", "--out", "X"], 1,
+         "cannot be read (not found); name the model"),
         (["train", "--method", "nt", "--model", "wrn", "--init-from", "CKPT", "--out", "X"], 1,
          "its model is 'small-cnn'"),
         (["eval", "--checkpoint", "MISSING", "--out", "X"], 1, "no such directory"),
