@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from workers import checkpoint
 from workers.contract.spec import TrainSpec
+from workers.ray_entry.channel import RunChannel
 from workers.ray_entry.runtime import (
     CHECKPOINT,
     EPOCH_END,
@@ -28,7 +29,6 @@ from workers.ray_entry.runtime import (
     TRAIN_END,
     TRAIN_START,
     RayTrainRuntime,
-    RunChannel,
     epoch_metrics,
     replay_event,
 )

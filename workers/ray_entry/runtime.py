@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from workers import checkpoint
 from workers.contract.spec import ResolvedSpec
+from workers.ray_entry.channel import Event
 from workers.training.callbacks import AttemptFenceCallback, Callback, EpochReport, TrainInfo
 from workers.training.loop import run_training
 from workers.training.runtime import Runtime
@@ -55,39 +56,10 @@ TRAIN_START, STEP, CHECKPOINT, EPOCH_END, EVAL_PROGRESS, TRAIN_END, CANCELLED = 
     "train_start", "step", "checkpoint", "epoch_end", "eval_progress", "train_end", "cancelled",
 )
 
-Event = tuple[str, Any]
 
 
 class TrainingCancelled(Exception):
     """The run was asked to stop; it stopped at an optimiser step, its last checkpoint intact."""
-
-
-class RunChannel:
-    """The driver <-> workers channel: ordered events per run key, and cancel flags.
-
-    A Ray actor (``ray.remote(num_cpus=0)``); one per training job or per sweep, its runs keyed
-    by ``key``. Calls from one caller run in order, so rank 0 can send without waiting.
-    """
-
-    def __init__(self) -> None:
-        self._events: dict[str, list[Event]] = {}
-        self._cancelled: set[str] = set()
-        self._all_cancelled = False
-
-    def put(self, key: str, event: Event) -> None:
-        self._events.setdefault(key, []).append(event)
-
-    def take(self, key: str) -> list[Event]:
-        return self._events.pop(key, [])
-
-    def cancel(self, key: str | None = None) -> None:
-        if key is None:
-            self._all_cancelled = True
-        else:
-            self._cancelled.add(key)
-
-    def is_cancelled(self, key: str) -> bool:
-        return self._all_cancelled or key in self._cancelled
 
 
 def _ddp_kwargs() -> dict[str, Any]:

@@ -6,12 +6,12 @@
 on ``resources["num_workers"]`` Ray Train workers (gloo on CPU, nccl with ``use_gpu``).
 
 How the per-epoch reports reach the caller's callbacks: rank 0 sends every callback event to a
-``RunChannel`` actor owned by the driver; ``fit()`` runs in a helper thread while the calling
-thread polls the channel and replays the events, in order, into the callbacks. Chosen over a Ray
-Train ``UserCallback`` (it runs in the Train controller actor, not the driver, and only sees
-``ray.train.report`` calls, not steps or the final evaluation) and over the result's
-``metrics_dataframe`` (only after the run ends). Callbacks therefore run in the caller's thread,
-live, and a callback that raises stops the run cooperatively, as it would locally.
+``RunChannel`` actor (``workers.ray_entry.channel``) owned by the driver; ``fit()`` runs in a helper
+thread while the calling thread polls the channel and replays the events, in order, into the
+callbacks. Chosen over a Ray Train ``UserCallback`` (it runs in the Train controller actor, not the
+driver, and only sees ``ray.train.report`` calls, not steps or the final evaluation) and over the
+result's ``metrics_dataframe`` (only after the run ends). Callbacks therefore run in the caller's
+thread, live, and a callback that raises stops the run cooperatively, as it would locally.
 
 Ray Train keeps its own copy of every epoch's checkpoint under ``storage_path/train`` (default
 ``out_dir/ray``); Train V2 restores a run with the same storage path and name automatically, so a
@@ -43,12 +43,11 @@ from workers.contract.attempts import AttemptFence
 from workers.contract.ray_names import current_run_name
 from workers.contract.spec import ResolvedSpec, require_resolved
 from workers.contract.sweep import Resources, is_unresolved_init
+from workers.ray_entry.channel import Event, RunChannel
 from workers.ray_entry.runtime import (
     CANCELLED,
     CHANNEL_NAMESPACE,
     TRAIN_END,
-    Event,
-    RunChannel,
     TrainingCancelled,
     replay_event,
     train_worker,
@@ -181,7 +180,7 @@ def pump_events(
     on_event: Callable[[Event], None],
     *,
     stop_event: threading.Event | None = None,
-    poll_s: float = 0.1,
+    poll_s: float = 0.5,
 ) -> PumpOutcome:
     """Replay the run's events into ``on_event`` until ``fit`` ends; cancel on ``stop_event``.
 
