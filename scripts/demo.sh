@@ -40,58 +40,26 @@ bash scripts/setup.sh
 
 PY="${PYTHON:-.venv/bin/python}"
 RAMPCTL="${RAMPCTL:-.venv/bin/rampctl}"
+# shellcheck source=scripts/demo_service.sh
+source scripts/demo_service.sh
 EPOCHS="${DEMO_EPOCHS:-2}"
 TRAIN_N="${DEMO_TRAIN_N:-1500}"
 EVAL_N="${DEMO_EVAL_N:-100}"
 CHECKS_N="${DEMO_CHECKS_N:-0}"
 MONITOR_N="${DEMO_MONITOR_N:-100}"
 BASE="${DEMO_BASE:-demo/base-linf-at}"
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 started=$(date +%s)
 
 [ -f "$BASE/meta.json" ] || { echo "no starting model at $BASE (make it: $PY scripts/make_demo_base.py)" >&2; exit 1; }
 export RAMP_HOME="${RAMP_HOME:-$(mktemp -d /tmp/ramp-demo-XXXXXX)}"
-export RAMP_PORT="${RAMP_PORT:-$(free_port)}"
-export RAMP_URL="http://127.0.0.1:${RAMP_PORT}"
-# A free dashboard port, so the demo runs next to any other Ray head on the machine.
-export RAMP_RAY_DASHBOARD_URL="${RAMP_RAY_DASHBOARD_URL:-http://127.0.0.1:$(free_port)}"
-export RAMP_LOG_JSON="${RAMP_LOG_JSON:-false}"
 # All four jobs at once (one torch thread each): nothing waits for a free slot while a core idles.
 export RAMP_MAX_CONCURRENT_JOBS="${RAMP_MAX_CONCURRENT_JOBS:-4}"
 export RAMP_RAY_NUM_CPUS="${RAMP_RAY_NUM_CPUS:-4}"
-# Seconds on an idle machine; on a crowded one `ray start` alone can take minutes.
-export RAMP_RAY_START_TIMEOUT_S="${RAMP_RAY_START_TIMEOUT_S:-600}"
-unset RAY_ADDRESS DATABASE_URL  # embedded: this demo owns its database and its Ray head
 # Jobs may name paths only under the data roots (default $RAMP_HOME/data): the starting model goes there.
 mkdir -p "$RAMP_HOME/data"
 cp -r "$BASE" "$RAMP_HOME/data/base-linf-at"
 BASE_CKPT="$RAMP_HOME/data/base-linf-at"
-
-echo "== starting the service at ${RAMP_URL} (home ${RAMP_HOME}; log ${RAMP_HOME}/service.log)"
-"$RAMPCTL" serve --port "$RAMP_PORT" >"${RAMP_HOME}/service.log" 2>&1 &
-SERVICE_PID=$!
-
-shutdown() {
-    if kill -0 "$SERVICE_PID" 2>/dev/null; then
-        echo "== stopping the service (and its Ray head)"
-        kill -TERM "$SERVICE_PID"  # uvicorn shuts down gracefully: dispatcher, then the Ray head
-        wait "$SERVICE_PID" 2>/dev/null || true
-    fi
-}
-trap shutdown EXIT
-
-for _ in $(seq 1 1200); do  # the service answers once its Ray head is up (RAMP_RAY_START_TIMEOUT_S)
-    if curl -sf "${RAMP_URL}/healthz" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
-        echo "the service exited during start-up:" >&2
-        tail -n 30 "${RAMP_HOME}/service.log" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-curl -sf "${RAMP_URL}/healthz" >/dev/null || { echo "the service did not come up" >&2; exit 1; }
-RAMP_TOKEN="$(cat "${RAMP_HOME}/admin_token")"
-export RAMP_TOKEN
+start_service
 
 # The same seed and the same first EVAL_N test points for every job: the paired tests need them.
 finetune=(--kind finetune --init-from-checkpoint "$BASE_CKPT" --dataset mnist-5k --epochs "$EPOCHS"
@@ -117,8 +85,7 @@ echo "== results (default suite; 95 % Wilson intervals; paired exact McNemar tes
 echo
 "$PY" scripts/demo_report.py --base "$BASE_JOB" --l1 "$L1_JOB" --eat "$EAT_JOB" --ramp "$RAMP_JOB" || status=1
 
-dashboard="$(curl -sf -H "Authorization: Bearer ${RAMP_TOKEN}" "${RAMP_URL}/v1/jobs/${RAMP_JOB}" \
-    | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("ray_dashboard_url") or "-")')"
+dashboard="$(dashboard_of "$RAMP_JOB")"
 echo
 echo "Web page (log in with the token in ${RAMP_HOME}/admin_token):"
 echo "  ${RAMP_URL}/ui/compare?ids=${BASE_JOB},${L1_JOB},${EAT_JOB},${RAMP_JOB}   (each job: ${RAMP_URL}/ui/jobs/ID)"

@@ -26,45 +26,14 @@ bash scripts/setup.sh
 
 PY="${PYTHON:-.venv/bin/python}"
 RAMPCTL="${RAMPCTL:-.venv/bin/rampctl}"
+# shellcheck source=scripts/demo_service.sh
+source scripts/demo_service.sh
 EPOCHS="${DEMO_EPOCHS:-10}"
 STEPS="${DEMO_STEPS:-}"
 EVAL_N="${DEMO_EVAL_N:-300}"
 CHECKS_N="${DEMO_CHECKS_N:-50}"
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-export RAMP_HOME="${RAMP_HOME:-$(mktemp -d /tmp/ramp-demo-XXXXXX)}"
-export RAMP_PORT="${RAMP_PORT:-$(free_port)}"
-export RAMP_URL="http://127.0.0.1:${RAMP_PORT}"
-# A free dashboard port, so the demo runs next to any other Ray head on the machine.
-export RAMP_RAY_DASHBOARD_URL="${RAMP_RAY_DASHBOARD_URL:-http://127.0.0.1:$(free_port)}"
-export RAMP_LOG_JSON="${RAMP_LOG_JSON:-false}"
-unset RAY_ADDRESS DATABASE_URL  # embedded: this demo owns its database and its Ray head
-
-echo "== starting the service at ${RAMP_URL} (home ${RAMP_HOME}; log ${RAMP_HOME}/service.log)"
-"$RAMPCTL" serve --port "$RAMP_PORT" >"${RAMP_HOME}/service.log" 2>&1 &
-SERVICE_PID=$!
-
-shutdown() {
-    if kill -0 "$SERVICE_PID" 2>/dev/null; then
-        echo "== stopping the service (and its Ray head)"
-        kill -TERM "$SERVICE_PID"  # uvicorn shuts down gracefully: dispatcher, then the Ray head
-        wait "$SERVICE_PID" 2>/dev/null || true
-    fi
-}
-trap shutdown EXIT
-
-for _ in $(seq 1 240); do
-    if curl -sf "${RAMP_URL}/healthz" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
-        echo "the service exited during start-up:" >&2
-        tail -n 30 "${RAMP_HOME}/service.log" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-curl -sf "${RAMP_URL}/healthz" >/dev/null || { echo "the service did not come up" >&2; exit 1; }
-RAMP_TOKEN="$(cat "${RAMP_HOME}/admin_token")"
-export RAMP_TOKEN
+start_service
 
 budget=(--dataset mnist-5k --model small-cnn --epochs "$EPOCHS" --eval-n "$EVAL_N" --checks-n "$CHECKS_N"
         --monitor-n 100 --seed 0)
@@ -80,8 +49,7 @@ status=0
 
 echo "== results"
 "$RAMPCTL" results "$RAMP_JOB" "$EAT_JOB"
-dashboard="$(curl -sf -H "Authorization: Bearer ${RAMP_TOKEN}" "${RAMP_URL}/v1/jobs/${RAMP_JOB}" \
-    | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("ray_dashboard_url") or "-")')"
+dashboard="$(dashboard_of "$RAMP_JOB")"
 echo "Ray dashboard (while the service runs): ${dashboard}"
 echo "The small-scale reproduction of the paper's comparisons (fine-tuning, Figure 1, an AutoAttack"
 echo "cross-check) is in docs/results-mnist.md; the Figure-1 effect: bash scripts/demo.sh"
