@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
-import torch
 from torch import Tensor, nn
 
 from workers.attacks.apgd import apgd
@@ -45,6 +44,7 @@ from workers.attacks.standard import STANDARD, STANDARD_ITERATIONS, apgd_ce, apg
 from workers.contract.norms import Norm
 from workers.contract.registry import Registry
 from workers.evaluation.autoattack_suite import run_autoattack
+from workers.evaluation.validity import output_problem
 
 MONITOR_STEPS = 20
 MONITOR_L1_SPARSITY = 0.2
@@ -232,13 +232,8 @@ def threat_model_violation(x: Tensor, x_adv: Tensor, norm: Norm, eps: float) -> 
 
     A small relative slack absorbs float rounding in the attacks' projections.
     """
-    if x_adv.shape != x.shape:
-        return f"shape {tuple(x_adv.shape)} != input shape {tuple(x.shape)}"
-    if not torch.isfinite(x_adv).all():
-        return "non-finite values"
-    lo, hi = float(x_adv.min()), float(x_adv.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        return f"values outside [0, 1] ({lo:g}..{hi:g})"
+    if (problem := output_problem(x, x_adv)) is not None:
+        return problem
     delta = (x_adv - x).flatten(1).double()
     size = float(NORM_SIZE[norm](delta).max())
     if size > eps * (1 + 1e-4) + 1e-6:

@@ -20,6 +20,7 @@ from workers.attacks.unseen import unseen_attack
 from workers.contract.stats import wilson_interval
 from workers.contract.unseen import UNSEEN_ATTACKS, UNSEEN_STEPS, budgets_for, family_of
 from workers.evaluation.rng import generator
+from workers.evaluation.validity import output_problem
 
 
 def _fraction(flags: np.ndarray) -> float:
@@ -59,18 +60,6 @@ class UnseenOutcome:
             "family": self.family,
             "steps": self.steps,
         }
-
-
-def output_problem(x: Tensor, x_adv: Tensor) -> str | None:
-    """Why an unseen attack's output is not a valid image batch for ``x`` (None when it is)."""
-    if x_adv.shape != x.shape:
-        return f"shape {tuple(x_adv.shape)} != input shape {tuple(x.shape)}"
-    if not torch.isfinite(x_adv).all():
-        return "non-finite values"
-    lo, hi = float(x_adv.min()), float(x_adv.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        return f"values outside [0, 1] ({lo:g}..{hi:g})"
-    return None
 
 
 def unseen_flags(model: nn.Module, x: Tensor, y: Tensor, clean: np.ndarray, device: torch.device,
