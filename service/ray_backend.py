@@ -119,6 +119,13 @@ class RayJobsBackend:
         self.last_ping_error: str | None = None  # why the latest ping failed
         self._lock = threading.Lock()
 
+    def reconnect(self, address: str, *, auth_token: str | None) -> None:
+        """Talk to a (re)started cluster from now on: a new address or token, a fresh client."""
+        with self._lock:
+            self.dashboard_url = address.rstrip("/")
+            self._auth_token = auth_token
+            self._client = None
+
     def _get_client(self) -> Any:
         with self._lock:
             if self._client is not None:

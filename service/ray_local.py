@@ -268,7 +268,7 @@ class LocalRayHead:
             if self._proc.poll() is not None:
                 raise RayHeadError(
                     f"embedded Ray head exited with code {self._proc.returncode} during start-up; "
-                    f"see {self.log_path}: {_tail(self.log_path)}"
+                    f"see {self.log_path}: {tail_of(self.log_path)}"
                 )
             try:
                 r = httpx.get(f"{url}/api/jobs/", headers=self._headers(), timeout=2.0)
@@ -283,8 +283,27 @@ class LocalRayHead:
         except _NotReady:
             raise RayHeadError(
                 f"embedded Ray head did not answer at {url} within {self.startup_timeout_s:.0f} s; "
-                f"see {self.log_path}: {_tail(self.log_path)}"
+                f"see {self.log_path}: {tail_of(self.log_path)}"
             ) from None
+
+    def exit_code(self) -> int | None:
+        """The head process's exit code once it has died on its own; None while it runs (or was
+        never started, or was stopped by ``stop``)."""
+        return None if self._proc is None else self._proc.poll()
+
+    def restart(self) -> str:
+        """Start the head again after it died, on the same dashboard port (the job pages link to
+        it); what is left of the dead session is killed first. Returns the dashboard URL."""
+        if self._proc is not None:
+            with contextlib.suppress(RayHeadError, OSError):
+                kill_session(self._proc.pid, grace_s=0.5, start_ticks=self._start_ticks)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+            atexit.unregister(self.stop)
+            self._proc = None
+        if self.dashboard_url is not None:
+            self.dashboard_port = int(self.dashboard_url.rsplit(":", 1)[1])
+        return self.start()
 
     def processes(self) -> dict[int, ProcInfo]:
         """This head's live processes (empty once stopped)."""
@@ -386,7 +405,8 @@ def reap_stale_head(tmp_dir: Path) -> bool:
     return True
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail_of(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file (for error messages)."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:

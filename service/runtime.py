@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import Settings
 from service.dispatcher import Dispatcher, DispatchPolicy
+from service.head_watch import HeadWatch
 from service.ray_backend import RayBackend, RayJobsBackend
 from service.ray_local import MAX_TMPDIR_CHARS, LocalRayHead
 
@@ -93,11 +94,16 @@ class ServiceRuntime:
         self.owns_backend = backend is None
         self.policy = policy or DispatchPolicy(interval_s=settings.dispatch_interval_s)
         self.head: LocalRayHead | None = None
+        self.head_watch: HeadWatch | None = None
         self.dispatcher: Dispatcher | None = None
 
     def start(self) -> None:
         if self.backend is None:
             self.backend = self._connect()
+        if self.head is not None and self.settings.ray_head_check_s > 0:
+            assert isinstance(self.backend, RayJobsBackend)
+            self.head_watch = HeadWatch(self.head, self.backend, self.settings.ray_head_check_s)
+            self.head_watch.start()
         self.dispatcher = Dispatcher(self.session_factory, self.backend, self.settings, policy=self.policy)
         self.dispatcher.start()
         log.info("dispatcher started", extra={"claimer": self.dispatcher.claimer,
@@ -120,6 +126,9 @@ class ServiceRuntime:
         return RayJobsBackend(url, auth_token=self.head.auth_token)
 
     def stop(self) -> None:
+        if self.head_watch is not None:  # first: a head stopped on purpose is not to be restarted
+            self.head_watch.stop()
+            self.head_watch = None
         try:
             if self.dispatcher is not None:
                 self.dispatcher.stop()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # How long the embedded head may take to answer: seconds when the machine is idle, minutes on a
     # crowded one (the demo allows more).
     ray_start_timeout_s: float = Field(default=90.0, gt=0, le=3600)
+    # How often the service looks whether its embedded head still runs, and restarts it if not
+    # (0: never -- a dead head then stays dead until the service restarts).
+    ray_head_check_s: float = Field(default=5.0, ge=0, le=3600)
     ray_tmpdir: Path | None = None
     storage_dir: Path | None = None
     # Directories a job spec may name paths under (data_root, data_file, checkpoint, init_from):
