@@ -149,6 +149,14 @@ def summarise(result: Any) -> dict[str, Any]:
     return out
 
 
+def width_at_half(n: int) -> float:
+    """Width in percentage points of the Wilson interval of an accuracy of 50 % on ``n`` points."""
+    from workers.contract.stats import wilson_interval
+
+    lo, hi = wilson_interval(n // 2, n)
+    return 100 * (hi - lo)
+
+
 def pct(c: dict[str, Any]) -> str:
     lo, hi = c["ci"]
     return f"{100 * c['acc']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
@@ -197,7 +205,8 @@ def render(done: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "",
         f"Accuracy in % on the same first **{n}** mnist-5k test points for every model, with 95 % "
         "intervals in brackets: Wilson intervals for clean, each unseen adversary and the unseen union "
-        "(about 19 points wide around 50 % at n = 100); for the corruption average (11 corruptions x 5 "
+        f"({width_at_half(n):.0f} points wide around 50 % at n = {n}); for the corruption average (11 "
+        "corruptions x 5 "
         "severities per point, correlated within a point) a percentile bootstrap over the points. "
         "Unseen adversaries (`docs/evaluation.md`, \"Unseen adversaries\"): 200 iterations each at the "
         "MNIST-like budgets " + ", ".join(f"{a} {eps[a]:g}" for a in UNSEEN_ATTACKS) + "; each attack's "
@@ -321,8 +330,9 @@ def _write(args: argparse.Namespace, argv: list[str] | None, done: list[dict[str
         "command": "python scripts/universal_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_minutes": (time.perf_counter() - started) / 60,
-        "note": ("cached runs read back, not re-timed" if any(r["cached_eval"] for r in done)
-                 else "all runs timed") + ("" if final else "; PARTIAL: not every model has run yet"),
+        "note": ("cached runs read back, their seconds as first measured"
+                 if any(r["cached_eval"] for r in done) else "all runs timed")
+        + ("" if final and not args.only else "; PARTIAL: not every model of the table has run"),
         "load_note": f"; load average {load:.1f} at the end",
     }
     section = render(done, settings)
