@@ -431,8 +431,9 @@ def main(argv: list[str] | None = None) -> Path:
     doc.parent.mkdir(parents=True, exist_ok=True)
     plot = doc.with_name(doc.stem + "-figure1.png")
     plot_figure(figure, plot, settings)
+    kept = universal_section(doc)  # read before the doc is rewritten
     doc.write_text(render_markdown(summarise(scratch, SCRATCH), summarise(finetuned, FINETUNE), figure,
-                                   crosscheck, settings, plot.name, specs))
+                                   crosscheck, settings, plot.name, specs) + kept)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"settings": settings, "scratch": scratch, "finetune": finetuned, "figure1": figure,
                "crosscheck": crosscheck}
@@ -442,6 +443,21 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 # --- the document ------------------------------------------------------------------------------------
+
+UNIVERSAL_START = "<!-- universal-table:start"
+UNIVERSAL_END = "<!-- universal-table:end -->"
+
+
+def universal_section(doc: Path) -> str:
+    """The universal-robustness section ``scripts/universal_table.py`` wrote into ``doc``, if any:
+    regenerating this doc keeps it (its runs and points are its own, not this script's)."""
+    text = doc.read_text() if doc.is_file() else ""
+    start = text.find(UNIVERSAL_START)
+    end = text.find(UNIVERSAL_END, start)
+    if start < 0 or end < 0:
+        return ""
+    return "\n" + text[start:end + len(UNIVERSAL_END)] + "\n"
+
 
 
 def plot_figure(figure: dict[str, list[dict[str, Any]]], path: Path, settings: dict[str, Any]) -> None:

@@ -61,8 +61,10 @@ class Agreement:
         return sum(self.ours_seconds.values()) / max(sum(self.theirs_seconds.values()), 1e-9)
 
 
-def _theirs(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int, batch_size: int,
-            ) -> np.ndarray:
+def autoattack_flags(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int = 0,
+                     batch_size: int = 256) -> np.ndarray:
+    """pyautoattack's APGD-CE + APGD-T (standard per-norm settings) on ``(x, y)``: robust flags
+    (clean correctness included), as a user of the package would compute them."""
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
     with isolated_rng(), preserved_trace():
@@ -90,6 +92,6 @@ def agreement_with_autoattack(
         out.ours[norm] = result.robust[norm]
         out.precision = result.precision
         started = time.perf_counter()
-        out.theirs[norm] = _theirs(model, x, y, norm, eps, seed, batch_size)
+        out.theirs[norm] = autoattack_flags(model, x, y, norm, eps, seed, batch_size)
         out.theirs_seconds[norm] = time.perf_counter() - started
     return out
