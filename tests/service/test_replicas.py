@@ -1,0 +1,157 @@
+"""Two service replicas on one PostgreSQL database and one Ray cluster (issue 23, item 4).
+
+Replicas A and B are two ``rampctl serve`` processes (``fault_support.ServiceProcess``) on the same
+throwaway PostgreSQL database, the same storage directory and the same local Ray head (RAY_ADDRESS
+mode), two jobs at a time each. Then:
+
+1. cancel through either replica: two long jobs run; each is cancelled through a replica -- at
+   least one through the replica that did not claim it -- and its Ray job is STOPPED;
+2. 20 tiny training jobs are submitted alternately to A and B; once A has claimed jobs that are
+   running while others still wait, A is SIGKILLed (and stays down); B alone finishes everything:
+   A's running jobs (their Ray jobs outlive A), whatever A had claimed, and the queue.
+
+Checked from the database and from Ray's own job list: every job ``succeeded`` in attempt 1 and
+ran as exactly one Ray job (none lost, none run twice), and which replica claimed what.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from exec_support import ADMIN_TOKEN, ray_head, tiny_train_spec, wait_for
+from fault_support import ServiceProcess
+from sqlalchemy import create_engine, text
+
+from service.ray_local import free_port
+
+pytestmark = pytest.mark.slow
+
+JOBS = 20
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[Any]:
+    with ray_head(num_cpus=2) as h:
+        yield h
+
+
+@pytest.fixture
+def replicas(
+    head: Any, pg_empty_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServiceProcess]]:
+    storage = tmp_path_factory.mktemp("storage")
+    env = {
+        "DATABASE_URL": pg_empty_url, "RAY_ADDRESS": head.dashboard_url,
+        "RAMP_RAY_DASHBOARD_URL": head.dashboard_url, "RAMP_DISPATCH_INTERVAL_S": "0.2",
+        "RAMP_MAX_CONCURRENT_JOBS": "2", "RAMP_LOG_LEVEL": "INFO", "RAMP_STORAGE_DIR": str(storage),
+        "RAMP_RATE_LIMIT_PER_MINUTE": "0",  # the test polls far more often than a user would
+    }
+    procs = [ServiceProcess(tmp_path_factory.mktemp(f"home-{name}"), free_port(), env, ADMIN_TOKEN)
+             for name in ("a", "b")]
+    try:
+        for p in procs:  # one after the other: the second finds the schema current
+            p.start()
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _claims(url: str) -> dict[int, tuple[str, str | None, int]]:
+    """job id -> (status, claimed_by, attempt), straight from the database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, status, claimed_by, attempt FROM jobs")).all()
+    finally:
+        engine.dispose()
+    return {r.id: (r.status, r.claimed_by, r.attempt) for r in rows}
+
+
+def _claimer_pid(claimed_by: str | None) -> int | None:
+    # service.dispatcher.loop.default_claimer: "<host>:<pid>:<random>"
+    return None if claimed_by is None else int(claimed_by.split(":")[1])
+
+
+def _ray_jobs(dashboard_url: str) -> dict[int, list[Any]]:
+    from ray.job_submission import JobSubmissionClient
+
+    out: dict[int, list[Any]] = {}
+    for info in JobSubmissionClient(dashboard_url).list_jobs():
+        ramp_id = (info.metadata or {}).get("ramp_job_id")
+        if ramp_id is not None:
+            out.setdefault(int(ramp_id), []).append(info)
+    return out
+
+
+def test_two_replicas_share_the_work_survive_a_sigkill_and_cancel_each_others_jobs(
+    head: Any, replicas: list[ServiceProcess], pg_empty_url: str
+) -> None:
+    a, b = replicas
+    clients = [p.client() for p in replicas]
+    pids = {p.proc.pid: name for p, name in zip(replicas, "AB", strict=True)}  # type: ignore[union-attr]
+    started = time.monotonic()
+
+    # --- 1. cancel through either replica
+    long_spec = tiny_train_spec(epochs=200, max_steps=None, train_n=64)
+    long_ids = [clients[i].post("/v1/jobs", json=long_spec | {"seed": i}).json()["id"] for i in range(2)]
+    wait_for(lambda: all(_claims(pg_empty_url)[i][0] == "running" for i in long_ids), 600,
+             "both long jobs to run")
+    claims = _claims(pg_empty_url)
+    long_claimers = {i: pids.get(_claimer_pid(claims[i][1])) for i in long_ids}
+    cancels = {}
+    for i, job_id in enumerate(long_ids):  # job 1 through A, job 2 through B
+        r = clients[i].post(f"/v1/jobs/{job_id}/cancel")
+        assert r.status_code == 200, r.text
+        cancels[job_id] = "AB"[i]
+    assert any(long_claimers[j] != cancels[j] for j in long_ids), (long_claimers, cancels)
+    wait_for(lambda: all(_claims(pg_empty_url)[i][0] == "cancelled" for i in long_ids), 300,
+             "both long jobs to be cancelled")
+    ray_jobs = _ray_jobs(head.dashboard_url)
+    for job_id in long_ids:
+        assert [info.status.value for info in ray_jobs[job_id]] == ["STOPPED"], ray_jobs[job_id]
+    cancel_s = time.monotonic() - started
+
+    # --- 2. 20 jobs alternately through A and B; SIGKILL A mid-run
+    spec = tiny_train_spec(max_steps=1, train_n=32, eval_n=8)
+    ids = []
+    for i in range(JOBS):
+        r = clients[i % 2].post("/v1/jobs", json=spec | {"seed": i}, headers={"Idempotency-Key": f"rep-{i}"})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    a_pid = a.proc.pid  # type: ignore[union-attr]
+
+    def a_running_others_waiting() -> dict[int, tuple[str, str | None, int]] | None:
+        claims = _claims(pg_empty_url)
+        mine = [c for i, c in claims.items() if i in ids and _claimer_pid(c[1]) == a_pid]
+        waiting = [c for i, c in claims.items() if i in ids and c[0] == "queued"]
+        return claims if any(c[0] == "running" for c in mine) and waiting else None
+
+    at_kill = wait_for(a_running_others_waiting, 600, "replica A to run a job while others wait", 0.1)
+    a.kill()
+    killed_at = time.monotonic()
+    a_had = {i: c[0] for i, c in at_kill.items() if i in ids and _claimer_pid(c[1]) == a_pid}
+
+    wait_for(lambda: all(_claims(pg_empty_url)[i][0] in TERMINAL for i in ids), 1200, "every job to end", 0.5)
+    drained_s = time.monotonic() - killed_at
+    final = _claims(pg_empty_url)
+    ray_jobs = _ray_jobs(head.dashboard_url)
+    assert sorted(i for i in final if i not in long_ids) == sorted(ids), "a job was lost or created twice"
+    bad = {i: final[i] for i in ids if final[i][0] != "succeeded" or final[i][2] != 1}
+    assert not bad, f"jobs not succeeded in attempt 1: {bad}"
+    runs = {i: len(ray_jobs.get(i, [])) for i in ids}
+    assert all(n == 1 for n in runs.values()), f"Ray jobs per job: {runs}"
+    by = Counter(pids.get(_claimer_pid(final[i][1]), "?") for i in ids)
+    for c in clients:
+        c.close()
+    print(f"\nREPLICAS: cancel through either replica: long jobs claimed by {long_claimers}, cancelled "
+          f"through {cancels}, Ray STOPPED ({cancel_s:.0f} s); {JOBS} jobs, A SIGKILLed holding "
+          f"{sorted(a_had.items())}; B finished everything {drained_s:.0f} s after the kill; final claimers "
+          f"{dict(by)}; all succeeded in attempt 1, one Ray job each; lost 0, run twice 0; "
+          f"{time.monotonic() - started:.0f} s")
+
