@@ -123,7 +123,10 @@ class LocalRayCluster:
         self.head.start()
         self.timings["head_s"] = time.monotonic() - started
         # `ray start --head` writes the GCS address it bound into its temp dir.
-        self.gcs_address = (self.head.tmp_dir / "ray_current_cluster").read_text().strip()
+        address_file = self.head.tmp_dir / "ray_current_cluster"
+        wait_for(lambda: address_file.is_file() and address_file.read_text().strip(), self.startup_timeout_s,
+                 f"the head's GCS address in {address_file}", interval_s=0.2)
+        self.gcs_address = address_file.read_text().strip()
         self.head_node_id = self._wait_nodes({"head"})["head"]
         for i, (name, cpus) in enumerate(self.nodes.items()):
             self.workers[name] = WorkerNode(name, cpus, self.root / f"n{i}")

@@ -177,12 +177,20 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_result(service: Any) -> None:
         """The node holding the job's worker, once its epoch-1 checkpoint is written (epoch 2 runs)."""
         if not any(e["data"].get("kind") == "checkpoint" for e in events(service, killed, "artifact")):
             return None
+        history = service.get(f"/v1/jobs/{killed}/metrics").json()["history"]
+        reported = [h["epoch"] for h in history]
+        if max(reported, default=0) > 1:  # too late to kill during epoch 2: say so now
+            raise AssertionError(f"epoch 2 ended before the node could be killed: {reported}")
+        if reported != [1]:
+            return None
         job = service.get(f"/v1/jobs/{killed}").json()
+        if not job["ray_job_id"]:
+            return None
         alive = [a for a in _actors(service, job["ray_job_id"])
                  if a["class_name"] == TRAIN_WORKER and a["state"] == "ALIVE"]
         return cluster.node_name(alive[0]["node_id"]) if len(alive) == 1 else None
 
-    node = wait_for(epoch_two_running_on, 600, "the job's epoch-1 checkpoint and its live worker")
+    node = wait_for(epoch_two_running_on, 600, "the job's epoch-1 checkpoint and its live worker", 0.3)
     assert node in NODES, node
     epochs_before = [h["epoch"] for h in service.get(f"/v1/jobs/{killed}/metrics").json()["history"]]
     pids = cluster.kill_node(node)
