@@ -1,8 +1,9 @@
 """Two service replicas on one PostgreSQL database and one Ray cluster (issue 23, item 4).
 
 Replicas A and B are two ``rampctl serve`` processes (``fault_support.ServiceProcess``) on the same
-throwaway PostgreSQL database, the same storage directory and the same local Ray head (RAY_ADDRESS
-mode, 2 CPUs), at most two active jobs in all. Then:
+throwaway PostgreSQL database, the same storage directory, the same public address for job
+drivers (a fail-over proxy in front of both, as a load balancer would be) and the same local Ray
+head (RAY_ADDRESS mode, 2 CPUs), at most two active jobs in all. Then:
 
 1. cancel through either replica: two long jobs run; one is cancelled through each replica (through
    the replica that did not claim it whenever the claims allow), and its Ray job is STOPPED;
@@ -16,6 +17,9 @@ ran as exactly one Ray job (none lost, none run twice), and which replica claime
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -40,6 +44,57 @@ def head() -> Iterator[Any]:
         yield h
 
 
+class Failover:
+    """127.0.0.1:``port`` -> the first of ``targets`` that accepts the connection: the one service
+    address job drivers are given (RAMP_PUBLIC_URL), as a load balancer in front of the replicas is
+    in a real deployment. Without it a driver started by a replica that then died cannot fetch its
+    spec (seen: "GET .../internal/jobs/3/spec not delivered ... Connection refused")."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        for port in self.targets:
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                continue
+        else:
+            client.close()
+            return
+        upstream.settimeout(None)
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
 @pytest.fixture
 def replicas(
     head: Any, pg_empty_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -54,8 +109,11 @@ def replicas(
         "RAMP_MAX_CONCURRENT_JOBS": "2", "RAMP_LOG_LEVEL": "INFO", "RAMP_STORAGE_DIR": str(storage),
         "RAMP_RATE_LIMIT_PER_MINUTE": "0",  # the test polls far more often than a user would
     }
-    procs = [ServiceProcess(tmp_path_factory.mktemp(f"home-{name}"), free_port(), env, ADMIN_TOKEN)
-             for name in ("a", "b")]
+    ports = [free_port(), free_port()]
+    balancer = Failover(ports)
+    env["RAMP_PUBLIC_URL"] = f"http://127.0.0.1:{balancer.port}"
+    procs = [ServiceProcess(tmp_path_factory.mktemp(f"home-{name}"), port, env, ADMIN_TOKEN)
+             for name, port in zip("ab", ports, strict=True)]
     try:
         for p in procs:  # one after the other: the second finds the schema current
             p.start()
@@ -63,6 +121,7 @@ def replicas(
     finally:
         for p in procs:
             p.stop()
+        balancer.close()
 
 
 def _claims(url: str) -> dict[int, tuple[str, str | None, int]]:
