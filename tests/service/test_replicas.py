@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from exec_support import ADMIN_TOKEN, ray_head, tiny_train_spec, wait_for
+from cluster_support import local_ray_cluster
+from exec_support import ADMIN_TOKEN, tiny_train_spec, wait_for
 from fault_support import ServiceProcess
 from sqlalchemy import create_engine, text
 
@@ -40,8 +41,12 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[Any]:
-    with ray_head(num_cpus=2) as h:
-        yield h
+    # A one-node cluster with cluster_support's environment (RAY_API_SERVER_ADDRESS, Ray Train's
+    # worker-group start deadline): with a plain head, while other Ray clusters ran on the machine,
+    # both running jobs' Ray Train runs sat for minutes without a step.
+    with local_ray_cluster({}, head_cpus=2) as cluster:
+        assert cluster.head is not None
+        yield cluster.head
 
 
 class Failover:
