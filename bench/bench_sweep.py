@@ -28,7 +28,17 @@ worker per trial (the default) every trial runs the training loop inside its Tun
 - wall/train: (wall - best_eval) / train, the trials' part of the sweep against their work.
 
 The last line gives the per-trial overhead and wall / train of the default run (``reuse_actors``
-on), and the one-off start-up in them. Timings on a shared machine are noisy (the line also gives
+on), and the one-off start-up in them.
+
+Its true baseline, in the same run and on the same Ray: the same trials as a plain Ray Tune sweep
+(``plain_tune``): a function trainable calling the same training function (``run_training`` with
+the trial's resolved spec, the loop's default-suite evaluation off, then the trial's own monitor
+evaluation, ``evaluate_trial``), the same CPUs per trial and concurrency, ``Tuner.fit`` and nothing
+else -- no channel, no recorder, no cancel polling, no best-trial evaluation, no service, no
+database. ``ours / plain Tune`` compares the trials' part of our sweep (wall - best_eval) with it
+(target <= 1.15), and our whole wall too (the best trial's default-suite evaluation, which plain
+Tune does not do, counted as overhead). The plain sweep runs first, then ours with ``reuse_actors``
+on and off. Timings on a shared machine are noisy (the line also gives
 the load average before and after); ``--out FILE`` also writes them as JSON.
 """
 
@@ -92,6 +102,67 @@ def _measure(args: argparse.Namespace, reuse: bool, out_dir: str) -> dict[str, A
     }
 
 
+def _plain_trial(config: dict[str, Any]) -> None:
+    """A plain Ray Tune function trainable: the trial's training and its own evaluation, reported."""
+    from pathlib import Path
+
+    import torch
+    from ray import tune
+
+    from workers.ray_entry.runtime import epoch_metrics
+    from workers.ray_entry.sweep.evaluation import evaluate_trial
+    from workers.training.callbacks import Callback
+    from workers.training.loop import run_training
+    from workers.training.runtime import LocalRuntime
+
+    class Report(Callback):
+        def on_epoch_end(self, report: Any) -> None:
+            tune.report(epoch_metrics(report))
+
+    torch.set_num_threads(config["threads"])
+    trial, out = config["trial"], Path(config["trials_dir"]) / config["trial"]["trial_id"]
+    spec = trial["spec"]
+    # As our in-trial run: the loop's default-suite evaluation off, the trial's own evaluation after.
+    run_training(spec.model_copy(update={"eval_n": 0}), out, callbacks=[Report()],
+                 runtime=LocalRuntime("cpu"))
+    tune.report(evaluate_trial(spec, out, device="cpu"))
+
+
+def _measure_plain(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """The same trials as a plain Ray Tune sweep (``Tuner.fit``), sized as ``run_sweep`` sizes them."""
+    import ray
+    from ray import tune
+
+    from workers.contract.sweep import parse_sweep_spec, plan_resources
+    from workers.ray_entry.sweep.resources import trial_resources, trial_runner, trial_threads
+    from workers.ray_entry.sweep.tuner import runnable_specs
+
+    sweep = parse_sweep_spec(_sweep_spec(args, True))
+    trials = sweep.expand()
+    specs = runnable_specs(trials)
+    plan = plan_resources(sweep.resources(), total_cpus=ray.cluster_resources().get("CPU", 0.0),
+                          total_gpus=0.0, max_concurrent_trials=sweep.max_concurrent_trials)
+    if trial_runner(plan) != "in-trial":
+        raise SystemExit("the plain Tune baseline covers one-worker trials only (--workers 1)")
+    tuner = tune.Tuner(
+        tune.with_resources(_plain_trial, trial_resources(plan)),
+        param_space={"trial": tune.grid_search([{"trial_id": t.trial_id, "spec": specs[t.trial_id]}
+                                                for t in trials]),
+                     "trials_dir": os.path.join(out_dir, "trials"), "threads": trial_threads(plan)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True,
+                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(storage_path=os.path.join(out_dir, "tune"), name="plain", verbose=0),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    errors = [str(r.error)[-600:] for r in grid if r.error is not None]
+    for e in errors:
+        print(f"[plain Tune] a trial failed: {e}")
+    return {"wall_s": wall, "trials": len(grid), "failed": len(errors)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="nt")
@@ -114,6 +185,7 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     rows = []
     try:
+        plain = _measure_plain(args, os.path.join(tmp, "plain-tune"))
         for reuse in (True, False):
             rows.append(_measure(args, reuse, os.path.join(tmp, f"sweep-reuse-{reuse}")))
     finally:
@@ -129,10 +201,17 @@ def main() -> None:
         cells = (f"{row[h]:>{len(h)}.2f}" if isinstance(row[h], float) else f"{row[h]!s:>{len(h)}}"
                  for h in header)
         print(" | ".join(cells))
+    default = rows[0]  # reuse_actors on: the sweep spec's default
+    ours_trials = default["wall_s"] - default["best_eval_s"]
+    print(f"plain Ray Tune, same trials: wall {plain['wall_s']:.2f} s ({plain['trials']} trials, "
+          f"{plain['failed']} failed); ours / plain Tune = {ours_trials / plain['wall_s']:.2f} "
+          f"(trials' part, target <= 1.15), {default['wall_s'] / plain['wall_s']:.2f} with the best trial's "
+          f"default-suite evaluation")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
-    default = rows[0]  # reuse_actors on: the sweep spec's default
+            json.dump({"ours": rows, "plain_tune": plain,
+                       "ours_over_plain": ours_trials / plain["wall_s"],
+                       "ours_with_best_eval_over_plain": default["wall_s"] / plain["wall_s"]}, f, indent=2)
     print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"trials run {', '.join(default['runners'])}: per-trial overhead "
           f"{default['overhead_per_trial_s']:.2f} s (target <= 3; {default['all_in_per_trial_s']:.2f} s "

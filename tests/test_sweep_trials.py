@@ -21,6 +21,7 @@ from workers.ray_entry.sweep.resources import (
     IN_TRIAL,
     RAY_TRAIN,
     best_final_resources,
+    largest_node_cpus,
     trial_resources,
     trial_runner,
     trial_threads,
@@ -158,6 +159,21 @@ def test_several_worker_trials_run_ray_train_and_their_actor_takes_a_token_cpu()
     per_trial = trial_resources(plan)["cpu"] + plan.num_workers * plan.cpus_per_worker
     assert plan.max_concurrent_trials * per_trial <= 2 + 1e-9
     assert best_final_resources(plan, 2)["num_cpus"] <= 2
+
+
+def test_the_best_trials_evaluation_fits_on_one_node() -> None:
+    # Two one-CPU worker nodes (and a head without CPUs): the trials ran one per node; their
+    # evaluation, one task, must not ask for both nodes' CPUs at once.
+    plan = plan_resources(Resources(num_workers=1, cpus_per_worker=1), total_cpus=2, total_gpus=0,
+                          max_concurrent_trials=2)
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0, "node_a": 1.0}},
+             {"Alive": True, "Resources": {"CPU": 1.0, "node_b": 1.0}},
+             {"Alive": True, "Resources": {"memory": 1e9}},  # the head
+             {"Alive": False, "Resources": {"CPU": 8.0}}]   # a node that died
+    assert largest_node_cpus(nodes) == 1.0
+    assert best_final_resources(plan, 2, largest_node_cpus(nodes)) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert best_final_resources(plan, 2, 4.0) == best_final_resources(plan, 2)
+    assert largest_node_cpus([]) is None
 
 
 def test_a_trial_starts_training_at_its_first_step_not_at_setup(tmp_path: Path) -> None:

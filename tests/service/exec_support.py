@@ -220,3 +220,42 @@ def events(client: Any, job_id: int, type_: str | None = None) -> list[dict[str,
     if type_:
         params["type"] = type_
     return client.get(f"/v1/jobs/{job_id}/events", params=params).json()["events"]
+
+
+def tensors_of(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every tensor in a nested state (dicts and lists), by its dotted path."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out |= tensors_of(item, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def checkpoint_state(job_dir: Any) -> dict[str, Any]:
+    """The final checkpoint's weights (model.safetensors) and resumable state (optimiser, method)."""
+    from safetensors.torch import load_file
+
+    from workers import checkpoint
+
+    ckpt = job_dir / checkpoint.SUBDIR
+    state = checkpoint.load_train_state(ckpt)
+    return {"model": load_file(str(ckpt / checkpoint.WEIGHTS_FILE)),
+            "optimizer": tensors_of(state["optimizer"]), "method": tensors_of(state["method"]),
+            "progress": (state["epoch"], state["step"])}
+
+
+def state_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Max abs difference of every tensor of two ``checkpoint_state``s ("model.<name>", ...); the
+    keys, dtypes and shapes must match."""
+    diffs: dict[str, float] = {}
+    for part in ("model", "optimizer", "method"):
+        assert a[part].keys() == b[part].keys(), part
+        for key in a[part]:
+            x, y = a[part][key], b[part][key]
+            assert x.dtype == y.dtype and x.shape == y.shape, (part, key)
+            diffs[f"{part}.{key}"] = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+    return diffs

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from exec_support import (
+    checkpoint_state,
     events,
     live_service,
     ray_head,
@@ -56,32 +57,6 @@ def test_a_job_running_across_a_service_restart_ends_recorded(
         assert late, "no event was delayed by the outage: the restart did not happen mid-run"
 
 
-def _tensors(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every tensor in a nested state (dicts and lists), by its dotted path."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return {prefix: value}
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    out: dict[str, Any] = {}
-    for key, item in items:
-        out |= _tensors(item, f"{prefix}.{key}" if prefix else str(key))
-    return out
-
-
-def _checkpoint_state(job_dir: Any) -> dict[str, Any]:
-    """The final checkpoint's weights (model.safetensors) and resumable state (optimiser, method)."""
-    from safetensors.torch import load_file
-
-    from workers import checkpoint
-
-    ckpt = job_dir / checkpoint.SUBDIR
-    state = checkpoint.load_train_state(ckpt)
-    return {"model": load_file(str(ckpt / checkpoint.WEIGHTS_FILE)),
-            "optimizer": _tensors(state["optimizer"]), "method": _tensors(state["method"]),
-            "progress": (state["epoch"], state["step"])}
-
-
 def test_a_killed_attempt_is_retried_and_resumes_from_its_checkpoint(
     head: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -117,7 +92,7 @@ def test_a_killed_attempt_is_retried_and_resumes_from_its_checkpoint(
         assert ref["status"] == "succeeded" and ref["attempt"] == 1, ref
 
     # The resumed run's final checkpoint is the uninterrupted run's, exactly.
-    a, b = _checkpoint_state(settings.job_dir(killed)), _checkpoint_state(settings.job_dir(reference))
+    a, b = checkpoint_state(settings.job_dir(killed)), checkpoint_state(settings.job_dir(reference))
     assert a["progress"] == b["progress"] == (epochs, epochs * 10)
     diffs = {}
     for part in ("model", "optimizer", "method"):

@@ -38,6 +38,7 @@ from typing import Any
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from workers.contract.attempts import AttemptFence
 from workers.contract.ray_names import current_run_name
@@ -71,9 +72,12 @@ def ensure_ray() -> None:
 def open_channel() -> tuple[Any, str]:
     """A fresh named ``RunChannel`` actor (0 CPUs): (handle, name)."""
     name = f"ramp-channel-{uuid.uuid4().hex}"
+    # On the driver's own node: left to Ray, a 0-CPU actor may land on any worker node, and losing
+    # that node would fail every run talking through it, not only the runs that had workers there.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     handle = (
         ray.remote(num_cpus=0)(RunChannel)
-        .options(name=name, namespace=CHANNEL_NAMESPACE, max_restarts=0)
+        .options(name=name, namespace=CHANNEL_NAMESPACE, max_restarts=0, scheduling_strategy=here)
         .remote()
     )
     return handle, name

@@ -4,6 +4,8 @@ a small machine never deadlocks)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from workers.contract.sweep import ResourcePlan
 
 IN_TRIAL, RAY_TRAIN = "in-trial", "ray-train"  # how a trial trains (``TrialRecord.runner``)
@@ -40,9 +42,24 @@ def trial_threads(plan: ResourcePlan) -> int:
     return 1
 
 
-def best_final_resources(plan: ResourcePlan, total_cpus: float) -> dict[str, float]:
+def best_final_resources(
+    plan: ResourcePlan, total_cpus: float, node_cpus: float | None = None
+) -> dict[str, float]:
     """The best trial's evaluation runs once every trial has ended: it takes what the concurrent
-    trials held (their CPUs, one GPU), so it never waits on resources the sweep itself freed."""
-    cpus = _cpus(min(total_cpus, plan.max_concurrent_trials * plan.cpus_per_trial))
-    return {"num_cpus": cpus, "num_gpus": 1.0 if plan.use_gpu else 0.0}
+    trials held (their CPUs, one GPU), so it never waits on resources the sweep itself freed.
+
+    ``node_cpus``: the CPUs of the cluster's largest node. The evaluation is one task on one node:
+    asking for the whole cluster's CPUs on a cluster of several smaller nodes would leave it
+    pending forever (found on two one-CPU worker nodes: the trials ran, their evaluation never did).
+    """
+    cpus = min(total_cpus, plan.max_concurrent_trials * plan.cpus_per_trial)
+    if node_cpus is not None:
+        cpus = min(cpus, node_cpus)
+    return {"num_cpus": _cpus(cpus), "num_gpus": 1.0 if plan.use_gpu else 0.0}
+
+
+def largest_node_cpus(nodes: list[dict[str, Any]]) -> float | None:
+    """The CPUs of the largest alive node in ``ray.nodes()``'s listing (None: no node lists any)."""
+    cpus = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in nodes if n.get("Alive")]
+    return max(cpus) if cpus else None
 

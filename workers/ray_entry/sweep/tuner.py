@@ -72,6 +72,7 @@ from workers.ray_entry.sweep.evaluation import TRIAL_SUITE, run_best_final
 from workers.ray_entry.sweep.recorder import CancelStopper, Recorder, TrialEventHandler, TrialRecord
 from workers.ray_entry.sweep.resources import (
     best_final_resources,
+    largest_node_cpus,
     trial_resources,
     trial_runner,
     trial_threads,
@@ -234,8 +235,8 @@ def run_sweep(
                      best, trial_spec.eval_n, min(trial_spec.checks_n, trial_spec.eval_n))
             final_started = time.perf_counter()
             best_final, best_final_error = run_best_final(
-                best, specs[best], out / TRIALS_DIR / best, best_final_resources(plan, total.get("CPU", 0.0)),
-                stop,
+                best, specs[best], out / TRIALS_DIR / best,
+                best_final_resources(plan, total.get("CPU", 0.0), largest_node_cpus(ray.nodes())), stop,
             )
     result = SweepResult(
         trials=rows, best_trial_id=best,
