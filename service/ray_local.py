@@ -170,6 +170,7 @@ class LocalRayHead:
         self._proc: subprocess.Popen[bytes] | None = None
         self._start_ticks: int | None = None
         self._token: str | None = None
+        self._api_url: str | None = None  # the dashboard this head serves, known before it answers
         self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -194,6 +195,14 @@ class LocalRayHead:
         env["RAY_AUTH_MODE"] = self.auth_mode
         # The head must not join the cluster named in the service's own environment.
         env.pop("RAY_ADDRESS", None)
+        if self._api_url is not None:
+            # Ray Train's PlacementGroupCleaner and other state-API callers inside the cluster
+            # otherwise look for "the" local Ray and fail ("Found multiple active Ray instances")
+            # when another Ray runs on the machine; the training then never starts.
+            env["RAY_API_SERVER_ADDRESS"] = self._api_url
+        # Ray Train gives a worker group 60 s to start; workers importing torch on a loaded 2-core
+        # box took about that, and the controller kept re-creating the group (docs/reliability.md).
+        env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
         if self._token is not None:
             env["RAY_AUTH_TOKEN_PATH"] = str(self._token_path)
             env.pop("RAY_AUTH_TOKEN", None)
@@ -221,6 +230,7 @@ class LocalRayHead:
                 "head?); set RAMP_RAY_DASHBOARD_URL to a free port or RAY_ADDRESS to use that cluster"
             )
         cmd = self._command(port)
+        self._api_url = f"http://{self.dashboard_host}:{port}"
         log.info("starting embedded Ray head", extra={"cmd": " ".join(cmd), "tmp_dir": str(self.tmp_dir)})
         started = time.monotonic()
         with open(self.log_path, "ab") as out:

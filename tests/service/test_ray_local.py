@@ -188,6 +188,16 @@ def test_the_embedded_head_requires_its_token(runtime: ServiceRuntime) -> None:
 
 
 @pytest.mark.slow
+def test_the_head_names_its_own_dashboard_to_what_runs_on_it(runtime: ServiceRuntime) -> None:
+    # Ray Train's state-API callers find this cluster, not another Ray on the machine.
+    assert runtime.head is not None and runtime.head.pid is not None
+    environ = dict(line.split("=", 1) for line in
+                   Path(f"/proc/{runtime.head.pid}/environ").read_text().split("\0") if "=" in line)
+    assert environ["RAY_API_SERVER_ADDRESS"] == runtime.settings.ray_dashboard_url
+    assert int(environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]) >= 600
+
+
+@pytest.mark.slow
 def test_backend_submits_watches_stops_and_reads_logs(runtime: ServiceRuntime) -> None:
     backend = runtime.backend
     assert backend is not None
