@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: the RAMP paper's Figure-1 effect, through the service.
 #
-# Sized for five minutes on an idle 2-core machine: 3 fine-tunings x 2 epochs of 1,500 training
+# Aimed at five minutes on an idle 2-core machine, measured 6-7 (README): 3 fine-tunings x 2 epochs of 1,500 training
 # digits (12 optimiser steps an epoch) and 4 default-suite evaluations on the same 100 test points,
 # all at once. Where the minutes go (measured, docs/service.md "Measured"): the 4 evaluations
 # (AutoAttack's APGD-CE + APGD-T on 3 norms: ~1 CPU-s a point on these robust models) about half,
