@@ -18,6 +18,7 @@ from exec_support import (
     live_service,
     ray_head,
     service_settings,
+    state_diffs,
     tiny_train_spec,
     wait_for,
     wait_status,
@@ -94,13 +95,7 @@ def test_a_killed_attempt_is_retried_and_resumes_from_its_checkpoint(
     # The resumed run's final checkpoint is the uninterrupted run's, exactly.
     a, b = checkpoint_state(settings.job_dir(killed)), checkpoint_state(settings.job_dir(reference))
     assert a["progress"] == b["progress"] == (epochs, epochs * 10)
-    diffs = {}
-    for part in ("model", "optimizer", "method"):
-        assert a[part].keys() == b[part].keys(), part
-        for key in a[part]:
-            x, y = a[part][key], b[part][key]
-            assert x.dtype == y.dtype and x.shape == y.shape, (part, key)
-            diffs[f"{part}.{key}"] = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+    diffs = state_diffs(a, b)
     unequal = {k: d for k, d in diffs.items() if d != 0.0}
     tensors = sum(1 for k in diffs if k.startswith("model."))
     max_diff = max(d for k, d in diffs.items() if k.startswith("model."))
