@@ -113,6 +113,9 @@ def submit(
     suite: Annotated[str | None, typer.Option(help="eval: standard (default) | standard+ | monitor (upper "
                                                    "bound) | autoattack")] = None,
     n: Annotated[int | None, typer.Option(help="eval: number of test points")] = None,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last", help="channels-last memory layout (train: the run; eval: the evaluation): "
+                                "faster on CPU, the same model")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="a resubmit returns the same job")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="then follow the job to its end")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
@@ -121,7 +124,8 @@ def submit(
     flags = {"method": method, "dataset": dataset, "model": model, "epochs": epochs, "max_steps": max_steps,
              "batch_size": batch_size, "seed": seed, "train_n": train_n, "eval_n": eval_n,
              "checks_n": checks_n, "monitor_n": monitor_n, "max_retries": max_retries,
-             "checkpoint": checkpoint, "job_id": job_id, "suite": suite, "n": n}
+             "checkpoint": checkpoint, "job_id": job_id, "suite": suite, "n": n,
+             "channels_last": channels_last}
     if init_from_job is not None and init_from_checkpoint is not None:
         fail("give --init-from-job or --init-from-checkpoint, not both", USAGE_ERROR)
     if init_from_job is not None:

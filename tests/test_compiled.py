@@ -114,3 +114,33 @@ def test_a_compiled_channels_last_run_trains_through_the_compiled_form_and_saves
     saved = load_file(str(tmp_path / "checkpoint" / checkpoint.WEIGHTS_FILE))
     assert saved.keys() == _net().state_dict().keys()
     assert all(v.dtype == torch.float32 and v.is_contiguous() for v in saved.values())
+
+
+def test_an_eval_spec_with_channels_last_evaluates_the_converted_model_to_the_same_flags(
+    tmp_path, monkeypatch
+):
+    import numpy as np
+
+    from workers.contract.spec import EvalSpec
+    from workers.training import evaluation
+
+    seen: list[bool] = []
+    real = evaluation.evaluate
+
+    def spy(model, *args, **kwargs):
+        # features[3]: the first conv has 1 input channel, contiguous in both layouts
+        seen.append(model.features[3].weight.is_contiguous(memory_format=torch.channels_last))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    flags = []
+    for layout in (False, True):
+        out = tmp_path / str(layout)
+        spec = EvalSpec(checkpoint="demo/base-linf-at", n=12, checks_n=0, suite="monitor",
+                        precision="fp32", channels_last=layout)
+        metrics = evaluation.run_evaluation(spec, out, device="cpu")
+        flags.append(dict(np.load(out / "per_sample.npz")))
+    assert seen == [False, True]
+    assert flags[0].keys() == flags[1].keys() and metrics["n"] == 12
+    for key in flags[0]:
+        assert np.array_equal(flags[0][key], flags[1][key]), key

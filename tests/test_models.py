@@ -14,6 +14,7 @@ from torchvision.models import resnet18 as tv_resnet18
 from workers.contract import catalog
 from workers.contract.registry import UnknownNameError
 from workers.models import MODELS, Normalized, build_model, count_parameters, model_arg_names
+from workers.models.activations import ACTIVATIONS
 
 # Small variants keep CPU time low; the architecture code paths are the same as at full size.
 SMALL_ARGS: dict[str, dict] = {
@@ -191,3 +192,33 @@ def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="num_classes and in_channels"):
         build_model("wrn", num_classes=0, in_channels=3, input_size=32, depth=10, width=1)
     assert model_arg_names("wrn") == ["activation", "depth", "softplus_beta", "width"]
+
+
+def _act_then_pool(model: nn.Module) -> nn.Sequential:
+    """small-cnn's blocks in the textbook order (conv, activation, pool), same modules."""
+    f = model.features
+    return nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], model.classifier)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS.names())
+def test_small_cnn_pool_before_activation_is_the_same_function(activation: str):
+    # small-cnn pools before its activation (cheaper); that is exact only for non-decreasing
+    # activations: a new one that is not (GELU, SiLU) must fail here, not change models silently.
+    torch.manual_seed(0)
+    model = build_model("small-cnn", num_classes=10, in_channels=1, input_size=(28, 28),
+                        activation=activation).eval()
+    reference = _act_then_pool(model)
+    x = (torch.randn(16, 1, 28, 28) * 3).requires_grad_(True)  # wide inputs: negative maps too
+    out, ref = model(x), reference(x)
+    assert torch.equal(out, ref)
+    g = torch.autograd.grad(out.logsumexp(1).sum(), x)[0]
+    g_ref = torch.autograd.grad(ref.logsumexp(1).sum(), x)[0]
+    assert torch.equal(g, g_ref)
+
+
+def test_the_order_check_fails_for_a_non_monotone_activation():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", num_classes=10, in_channels=1, input_size=(28, 28)).eval()
+    model.features[2] = model.features[5] = nn.GELU()  # GELU dips below zero: order matters
+    x = torch.randn(16, 1, 28, 28) * 3
+    assert not torch.equal(model(x), _act_then_pool(model)(x))

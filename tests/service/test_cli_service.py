@@ -49,13 +49,13 @@ def _finish(server: Any, job_id: int, metrics: dict[str, Any]) -> None:
 
 
 def test_submit_with_flags_and_a_spec_file(cli: Any, tmp_path: Path) -> None:
-    r = cli("submit", "--method", "eat", "--epochs", "2", "--eps", "linf=0.25",
+    r = cli("submit", "--method", "eat", "--epochs", "2", "--eps", "linf=0.25", "--channels-last",
             "--param", "eat.norms=linf,l2", "--max-retries", "1", "-q")
     assert r.exit_code == 0, r.output
     job_id = int(r.output.strip().splitlines()[-1])
     with _sessions(cli.server)() as s:
         spec = store.get_job(s, job_id).spec
-    assert (spec["method"], spec["epochs"], spec["max_retries"]) == ("eat", 2, 1)
+    assert (spec["method"], spec["epochs"], spec["max_retries"], spec["channels_last"]) == ("eat", 2, 1, True)
     assert spec["epsilons"]["linf"] == 0.25
     assert spec["params"]["eat.norms"] == "linf,l2" and spec["epsilons"]["l2"] == 2.0  # default filled in
 

@@ -325,6 +325,9 @@ class EvalSpec(BaseModel):
     batch_size: int = Field(default=256, ge=1, le=4096)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     corruptions: bool = False
+    channels_last: bool = Field(default=False, description=(
+        "evaluate the float32 model in channels-last memory layout: the same model and decisions, "
+        "faster convolution and pooling kernels on CPU (docs/performance.md)"))
 
     @field_validator("suite")
     @classmethod
