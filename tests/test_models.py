@@ -194,26 +194,36 @@ def test_bad_sizes_are_rejected():
     assert model_arg_names("wrn") == ["activation", "depth", "softplus_beta", "width"]
 
 
-def _act_then_pool(model: nn.Module) -> nn.Sequential:
-    """small-cnn's blocks in the textbook order (conv, activation, pool), same modules."""
+def _orders(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """small-cnn's blocks in both orders (same modules): conv, act, pool and conv, pool, act."""
     f = model.features
-    return nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], model.classifier)
+    act_first = nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], model.classifier)
+    pool_first = nn.Sequential(*f, model.classifier)
+    return act_first, pool_first
+
+
+def _value_and_grad(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    return out.detach(), torch.autograd.grad(out.logsumexp(1).sum(), x)[0]
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS.names())
 def test_small_cnn_pool_before_activation_is_the_same_function(activation: str):
-    # small-cnn pools before its activation (cheaper); that is exact only for non-decreasing
-    # activations: a new one that is not (GELU, SiLU) must fail here, not change models silently.
+    # Channels-last small-cnn pools before its activation (cheaper there); that is exact only for
+    # non-decreasing activations: a new one that is not (GELU, SiLU) must fail here.
     torch.manual_seed(0)
     model = build_model("small-cnn", num_classes=10, in_channels=1, input_size=(28, 28),
                         activation=activation).eval()
-    reference = _act_then_pool(model)
-    x = (torch.randn(16, 1, 28, 28) * 3).requires_grad_(True)  # wide inputs: negative maps too
-    out, ref = model(x), reference(x)
-    assert torch.equal(out, ref)
-    g = torch.autograd.grad(out.logsumexp(1).sum(), x)[0]
-    g_ref = torch.autograd.grad(ref.logsumexp(1).sum(), x)[0]
-    assert torch.equal(g, g_ref)
+    x = torch.randn(16, 1, 28, 28) * 3  # wide inputs: negative maps too
+    act_first, pool_first = _orders(model)
+    reference = _value_and_grad(act_first, x)
+    for got in (_value_and_grad(pool_first, x), _value_and_grad(model, x)):
+        assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
+    assert not model.pools_first()
+    model.to(memory_format=torch.channels_last)
+    assert model.pools_first()
+    torch.testing.assert_close(model(x), reference[0], rtol=1e-5, atol=1e-5)
 
 
 def test_the_order_check_fails_for_a_non_monotone_activation():
@@ -221,4 +231,5 @@ def test_the_order_check_fails_for_a_non_monotone_activation():
     model = build_model("small-cnn", num_classes=10, in_channels=1, input_size=(28, 28)).eval()
     model.features[2] = model.features[5] = nn.GELU()  # GELU dips below zero: order matters
     x = torch.randn(16, 1, 28, 28) * 3
-    assert not torch.equal(model(x), _act_then_pool(model)(x))
+    act_first, pool_first = _orders(model)
+    assert not torch.equal(act_first(x), pool_first(x))
