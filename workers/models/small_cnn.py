@@ -4,7 +4,8 @@ Each block is a 3x3 convolution, the activation and a 2x2 max-pool (pool-first w
 channels-last: the same function for these non-decreasing activations, and cheaper there), so a
 28x28 (or 32x32) input reaches the classifier as 7x7 (8x8) maps. Defaults (channels 32, 64; 256
 hidden units; 0.82M parameters at 28x28) keep a forward + backward pass of a 128-image batch
-near 25 ms on one CPU core, which is what makes multi-norm adversarial training on mnist-5k feasible without a GPU.
+near 25 ms on one CPU core, which is what makes multi-norm adversarial training on mnist-5k
+feasible without a GPU.
 """
 
 from __future__ import annotations
