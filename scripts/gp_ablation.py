@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _recipe_args(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
     """The reproduction's ``scratch_spec`` reads these fields."""
-    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n, eps_warmup=args.eps_warmup,
+    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n,
+                              eps_warmup=args.eps_warmup,
                               max_steps=args.max_steps, msd_steps=None)
 
 
@@ -150,14 +151,15 @@ def main(argv: list[str] | None = None) -> Path:
     needs_pre = any(RECIPES[r][2] for r in args.recipes)
     pre_dirs = {seed: root / f"pre-nt-s{seed}" for seed in seeds}
     if needs_pre:
-        repro.run_parallel([(repro.run_one, (pre_spec(args, s), str(pre_dirs[s]), args.threads)) for s in seeds],
-                           args.jobs, lambda r: print(f"natural pre-training seed {r['seed']} done", flush=True))
+        pre_jobs = [(repro.run_one, (pre_spec(args, s), str(pre_dirs[s]), args.threads)) for s in seeds]
+        repro.run_parallel(pre_jobs, args.jobs,
+                           lambda r: print(f"natural pre-training seed {r['seed']} done", flush=True))
     jobs = []
     for name in sorted(args.recipes, key=lambda r: -repro.COST.get(RECIPES[r][0], 1)):
         for seed in seeds:
             pre = str(pre_dirs[seed] / "checkpoint") if RECIPES[name][2] else None
-            jobs.append((_run_recipe, (name, recipe_spec(args, name, seed, pre), str(root / f"{name}-s{seed}"),
-                                       args.threads)))
+            run_dir = str(root / f"{name}-s{seed}")
+            jobs.append((_run_recipe, (name, recipe_spec(args, name, seed, pre), run_dir, args.threads)))
 
     def report(r: dict[str, Any]) -> None:
         m = r["metrics"]
@@ -165,8 +167,9 @@ def main(argv: list[str] | None = None) -> Path:
               f"{r['seconds_per_epoch']:.1f} s/epoch", flush=True)
 
     results = repro.run_parallel(jobs, args.jobs, report)
-    settings = {k: getattr(args, k) for k in ("seeds", "epochs", "pre_epochs", "train_n", "monitor_n", "eval_n",
-                                              "eps_warmup", "plateau", "max_steps")}
+    keys = ("seeds", "epochs", "pre_epochs", "train_n", "monitor_n", "eval_n", "eps_warmup", "plateau",
+            "max_steps")
+    settings = {k: getattr(args, k) for k in keys}
     settings["wall_s"] = time.perf_counter() - started
     summary = summarise(results, args)
     (root / "summary.json").write_text(json.dumps({"settings": settings, "recipes": summary}, indent=2))
@@ -233,7 +236,8 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         "",
         f"![clean and union accuracy per epoch]({plot_name})",
         "",
-        "| recipe | clean (final, per seed) | union (final, per seed) | union seed 0 [95 % CI] | converged at epoch | s/epoch |",
+        "| recipe | clean (final, per seed) | union (final, per seed) | union seed 0 [95 % CI] "
+        "| converged at epoch | s/epoch |",
         "|---|---|---|---|---|---|",
     ]
     for s in summary:

@@ -31,7 +31,9 @@ def test_convergence_needs_a_plateau_seen_for_two_epochs(ablation: Any) -> None:
     assert ablation.converged_epoch([], 2.0) is None
 
 
-def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(ablation: Any, tmp_path: Path) -> None:
+def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(
+    ablation: Any, tmp_path: Path
+) -> None:
     args = ablation.parse_args(["--epochs", "4", "--train-n", "256", "--out", str(tmp_path)])
     specs = {name: ablation.recipe_spec(args, name, 0, str(tmp_path / "pre" / "checkpoint"))
              for name in ablation.RECIPES}
@@ -41,8 +43,8 @@ def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(ablat
     scratch = specs["AT"]
     for name in ("AT-pre", "AT-GP-pre"):  # init_from must not switch to the fine-tuning schedule
         pre = specs[name]
-        assert (pre["lr"], pre["schedule"], pre["epochs"], pre["weight_decay"], pre["eps_warmup"]) == (
-            scratch["lr"], scratch["schedule"], scratch["epochs"], scratch["weight_decay"], scratch["eps_warmup"])
+        keys = ("lr", "schedule", "epochs", "weight_decay", "eps_warmup")
+        assert [pre[k] for k in keys] == [scratch[k] for k in keys]
     assert all(s["channels_last"] and s["monitor_n"] == args.monitor_n for s in specs.values())
     with pytest.raises(SystemExit):
         ablation.parse_args(["--recipes", "AT,nonsense"])
@@ -52,7 +54,8 @@ def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(ablat
 def test_a_smoke_run_writes_the_section_with_curves_and_paired_tests(ablation: Any, tmp_path: Path) -> None:
     doc = tmp_path / "ablation.md"
     doc.write_text("# kept\n\nbefore\n")
-    ablation.main(["--smoke", "--recipes", "AT,AT-GP-pre", "--out", str(tmp_path / "runs"), "--doc", str(doc)])
+    argv = ["--smoke", "--recipes", "AT,AT-GP-pre", "--out", str(tmp_path / "runs"), "--doc", str(doc)]
+    ablation.main(argv)
     text = doc.read_text()
     assert text.startswith("# kept\n\nbefore\n") and text.count(ablation.START) == 1
     assert "| AT-GP-pre |" in text and "AT-GP-pre vs AT-GP" not in text  # AT-GP was not run
@@ -61,5 +64,5 @@ def test_a_smoke_run_writes_the_section_with_curves_and_paired_tests(ablation: A
     by = {s["recipe"]: s for s in summary}
     assert len(by["AT"]["union_curve"]) == 2 and by["AT"]["cosine_curve"] == []
     assert len(by["AT-GP-pre"]["cosine_curve"]) == 2  # GP logs its gradient cosine each epoch
-    ablation.main(["--smoke", "--recipes", "AT,AT-GP-pre", "--out", str(tmp_path / "runs"), "--doc", str(doc)])
+    ablation.main(argv)
     assert doc.read_text().count(ablation.START) == 1  # re-rendered in place
