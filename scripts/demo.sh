@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The demo: the RAMP paper's Figure-1 effect, through the service.
 #
-# Aimed at five minutes on an idle 2-core machine, measured 6-7 (README): 3 fine-tunings x 2 epochs of 1,500 training
+# Five minutes or less on an idle 2-core machine: 191 s after a 99 s set-up on a fresh clone (AVX-512 +
+# AVX512-BF16 host; 407-460 s on an AVX2-only one; README): 3 fine-tunings x 2 epochs of 1,500 training
 # digits (12 optimiser steps an epoch) and 4 default-suite evaluations on the same 100 test points,
-# all at once. Where the minutes go (measured, docs/service.md "Measured"): the 4 evaluations
-# (AutoAttack's APGD-CE + APGD-T on 3 norms: ~1 CPU-s a point on these robust models) about half,
-# Ray Train's start-up of 3 runs (8 actor processes each) a sixth, the training the rest. 1,500
+# all at once, channels-last. Where the minutes go (measured on the AVX2 host, docs/service.md
+# "Measured"): the 4 evaluations (AutoAttack's APGD-CE + APGD-T on 3 norms) about half, Ray Train's
+# start-up of 3 runs (8 actor processes each) a sixth, the training the rest. 1,500
 # digits is where the l_1 fine-tuning already takes the start's l_inf robustness to 0 of 100
 # points; with 1,000 it kept 9 (measured), with 4,000 the demo takes 2-3 minutes longer.
 #
