@@ -20,6 +20,7 @@ from workers.contract.spec import EvalSpec
 from workers.datasets import load_npz, load_tensors
 from workers.evaluation import evaluate
 from workers.evaluation.evaluate import Progress
+from workers.models.compiled import fast_model
 from workers.training.runtime import default_device
 
 
@@ -75,8 +76,7 @@ def run_evaluation(
     dev = torch.device(device) if device is not None else default_device()
     ckpt_dir = checkpoint.resolve_dir(spec.checkpoint)
     model, meta = checkpoint.load(ckpt_dir, device=dev)
-    if spec.channels_last:
-        model.to(memory_format=torch.channels_last)  # 4-d weights only; the attacks' inputs follow
+    fast_model(model, channels_last=spec.channels_last)  # in place; the attacks' inputs follow
     epsilons = default_epsilons(meta["dataset"]) | spec.epsilons
     if spec.data_file is not None:
         x, y = load_npz(spec.data_file)
