@@ -64,5 +64,25 @@ def test_a_smoke_run_writes_the_section_with_curves_and_paired_tests(ablation: A
     by = {s["recipe"]: s for s in summary}
     assert len(by["AT"]["union_curve"]) == 2 and by["AT"]["cosine_curve"] == []
     assert len(by["AT-GP-pre"]["cosine_curve"]) == 2  # GP logs its gradient cosine each epoch
+    wall = json.loads((tmp_path / "runs" / "summary.json").read_text())["settings"]["wall_s"]
     ablation.main(argv)
     assert doc.read_text().count(ablation.START) == 1  # re-rendered in place
+    # from the cache: the wall time stays the training call's
+    assert json.loads((tmp_path / "runs" / "summary.json").read_text())["settings"]["wall_s"] == wall
+
+
+def test_the_paired_tests_are_holm_adjusted_and_say_inconclusive_without_discordant_points(
+    ablation: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = {"seed0_union_interval": (0.05, 0.2), "final_clean": [0.9], "final_union": [0.1],
+           "converged_epoch": None, "seconds_per_epoch": 1.0}
+    summary = [row | {"recipe": name} for name in ("AT", "AT-GP", "AT-pre")]
+    counts = {"AT-GP": (3, 14, 0.0127), "AT-pre": (0, 0, 1.0)}
+    monkeypatch.setattr(ablation, "paired_union", lambda a, b: counts[a["recipe"]])
+    settings = {"seeds": 1, "epochs": 2, "pre_epochs": 1, "monitor_n": 8, "eval_n": 8, "plateau": 2.0,
+                "wall_s": 60.0}
+    text = ablation.render(summary, settings, "plot.png")
+    assert "- AT-GP vs AT: robust only under AT-GP 3, only under AT 14, p = 0.0127, Holm p = 0.0254 " \
+           "(significant)" in text
+    assert ("- AT-pre vs AT: robust only under AT-pre 0, only under AT 0, "
+            "no discordant points: inconclusive") in text
