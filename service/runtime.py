@@ -92,7 +92,9 @@ class ServiceRuntime:
         self.session_factory = session_factory
         self.backend = backend
         self.owns_backend = backend is None
-        self.policy = policy or DispatchPolicy(interval_s=settings.dispatch_interval_s)
+        self.policy = policy or DispatchPolicy(
+            interval_s=settings.dispatch_interval_s, retry_delay_s=settings.retry_delay_s
+        )
         self.head: LocalRayHead | None = None
         self.head_watch: HeadWatch | None = None
         self.dispatcher: Dispatcher | None = None

@@ -34,6 +34,9 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     timings: dict[str, datetime | None]
+    not_before: datetime | None = Field(
+        default=None, description="a queued automatic retry is not dispatched before this time "
+                                  "(RAMP_RETRY_DELAY_S after the failure); null otherwise")
 
     @computed_field(description="what a reader of the metrics must know: an upper-bound suite, failed "
                                 "evaluation checks, a legacy reduced-precision scheme")  # type: ignore[prop-decorator]
@@ -94,6 +97,9 @@ class JobSummaryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     timings: dict[str, datetime | None]
+    not_before: datetime | None = Field(
+        default=None, description="a queued automatic retry is not dispatched before this time "
+                                  "(RAMP_RETRY_DELAY_S after the failure); null otherwise")
 
     @classmethod
     def of(cls, job: Any, dashboard_url: str | None) -> JobSummaryOut:
@@ -107,6 +113,7 @@ class JobSummaryOut(BaseModel):
             progress=job.progress, metrics=headline, warnings=result_warnings(result), error=job.error,
             ray_job_id=job.ray_job_id, ray_dashboard_url=_dashboard_link(job, dashboard_url),
             created_at=job.created_at, updated_at=job.updated_at, timings=job.timings,
+            not_before=job.not_before,
         )
 
 

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     external_url: str | None = None
     max_concurrent_jobs: int = Field(default=2, ge=1)
     dispatch_interval_s: float = Field(default=1.0, gt=0)
+    # An automatic retry waits this long after the failure: a lost node is declared dead by Ray's
+    # GCS only after its health checks miss (about 15 s by default, longer on a loaded head), and a
+    # retry submitted before then can be placed on the dead node and fail again
+    # (docs/reliability.md, "Node lost").
+    retry_delay_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Requests per minute per API token on /v1 and the web pages (a burst of this many, refilled
     # evenly); 0 disables.

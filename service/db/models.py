@@ -71,6 +71,8 @@ class Job(Base):
     succeeded_at: Mapped[datetime | None] = mapped_column()
     failed_at: Mapped[datetime | None] = mapped_column()
     cancelled_at: Mapped[datetime | None] = mapped_column()
+    # An automatic retry's attempt is queued at once but claimed no earlier than this (migration 0006).
+    not_before: Mapped[datetime | None] = mapped_column()
 
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"

@@ -4,7 +4,9 @@ and recording how it ended.
 RUNNING -> ``running``; a finished Ray job -> the driver's verdict (its report, else its
 ``result.json``), else Ray's (FAILED with Ray's message); a job Ray no longer knows -> failed
 ("vanished"); ``cancelling`` -> stop the Ray job, then ``cancelled`` once Ray confirms. A failed
-job with retries left gets a new attempt (it resumes from the job's last checkpoint). Events a
+job with retries left is queued at once for a new attempt (it resumes from the job's last
+checkpoint), to be claimed no earlier than ``policy.retry_delay_s`` after it failed: a lost node
+must be declared dead by Ray before the retry is placed. Events a
 driver spooled but never delivered are stored before the outcome is decided.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.db.base import utcnow
 from service.db.models import Job
@@ -121,8 +123,11 @@ class Watcher:
         try:
             with self.ctx.session() as s:
                 job = store.get_job(s, job_id)
+                not_before = (job.failed_at or utcnow()) + timedelta(seconds=self.ctx.policy.retry_delay_s)
                 transitions.retry_job(
-                    s, job_id, reason=f"automatic retry {job.attempt}/{job.max_retries} after: {job.error}"
+                    s, job_id, not_before=not_before,
+                    reason=f"automatic retry {job.attempt}/{job.max_retries}, not before "
+                           f"{not_before:%H:%M:%S} UTC, after: {job.error}",
                 )
             log.info("job queued for another attempt", extra={"job_id": job_id, "attempt": job.attempt + 1})
         except IllegalTransition:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -59,6 +60,8 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
     if limit <= 0:
         return []
     queued = JobStatus.QUEUED.value
+    # A retry waiting out its delay (``retry_job(not_before=...)``) is queued but not claimable yet.
+    claimable = (Job.status == queued, or_(Job.not_before.is_(None), Job.not_before <= utcnow()))
 
     def values() -> dict[str, Any]:
         # Stamped after the rows were selected, never before: a job queued (or requeued) by another
@@ -66,13 +69,13 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
         # was queued (seen on a loaded machine as queued_at > dispatching_at).
         now = utcnow()
         return {"status": JobStatus.DISPATCHING.value, "dispatching_at": now, "updated_at": now,
-                "claimed_by": claimer, "status_reason": None}
+                "claimed_by": claimer, "status_reason": None, "not_before": None}
 
     if session.get_bind().dialect.name == "postgresql":
         ids = list(
             session.scalars(
                 select(Job.id)
-                .where(Job.status == queued)
+                .where(*claimable)
                 .order_by(Job.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -87,7 +90,7 @@ def claim_queued_jobs(session: Session, *, limit: int, claimer: str) -> list[Job
             # once our first UPDATE holds the lock, re-reads are stable and the loop ends.
             candidates = list(
                 session.scalars(
-                    select(Job.id).where(Job.status == queued).order_by(Job.id).limit(limit - len(ids))
+                    select(Job.id).where(*claimable).order_by(Job.id).limit(limit - len(ids))
                 )
             )
             if not candidates:
@@ -276,6 +279,7 @@ def _requeue_reset(*, new_attempt: bool) -> dict[str, Any]:
         "succeeded_at": None,
         "failed_at": None,
         "cancelled_at": None,
+        "not_before": None,
     }
     if new_attempt:
         reset["driver_token_hash"] = None
@@ -304,8 +308,11 @@ def request_cancel(session: Session, job_id: int, *, reason: str | None = "cance
     return _cas(session, job_id, decide, reason=reason)
 
 
-def retry_job(session: Session, job_id: int, *, reason: str | None = "retry") -> Job:
-    """failed/cancelled -> queued as a new attempt (attempt + 1)."""
+def retry_job(
+    session: Session, job_id: int, *, reason: str | None = "retry", not_before: datetime | None = None
+) -> Job:
+    """failed/cancelled -> queued as a new attempt (attempt + 1), to be claimed no earlier than
+    ``not_before`` (None: at once)."""
 
     def decide(job: Job) -> tuple[str, dict[str, Any]] | None:
         if JobStatus(job.status) not in RETRYABLE:
@@ -315,7 +322,8 @@ def retry_job(session: Session, job_id: int, *, reason: str | None = "retry") ->
                 JobStatus.QUEUED.value,
                 message=f"cannot retry job {job.id}: it is {job.status} (only failed or cancelled jobs)",
             )
-        return JobStatus.QUEUED.value, _requeue_reset(new_attempt=True) | {"attempt": job.attempt + 1}
+        return JobStatus.QUEUED.value, _requeue_reset(new_attempt=True) | {
+            "attempt": job.attempt + 1, "not_before": not_before}
 
     return _cas(session, job_id, decide, reason=reason)
 

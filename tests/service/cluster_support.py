@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,23 +117,58 @@ class LocalRayCluster:
         started = time.monotonic()
         port = free_port()
         self.dashboard_url = f"http://127.0.0.1:{port}"
-        self.head = LocalRayHead(
-            tmp_dir=self.root / "h", num_cpus=self.head_cpus, dashboard_port=port, auth_mode="disabled",
-            startup_timeout_s=self.startup_timeout_s, extra_env=cluster_env(self.dashboard_url),
-        )
-        self.head.start()
+        self.head = self._new_head(port)
+        self._start_head(started)
         self.timings["head_s"] = time.monotonic() - started
-        # `ray start --head` writes the GCS address it bound into its temp dir.
-        address_file = self.head.tmp_dir / "ray_current_cluster"
-        wait_for(lambda: address_file.is_file() and address_file.read_text().strip(), self.startup_timeout_s,
-                 f"the head's GCS address in {address_file}", interval_s=0.2)
-        self.gcs_address = address_file.read_text().strip()
-        self.head_node_id = self._wait_nodes({"head"})["head"]
         for i, (name, cpus) in enumerate(self.nodes.items()):
             self.workers[name] = WorkerNode(name, cpus, self.root / f"n{i}")
             self.start_node(name)
         self.timings["cluster_s"] = time.monotonic() - started
         return self
+
+    def _new_head(self, port: int | None = None) -> LocalRayHead:
+        """A head on the cluster's dashboard port (its URL is in every node's environment)."""
+        assert self.dashboard_url is not None
+        port = port or int(self.dashboard_url.rsplit(":", 1)[1])
+        return LocalRayHead(
+            tmp_dir=self.root / "h", num_cpus=self.head_cpus, dashboard_port=port, auth_mode="disabled",
+            startup_timeout_s=self.startup_timeout_s, extra_env=cluster_env(self.dashboard_url),
+        )
+
+    def _start_head(self, started: float) -> None:
+        """Start the head and wait for its GCS address and its node; start it again (fresh ports)
+        when it dies on the way. Seen in a run: the head's raylet could not bind a port another
+        process had just taken ("Failed to start the grpc server ... Address already in use"),
+        ``ray start`` exited after its dashboard had answered, and nothing else would notice."""
+        assert self.head is not None
+        address_file = self.head.tmp_dir / "ray_current_cluster"
+        deadline = started + self.startup_timeout_s
+        while True:
+            address_file.unlink(missing_ok=True)  # a dead try's address must not be read
+
+            def up() -> str | None:
+                assert self.head is not None
+                if self.head.exit_code() is not None:
+                    raise _NodeExited(self.head.exit_code())
+                # `ray start --head` writes the GCS address it bound into its temp dir.
+                return address_file.is_file() and address_file.read_text().strip() or None
+
+            try:
+                try:
+                    self.head.start()
+                except RayHeadError as e:  # it exited before its dashboard answered
+                    raise _NodeExited(str(e)) from None
+                self.gcs_address = wait_for(up, max(1.0, deadline - time.monotonic()),
+                                            f"the head's GCS address in {address_file}", interval_s=0.2)
+                self.head_node_id = self._wait_nodes({"head"}, exit_code=self.head.exit_code,
+                                                     deadline=deadline)["head"]
+                return
+            except _NodeExited:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the Ray head kept dying during start-up; see "
+                                         f"{self.head.log_path}: {_tail(self.head.log_path)}") from None
+                self.head.stop(grace_s=0.5)
+                self.head = self._new_head()
 
     def _node_command(self, node: WorkerNode, index: int) -> list[str]:
         assert self.gcs_address is not None
@@ -175,7 +210,7 @@ class LocalRayCluster:
             node.start_ticks = info.start_ticks if info else None
             node.starts += 1
             try:
-                node.node_id = self._wait_nodes({name}, proc=node.proc, deadline=deadline)[name]
+                node.node_id = self._wait_nodes({name}, exit_code=node.proc.poll, deadline=deadline)[name]
                 self.timings[f"{name}_s"] = time.monotonic() - started
                 return node.node_id
             except _NodeExited:
@@ -185,7 +220,7 @@ class LocalRayCluster:
                         f"({node.starts} starts); see {node.log_path}: {_tail(node.log_path)}"
                     ) from None
 
-    def _wait_nodes(self, names: set[str], *, proc: subprocess.Popen[bytes] | None = None,
+    def _wait_nodes(self, names: set[str], *, exit_code: Callable[[], int | None] | None = None,
                     deadline: float | None = None) -> dict[str, str]:
         """Node ids of ``names`` ("head" or a worker's resource name) once the GCS lists them alive."""
         deadline = deadline or time.monotonic() + self.startup_timeout_s
@@ -198,8 +233,8 @@ class LocalRayCluster:
                     found[name] = n["node_id"]
             if set(found) >= names:
                 return found
-            if proc is not None and proc.poll() is not None:
-                raise _NodeExited(proc.returncode)
+            if exit_code is not None and (code := exit_code()) is not None:
+                raise _NodeExited(code)
             if time.monotonic() > deadline:
                 raise AssertionError(f"Ray nodes {sorted(names - set(found))} not alive in time")
             time.sleep(0.5)

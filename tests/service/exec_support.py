@@ -68,6 +68,8 @@ def make_test_settings(home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "home": home, "database_url": f"sqlite:///{home / 'ramp.db'}", "ray_address": None,
         "log_level": "WARNING", "sse_poll_interval_s": 0.05, "admin_token": ADMIN_TOKEN,
+        # Retries at once: the node-loss test (test_ray_nodes.py) is the one that needs the delay.
+        "retry_delay_s": 0.0,
     }
     return Settings(**(values | overrides))
 

@@ -19,7 +19,7 @@ from service.jobs import transitions
 from workers.contract import outbox
 
 NAN, INF = float("nan"), float("inf")
-POLICY = DispatchPolicy(interval_s=0.05, submit_grace_s=0.0, max_job_errors=3)
+POLICY = DispatchPolicy(interval_s=0.05, submit_grace_s=0.0, max_job_errors=3, retry_delay_s=0.0)
 
 
 @pytest.fixture

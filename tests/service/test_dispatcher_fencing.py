@@ -22,7 +22,7 @@ from service.jobs import transitions
 from workers.contract.attempts import read_attempt_marker, read_token_file
 
 FAST = DispatchPolicy(interval_s=0.05, restop_every_s=5.0, cancel_timeout_s=30.0, submit_grace_s=0.0,
-                      fence_timeout_s=60.0)
+                      fence_timeout_s=60.0, retry_delay_s=0.0)
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_another_replicas_fresh_claim_gets_the_grace_before_a_cancel_completes(
     session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
     backend = FakeBackend()
-    patient = DispatchPolicy(submit_grace_s=30.0)
+    patient = DispatchPolicy(submit_grace_s=30.0, retry_delay_s=0.0)
     b = _dispatcher(session_factory, backend, settings, claimer="replica-b", policy=patient)
     theirs, ours = create_job(session_factory), create_job(session_factory)
     with session_factory() as s:

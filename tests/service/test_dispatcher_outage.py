@@ -20,7 +20,7 @@ from service.db.session import make_engine, make_session_factory
 from service.dispatcher import Dispatcher, DispatchPolicy
 from service.jobs import transitions
 
-POLICY = DispatchPolicy(interval_s=0.05, submit_grace_s=0.0, warn_every_s=3600.0)
+POLICY = DispatchPolicy(interval_s=0.05, submit_grace_s=0.0, warn_every_s=3600.0, retry_delay_s=0.0)
 
 
 @pytest.fixture

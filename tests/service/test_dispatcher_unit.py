@@ -8,6 +8,7 @@ concurrency limit and start-up reconciliation are checked deterministically.
 from __future__ import annotations
 
 import shlex
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import tokens
 from service.core.config import Settings
+from service.db.base import utcnow
+from service.db.models import Job
 from service.dispatcher import Dispatcher, DispatchPolicy, entrypoint_resources, submission_id
 from service.events import store as events
 from service.jobs import store, transitions
@@ -39,7 +42,8 @@ def backend() -> FakeBackend:
 def dispatcher(
     session_factory: sessionmaker[Session], backend: FakeBackend, settings: Settings
 ) -> Dispatcher:
-    policy = DispatchPolicy(interval_s=0.05, restop_every_s=5.0, cancel_timeout_s=30.0, submit_grace_s=0.0)
+    policy = DispatchPolicy(interval_s=0.05, restop_every_s=5.0, cancel_timeout_s=30.0, submit_grace_s=0.0,
+                            retry_delay_s=0.0)
     return Dispatcher(session_factory, backend, settings, policy=policy, claimer="test-claimer")
 
 
@@ -161,6 +165,46 @@ def test_a_failure_reported_by_the_driver_is_retried_too(
     assert (job.status, job.attempt) == ("dispatching", 2)
 
 
+def test_an_automatic_retry_is_queued_at_once_and_dispatched_after_the_retry_delay(
+    session_factory: sessionmaker[Session], backend: FakeBackend, settings: Settings
+) -> None:
+    """A lost node is declared dead by Ray's GCS only after its health checks miss; a retry
+    dispatched before then can be placed on the dead node. The retry is queued at once (a client
+    waiting for a terminal status must not stop at it) and claimed ``retry_delay_s`` after the
+    failure, by this dispatcher or, after a restart, another; a manual retry is not delayed."""
+    policy = DispatchPolicy(interval_s=0.05, submit_grace_s=0.0, retry_delay_s=30.0)
+    d = Dispatcher(session_factory, backend, settings, policy=policy, claimer="test-claimer")
+    job_id = _create(session_factory, max_retries=1)
+    d.tick()
+    _ray(backend, session_factory, job_id).status = "FAILED"
+    d.tick()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempt) == ("queued", 2)
+    assert job.not_before is not None and 29 <= (job.not_before - utcnow()).total_seconds() <= 30
+    assert "automatic retry 1/1, not before" in job.status_reason
+    for _ in range(3):
+        d.tick()
+    restarted = Dispatcher(session_factory, backend, settings, policy=policy, claimer="test-claimer")
+    restarted.reconcile()
+    restarted.tick()
+    assert _job(session_factory, job_id).status == "queued" and len(backend.jobs) == 1
+    with session_factory() as s:  # the delay has passed
+        s.get(Job, job_id).not_before = utcnow() - timedelta(seconds=1)
+        s.commit()
+    d.tick()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempt, job.not_before) == ("dispatching", 2, None)
+    assert len(backend.jobs) == 2
+    # A retry by hand (POST /v1/jobs/{id}/retry) is claimed at once.
+    _ray(backend, session_factory, job_id).status = "FAILED"
+    d.tick()
+    assert _job(session_factory, job_id).status == "failed"  # no retry left
+    with session_factory() as s:
+        transitions.retry_job(s, job_id)
+    d.tick()
+    assert _job(session_factory, job_id).status == "dispatching" and len(backend.jobs) == 3
+
+
 def test_cancel_stops_the_ray_job_then_records_cancelled(
     dispatcher: Dispatcher, backend: FakeBackend, session_factory: sessionmaker[Session]
 ) -> None:
@@ -181,7 +225,7 @@ def test_cancel_gives_up_waiting_for_ray_after_the_timeout(
     session_factory: sessionmaker[Session], backend: FakeBackend, settings: Settings
 ) -> None:
     now = [0.0]
-    policy = DispatchPolicy(restop_every_s=5.0, cancel_timeout_s=30.0)
+    policy = DispatchPolicy(restop_every_s=5.0, cancel_timeout_s=30.0, retry_delay_s=0.0)
     d = Dispatcher(session_factory, backend, settings, policy=policy, clock=lambda: now[0])
     backend.stop_takes_effect = False  # a job stuck in PENDING ignores the stop
     job_id = _create(session_factory)

@@ -148,7 +148,10 @@ def test_a_killed_head_is_restarted_and_runs_jobs_again(make_runtime) -> None:
     assert backend is not None and head is not None and rt.head_watch is not None
     url, token = rt.settings.ray_dashboard_url, head.auth_token
     old = _kill_head(rt)
-    wait_for(lambda: rt.head_watch is not None and rt.head_watch.restarts == 1, 600,
+    # At least once: a restarted head can die again on its own (its raylet once lost a port race,
+    # "Address already in use", after the dashboard had answered) and is then restarted again --
+    # waiting for exactly one restart hung a run for 600 s.
+    wait_for(lambda: rt.head_watch is not None and rt.head_watch.restarts >= 1, 600,
              "the watch to restart the head")
     assert head.pid != old and read_proc(old) is None
     assert head.dashboard_url == url  # the job pages' dashboard links stay valid

@@ -14,7 +14,9 @@ workers and Tune trials on the worker nodes; where each ran is read back from Ra
 2. A sweep of two trials, two at once: one trial actor per node.
 3. Last (it kills a node): two identical 3-epoch jobs, one worker each (one per node); during
    epoch 2 the node holding one job's worker is SIGKILLed whole (``ray start``, raylet, agents,
-   workers). That job's Ray Train run fails, the service retries it (``max_retries=1``) and
+   workers). That job's Ray Train run fails, the service retries it (``max_retries=1``: queued at
+   once, dispatched once its retry delay has passed, the default 30 s: by then the GCS has
+   declared the node dead) and
    attempt 2 resumes from the epoch-1 checkpoint on a replacement node (started once the GCS has
    marked the lost one dead, as KubeRay replaces a pod); its final weights, optimiser and method
    state equal the uninterrupted job's bit for bit.
@@ -41,12 +43,13 @@ from exec_support import (
     wait_for,
 )
 
+from service.core.config import Settings
 from service.ray_local import free_port
+from workers.contract.status import is_settled
 
 pytestmark = pytest.mark.slow
 
 NODES = {"node_a": 1, "node_b": 1}
-TERMINAL = {"succeeded", "failed", "cancelled"}
 TRAIN_WORKER = "RayTrainWorker"  # Ray Train v2's worker actor class
 
 # A tiny DDP run: 128 points, global batch 32 (16 per worker), 2 epochs of 4 steps.
@@ -68,7 +71,9 @@ def cluster() -> Iterator[LocalRayCluster]:
 @pytest.fixture(scope="module")
 def service(cluster: LocalRayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     assert cluster.dashboard_url is not None
-    settings = service_settings(tmp_path_factory.mktemp("home"), cluster.dashboard_url, free_port())
+    # The service's own retry delay (the test settings' default is none): the node-loss test needs it.
+    settings = service_settings(tmp_path_factory.mktemp("home"), cluster.dashboard_url, free_port(),
+                                retry_delay_s=Settings.model_fields["retry_delay_s"].default)
     with live_service(settings) as client:
         # Polled while the nodes train on a shared 2-core box: an answer took over 30 s there at a
         # load average of 200-400 (other engineers' runs).
@@ -109,8 +114,12 @@ def _get(service: Any, path: str, **params: Any) -> Any:
 
 
 def _finished(service: Any, job_id: int, timeout_s: float = 900) -> dict[str, Any]:
-    job = wait_for(lambda: (j := _get(service, f"/v1/jobs/{job_id}"))["status"] in TERMINAL and j,
-                   timeout_s, f"job {job_id} to end", interval_s=0.5)
+    """The job once settled: a failure with a retry left is not the end (its retry is queued next)."""
+    def settled() -> Any:
+        job = _get(service, f"/v1/jobs/{job_id}")
+        return is_settled(job["status"], job["attempt"], job["max_retries"]) and job
+
+    job = wait_for(settled, timeout_s, f"job {job_id} to end", interval_s=0.5)
     assert job["status"] == "succeeded", (job, service.get(f"/v1/jobs/{job_id}/logs").text[-3000:])
     return job
 
@@ -258,11 +267,20 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_result(service: Any) -> None:
 
     failed_at = _when(evs, "failed", 1)
     running2_at = _when(evs, "running", 2)
+    dispatched2_at = _when(evs, "dispatching", 2)
+    # The retry was queued at once but dispatched only once its delay (settings.retry_delay_s) had
+    # passed, so it was placed after the GCS had declared the lost node dead: before that, it can
+    # land on the dead node and fail again (CI, 2026-12-03: "The actor never ran - it was cancelled
+    # before it started running").
+    assert dispatched2_at - failed_at >= service.settings.retry_delay_s - 1, (failed_at, dispatched2_at)
+    assert dispatched2_at >= killed_at + dead_after, (killed_at, dead_after, dispatched2_at)
     done_at = _when(evs, "succeeded", 2)
     tensors = sum(k.startswith("model.") for k in diffs)
     print(f"\nNODE LOST: SIGKILLed {node} ({len(pids)} processes) with epochs {epochs_before} reported; "
           f"GCS marked it dead after {dead_after:.1f} s; job failed {failed_at - killed_at:.1f} s after "
-          f"the kill; replacement node up in {replacement_s:.1f} s; attempt 2 running "
+          f"the kill; replacement node up in {replacement_s:.1f} s; attempt 2 dispatched "
+          f"{dispatched2_at - failed_at:.1f} s after the failure (retry delay "
+          f"{service.settings.retry_delay_s:.0f} s), running "
           f"{running2_at - killed_at:.1f} s and succeeded {done_at - killed_at:.1f} s after the kill, "
           f"resumed at epoch {start_epoch} of {epochs}; recovered by the service's retry (max_retries=1); "
           f"final weights, optimiser and method state equal to the uninterrupted job's bit for bit "

@@ -192,12 +192,17 @@ def pump_events(
     """
     outcome = PumpOutcome()
     cancel_sent = False
-    while True:
-        alive = fit.is_alive()
+
+    def cancel_if_asked() -> None:
+        nonlocal cancel_sent
         wants_stop = stop_event is not None and stop_event.is_set()
         if (wants_stop or outcome.callback_error is not None) and not cancel_sent:
             ray.get(channel.cancel.remote(key))
             cancel_sent = True
+
+    while True:
+        alive = fit.is_alive()
+        cancel_if_asked()
         for event in ray.get(channel.take.remote(key)):
             kind, payload = event
             if kind == TRAIN_END:
@@ -209,6 +214,9 @@ def pump_events(
                     on_event(event)
                 except Exception as e:  # re-raised by the caller once the workers have stopped
                     outcome.callback_error = e
+            # A callback that asked to stop (or failed) is acted on now, not a poll later: the
+            # workers go on training meanwhile.
+            cancel_if_asked()
         if not alive:  # the take above ran after fit ended: nothing is left behind
             return outcome
         fit.join(poll_s)

@@ -21,7 +21,7 @@ from service.auth.access import owned_job
 from service.events import store as events
 from service.events import streams
 from service.jobs import store
-from service.state import TERMINAL
+from workers.contract.status import is_settled
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"], dependencies=[Depends(get_current_token)])
 
@@ -39,7 +39,7 @@ SSE_EVENT = {
         "id": {"type": "string", "description": "the event's id (what Last-Event-ID resumes after)"},
     },
 }
-Page = Callable[[int | None], tuple[list[EventOut], str]]
+Page = Callable[[int | None], tuple[list[EventOut], str | None]]
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
@@ -76,12 +76,15 @@ async def job_events(
 ) -> Any:
     factory: sessionmaker[Session] = request.app.state.session_factory
 
-    def page(after_id: int | None) -> tuple[list[EventOut], str]:
+    def page(after_id: int | None) -> tuple[list[EventOut], str | None]:
+        """A page of events and the job's status once it is settled (None while it may change:
+        a failure with an automatic retry left is not the end of the stream)."""
         # Every poll of a stream re-checks the job through the same rule as the first page.
         with factory() as session:
             job = owned_job(session, principal, job_id)
             evs = events.list_events(session, job_id, after_id=after_id, type=type, limit=limit)
-            return [EventOut.model_validate(e) for e in evs], job.status
+            settled = is_settled(job.status, job.attempt, job.max_retries)
+            return [EventOut.model_validate(e) for e in evs], job.status if settled else None
 
     if not follow:
         page_events, _ = await run_in_threadpool(page, after)
@@ -111,7 +114,7 @@ async def job_events(
 
 async def _stream(page: Page, first: list[EventOut], after: int | None, poll: float,
                   recheck: streams.TokenRecheck) -> AsyncIterator[ServerSentEvent]:
-    """Every event, then polled ones until the job is terminal and all were sent; ``end`` last.
+    """Every event, then polled ones until the job is settled and all were sent; ``end`` last.
     Between polls the token is re-checked when due: once revoked or expired, an ``unauthorized``
     event saying which ends the stream. (sse-starlette sends the keep-alive pings and stops the
     generator when the client leaves.)"""
@@ -129,7 +132,7 @@ async def _stream(page: Page, first: list[EventOut], after: int | None, poll: fl
         batch, status = await run_in_threadpool(page, after)
         if batch:
             continue
-        if status in TERMINAL:
+        if status is not None:
             yield ServerSentEvent(data=json.dumps({"status": status}), event="end")
             return
         await asyncio.sleep(poll)
