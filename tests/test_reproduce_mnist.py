@@ -20,6 +20,8 @@ def repro() -> Any:
     spec = importlib.util.spec_from_file_location("reproduce_mnist", ROOT / "scripts" / "reproduce_mnist.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["reproduce_mnist"] = module  # its runs go to worker processes, which import it by name
+    if str(ROOT / "scripts") not in sys.path:  # ...from the path they inherit (spawn)
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec.loader.exec_module(module)
     return module
 
