@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> Path:
         "figure1": paired_tests({m: run_flags(str(d)) for m, d in figure_dirs.items()}, [("ramp", "at-l1")],
                                 metric="linf"),
     }
-    settings["skipped"] = {m: SKIPPED.get(m, "not selected (--methods)")
+    settings["skipped"] = {m: SKIPPED.get(m, "left out with --methods")
                            for m in SCRATCH if m not in args.methods}
     text = render_markdown(scratch_rows, finetune_rows, figure, crosscheck, settings, plot.name, specs, tests)
     doc.write_text(text + kept)
@@ -580,7 +580,7 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
                     tests: dict[str, list[dict[str, Any]]]) -> str:
     seeds = settings["seeds"]
     base = next((r for r in scratch if r["method"] == "at-linf"), None)
-    spread = "mean ± std over seeds " if len(seeds) > 1 else ""
+    spread = "; mean ± std over the seeds" if len(seeds) > 1 else ""
     figure_test = tests["figure1"][0] if tests["figure1"] else None
     lines = [
         "# Small-scale reproduction on mnist-5k",
@@ -589,7 +589,7 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         f"{settings['wall_minutes']:.1f} min, {settings['jobs']} parallel run(s), "
         f"{settings['threads']} torch thread(s) each, {settings['machine']}).",
         "",
-        f"Accuracy in % on the first {settings['eval_n']} mnist-5k test points, {spread}(seeds {seeds}), "
+        f"Accuracy in % on the first {settings['eval_n']} mnist-5k test points (seeds {seeds}{spread}), "
         f"with the 95 % Wilson interval of seed {seeds[0]}'s count in brackets. Every robust accuracy is "
         "the default suite's (APGD-CE + APGD-T with AutoAttack's standard settings, float32 decisions, "
         "`docs/evaluation.md`); union = correct clean and under every norm. Every comparison between "
@@ -607,13 +607,13 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         *table(scratch),
         "",
+        "s / epoch: seconds per training epoch as measured by the loop, one torch thread, "
+        f"{settings['jobs']} runs sharing the machine.",
+        "",
         *skipped_lines(settings.get("skipped") or {}),
         "Paired tests on union accuracy (the paper's ordering, pair by pair):",
         "",
         *test_lines(tests["scratch"]),
-        "",
-        "s / epoch: seconds per training epoch as measured by the loop, one torch thread, "
-        f"{settings['jobs']} runs sharing the machine.",
         "",
         f"## Robust fine-tuning of each seed's AT-l_inf model ({settings['finetune_epochs']} epochs)",
         "",

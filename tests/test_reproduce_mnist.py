@@ -100,7 +100,7 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     rows = [line for line in scratch.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| NT", "| AT-l_inf", "| E-AT", "| RAMP"]
     assert all(len(re.findall(r"\[\d+\.\d, \d+\.\d\]", r)) == 5 for r in rows), rows
-    assert "Not run at this budget: AT-l_1 (not selected (--methods))" in text
+    assert "Not run at this budget: AT-l_1 (left out with --methods)" in text
     assert "MSD (100 MSD iterations per step" in text
     # SAT / AVG / MAX were not run: the ordering is not assessed; fine-tuning and Figure 1 are tested.
     assert "not assessed" in text
