@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _recipe_args(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
     """The reproduction's ``scratch_spec`` reads these fields."""
     return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n,
-                              eps_warmup=args.eps_warmup,
+                              eps_warmup=args.eps_warmup, channels_last=True,
                               max_steps=args.max_steps, msd_steps=None)
 
 
