@@ -51,6 +51,7 @@ pytestmark = pytest.mark.slow
 
 NODES = {"node_a": 1, "node_b": 1}
 TRAIN_WORKER = "RayTrainWorker"  # Ray Train v2's worker actor class
+CHANNEL = "RunChannel"  # the driver <-> workers channel (workers.ray_entry.channel)
 
 # A tiny DDP run: 128 points, global batch 32 (16 per worker), 2 epochs of 4 steps.
 DDP_SPEC: dict[str, Any] = {
@@ -154,7 +155,9 @@ def test_a_two_worker_ddp_job_spans_two_nodes_and_matches_one_process(service: A
     job_id = _submit(service, DDP_SPEC)
     job = _finished(service, job_id)
     seconds = time.monotonic() - started
-    workers = [a for a in _actors(service, job["ray_job_id"]) if a["class_name"] == TRAIN_WORKER]
+    actors = _actors(service, job["ray_job_id"])
+    workers = [a for a in actors if a["class_name"] == TRAIN_WORKER]
+    _assert_channels_on_the_head(cluster, actors)
     placed = sorted(cluster.node_name(a["node_id"]) for a in workers)
     # Two workers, one group (no restart), one per node: the placement the cluster offers.
     assert placed == ["node_a", "node_b"], placed
@@ -198,6 +201,15 @@ def test_a_sweeps_trials_spread_across_the_nodes(service: Any) -> None:
     assert set(nodes) == {"node_a", "node_b"}, (nodes, [(a["class_name"], a["node_id"]) for a in actors])
     print(f"\nsweep: 2 trials, trial actors on {nodes}; best {job['metrics']['best_trial_id']}; "
           f"{seconds:.0f} s")
+
+
+def _assert_channels_on_the_head(cluster: LocalRayCluster, actors: list[dict[str, Any]]) -> None:
+    """A job's channel actor lives with its driver on the head (``open_channel``): on a worker node,
+    losing that node would fail runs that had nothing there (CI 2026-12-04, soft affinity)."""
+    channels = [a for a in actors if a["class_name"] == CHANNEL]
+    assert channels, [a["class_name"] for a in actors]
+    assert {a["node_id"] for a in channels} == {cluster.head_node_id}, [
+        (a["state"], cluster.node_name(a["node_id"])) for a in channels]
 
 
 def _when(evs: list[dict[str, Any]], to: str, attempt: int | None = None) -> float:
@@ -255,6 +267,7 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_result(service: Any) -> None:
     assert 1 <= start_epoch < epochs, f"attempt 2 trained nothing: {resumed[0]}"
     ref = _finished(service, reference)
     assert ref["attempt"] == 1, ref  # the other node's job never noticed
+    _assert_channels_on_the_head(cluster, _actors(service, ref["ray_job_id"]))
 
     job_dir = service.settings.job_dir
     a, b = checkpoint_state(job_dir(killed)), checkpoint_state(job_dir(reference))

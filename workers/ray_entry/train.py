@@ -74,7 +74,10 @@ def open_channel() -> tuple[Any, str]:
     name = f"ramp-channel-{uuid.uuid4().hex}"
     # On the driver's own node: left to Ray, a 0-CPU actor may land on any worker node, and losing
     # that node would fail every run talking through it, not only the runs that had workers there.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # Hard affinity: with soft=True Ray spilled it to a worker node when the driver's node could
+    # not start a worker at once (a head with 0 CPUs, two jobs starting; CI 2026-12-04: the other
+    # node's job failed with ActorUnavailableError when that worker node was killed).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handle = (
         ray.remote(num_cpus=0)(RunChannel)
         .options(name=name, namespace=CHANNEL_NAMESPACE, max_restarts=0, scheduling_strategy=here)
