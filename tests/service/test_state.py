@@ -69,3 +69,15 @@ def test_random_walks_follow_the_table(targets: list[JobStatus]) -> None:
         else:
             with pytest.raises(IllegalTransition):
                 check_transition(current, target)
+
+
+def test_a_failure_with_a_retry_left_is_not_settled() -> None:
+    """What event streams and waiters stop on: a failed attempt that the dispatcher will retry
+    is not the job's outcome."""
+    from workers.contract.status import is_settled
+
+    assert not is_settled("failed", attempt=1, max_retries=1)
+    assert is_settled("failed", attempt=2, max_retries=1)
+    assert is_settled("failed", attempt=1, max_retries=0)
+    assert is_settled("succeeded", attempt=1, max_retries=3) and is_settled("cancelled", 1, 3)
+    assert not any(is_settled(s, 1, 0) for s in ("queued", "dispatching", "running", "cancelling"))
