@@ -3,25 +3,18 @@ which must say "not shown" whenever the paired tests do not carry the claim."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
+from script_support import load_script
 
 from workers.contract.compare import compare_results
 from workers.contract.samples import PER_SAMPLE_KEY, per_sample_block
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "demo_report.py"
-
 
 @pytest.fixture(scope="module")
 def report_module() -> Any:
-    spec = importlib.util.spec_from_file_location("demo_report", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo_report")
 
 
 def _metrics(linf: list[bool]) -> dict[str, Any]:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_support import load_script
 
 
 @pytest.fixture(scope="module")
 def ablation() -> Any:
-    spec = importlib.util.spec_from_file_location("gp_ablation", ROOT / "scripts" / "gp_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gp_ablation"] = module  # its runs go to worker processes, which import it by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gp_ablation")
 
 
 def test_convergence_needs_a_plateau_seen_for_two_epochs(ablation: Any) -> None:

@@ -3,27 +3,20 @@ smoke run end to end (intervals on every cell, paired tests, the GP-ablation fig
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from script_support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def repro() -> Any:
-    spec = importlib.util.spec_from_file_location("reproduce_mnist", ROOT / "scripts" / "reproduce_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_mnist"] = module  # its runs go to worker processes, which import it by name
-    if str(ROOT / "scripts") not in sys.path:  # ...from the path they inherit (spawn)
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_mnist")
 
 
 def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(repro: Any) -> None:

@@ -12,6 +12,9 @@ from workers.contract.events import Event, EventType
 from workers.contract.metrics import intervals
 from workers.contract.results import result_notes, result_warnings
 
+NOT_BEFORE_DOC = ("a queued automatic retry is not dispatched before this time (RAMP_RETRY_DELAY_S after "
+                  "the failure); null otherwise")
+
 
 class JobOut(BaseModel):
     """A job, read from its row (``JobOut.of(job, dashboard_url)``)."""
@@ -34,9 +37,7 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     timings: dict[str, datetime | None]
-    not_before: datetime | None = Field(
-        default=None, description="a queued automatic retry is not dispatched before this time "
-                                  "(RAMP_RETRY_DELAY_S after the failure); null otherwise")
+    not_before: datetime | None = Field(default=None, description=NOT_BEFORE_DOC)
 
     @computed_field(description="what a reader of the metrics must know: an upper-bound suite, failed "
                                 "evaluation checks, a legacy reduced-precision scheme")  # type: ignore[prop-decorator]
@@ -97,9 +98,7 @@ class JobSummaryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     timings: dict[str, datetime | None]
-    not_before: datetime | None = Field(
-        default=None, description="a queued automatic retry is not dispatched before this time "
-                                  "(RAMP_RETRY_DELAY_S after the failure); null otherwise")
+    not_before: datetime | None = Field(default=None, description=NOT_BEFORE_DOC)
 
     @classmethod
     def of(cls, job: Any, dashboard_url: str | None) -> JobSummaryOut:

@@ -26,7 +26,8 @@ class DispatchPolicy:
     # Wait at most this long for the previous attempt's Ray job to stop before submitting the next
     # attempt anyway (its driver is locked out by then, its trainer by the attempt marker).
     fence_timeout_s: float = 60.0
-    # An automatic retry is queued this long after the failed attempt ended (Settings.retry_delay_s).
+    # An automatic retry is queued at once but claimable only this long after the failed attempt
+    # ended (Settings.retry_delay_s; ``jobs.not_before``).
     retry_delay_s: float = 30.0
     max_job_errors: int = 5  # errors in a row processing one job before it is failed
     job_backoff: RetryPolicy = RetryPolicy(base_s=1.0, factor=2.0, max_s=30.0, jitter=0.2)
