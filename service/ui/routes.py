@@ -24,7 +24,7 @@ from service.auth.tokens import authenticate_token
 from service.db.models import Job
 from service.jobs import commands, store
 from service.jobs.specs import SpecError
-from service.state import TERMINAL, IllegalTransition, JobStatus
+from service.state import IllegalTransition, JobStatus
 from service.sweeps import trials as trial_store
 from service.ui import auth, data, sessions, views
 from service.ui.unseen import unseen_chart, unseen_compare
@@ -222,7 +222,7 @@ def _history(session: Any, caller: auth.Caller, job_id: int) -> list[dict[str, A
 def _live(job: Job, history: list[dict[str, Any]], sweep: dict[str, Any] | None) -> dict[str, Any]:
     """What the job page's script refreshes while the job runs."""
     return {
-        "status": job.status, "terminal": job.status in TERMINAL, "attempt": job.attempt,
+        "status": job.status, "terminal": views.settled(job), "attempt": job.attempt,
         "progress": views.progress(job), "epochs": views.epoch_series(history),
         "heatmap": sweep["heatmap"] if sweep else None,
     }

@@ -28,6 +28,7 @@ from workers.contract.metrics import (
 )
 from workers.contract.norms import NORMS
 from workers.contract.results import is_upper_bound, result_notes, result_warnings
+from workers.contract.status import is_settled
 
 LABELS = ACCURACY_LABELS
 CANCELLABLE = frozenset({JobStatus.QUEUED, *ACTIVE}) - {JobStatus.CANCELLING}
@@ -137,8 +138,14 @@ def job_row(job: Job, now: datetime) -> dict[str, Any]:
         "warnings": len(result_warnings(result)) if result else 0,
         "created": fmt_time(job.created_at),
         "duration": fmt_duration(duration_s(job, now)),
-        "terminal": job.status in TERMINAL,
+        "terminal": settled(job),
     }
+
+
+def settled(job: Job) -> bool:
+    """Whether the page can stop refreshing: a failure with an automatic retry left is not the end
+    (the dispatcher queues its next attempt), as for the event streams."""
+    return is_settled(job.status, job.attempt, job.max_retries)
 
 
 def actions(job: Job) -> dict[str, bool]:

@@ -463,3 +463,18 @@ def test_the_ray_driver_log_is_fetched_from_ray_without_terminal_colours(ui: Ui)
     assert ui.client.get("/ui/jobs/999/log", headers=ui.auth).status_code == 404
     page = page_data(ui.client.get(f"/ui/jobs/{started}", headers=ui.auth).text)
     assert page["log_url"] == f"/ui/jobs/{started}/log"
+
+
+@pytest.mark.parametrize(("max_retries", "settled"), [(1, False), (0, True)])
+def test_a_failed_job_page_keeps_refreshing_while_a_retry_is_owed(
+    ui: Ui, max_retries: int, settled: bool
+) -> None:
+    """The dispatcher queues a failure's next attempt on its next pass: a page drawn in between must
+    keep polling (and reload on the new attempt), as the event streams do; no retry left: it stops."""
+    job_id = ui.submit(TRAIN | {"max_retries": max_retries})
+    ui.run(job_id)
+    ui.finish(job_id, {}, status="failed")
+    data = page_data(ui.client.get(f"/ui/jobs/{job_id}", headers=ui.auth).text)
+    assert data["terminal"] is settled
+    live = ui.client.get(data["live_url"], headers=ui.auth).json()
+    assert (live["status"], live["terminal"]) == ("failed", settled)
