@@ -28,6 +28,9 @@ def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(r
     assert repro.finetune_spec(args, "ramp", 0, base)["channels_last"]
     assert repro.parse_args(["--no-channels-last"]).channels_last is False
     assert repro.parse_args(["--methods", "ramp,at-linf"]).methods == ["at-linf", "ramp"]  # doc order
+    # the rigour checks are on in the documented run
+    assert all(repro.scratch_spec(args, m, 0)["checks_n"] == 100 for m in args.methods)
+    assert repro.finetune_spec(args, "ramp", 0, base)["checks_n"] == 100
 
 
 @pytest.mark.parametrize("methods", ["at-linf,bogus", "ramp,eat"])
@@ -100,6 +103,52 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     assert re.search(r"- RAMP (vs E-AT|> E-AT|< E-AT|.*E-AT)", text.split("## Robust fine-tuning", 1)[1])
     assert "Final l_inf robustness, paired: " in text
     assert "![GP ablation: clean and union accuracy per epoch](gp-ablation.png)" in text
+    verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
+    assert "cross-check" in verdict or "over-states" in verdict
+    assert "(off in this run: `--checks-n 0`)" in text and "| scratch/RAMP seed 0 | " in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["channels_last"] is True
+    # a re-render from the cache trains nothing and keeps the training call's wall time
+    repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
+                "--doc", str(doc)])
+    again = json.loads((out / "summary.json").read_text())["settings"]
+    assert again["wall_minutes"] == summary["settings"]["wall_minutes"]
     assert [t["metric"] for t in summary["paired_tests"]["figure1"]] == ["linf"]
+
+
+def _cross(run: str, default: dict[str, float], aa: dict[str, float]) -> dict[str, Any]:
+    return {"run": run, "n": 50, "default": {"clean": 1.0, **default}, "autoattack": {"clean": 1.0, **aa}}
+
+
+def test_the_verdict_says_where_full_autoattack_finds_the_default_suite_over_states(repro: Any) -> None:
+    same = {"linf": 0.8, "l2": 0.6, "l1": 0.1, "union": 0.1}
+    agree = [_cross("scratch/at-linf-seed0", same, same),
+             _cross("scratch/avg-seed0", same, same | {"l1": 0.2, "union": 0.2})]  # AA weaker: no excess
+    assert repro.crosscheck_excess(agree) == {}
+    assert "found no robust accuracy of the default suite above" in repro.crosscheck_verdict(agree, 50)
+    # the 2026-12-04 run: FAB-T breaks the l_inf-trained model's l_2 robustness, APGD did not
+    masked = [*agree, _cross("finetune/ramp-seed0", same | {"l2": 0.62, "union": 0.12},
+                             same | {"l2": 0.14, "union": 0.04})]
+    excess = repro.crosscheck_excess(masked)
+    assert set(excess) == {"l2", "union"} and excess["l2"][1] == ["finetune/ramp-seed0"]
+    assert abs(excess["l2"][0] - 0.48) < 1e-9
+    text = repro.crosscheck_verdict(masked, 50)
+    assert text.startswith("**The default suite over-states robustness here.**")
+    assert "l_2 by up to 48 points (1 of 3 runs)" in text and "union by up to 8 points" in text
+    assert "in l_inf, l_1 it is nowhere lower" in text
+    assert "No AutoAttack cross-check ran" in repro.crosscheck_verdict([], 50)  # unchecked, not passed
+
+
+def test_every_runs_checks_are_listed_with_what_failed(repro: Any) -> None:
+    runs = [
+        {"method": "at-linf", "seed": 0, "finetune": False, "metrics": {"checks": {
+            "status": "failed", "warnings": ["l2 square: Square fooled 24 of 50 | points"],
+            "inconclusive": []}}},
+        {"method": "ramp", "seed": 0, "finetune": True, "metrics": {"checks": {
+            "status": "inconclusive", "warnings": [], "inconclusive": ["rigour checks off: checks_n = 0"]}}},
+        {"method": "nt", "seed": 0, "finetune": False, "metrics": {}},
+    ]
+    lines = repro.checks_lines(runs)
+    assert lines[2] == "| scratch/AT-l_inf seed 0 | failed | l2 square: Square fooled 24 of 50 / points |"
+    assert lines[3] == "| finetune/RAMP seed 0 | inconclusive | rigour checks off: checks_n = 0 |"
+    assert lines[4] == "| scratch/NT seed 0 | not recorded | - |"
