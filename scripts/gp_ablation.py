@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-n", type=int, default=None, help="train on the first N points only")
     ap.add_argument("--monitor-n", type=int, default=200, help="held-out points of the per-epoch curve")
     ap.add_argument("--eval-n", type=int, default=200, help="test points of the final default suite")
+    ap.add_argument("--checks-n", type=int, default=100,
+                    help="rigour checks (curves, 10x iterations, Square) on this many points of each final "
+                         "evaluation; 0: off")
     ap.add_argument("--eps-warmup", type=float, default=0.3)
     ap.add_argument("--plateau", type=float, default=2.0, help="points of later rise still called a plateau")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma list of recipe names")
@@ -121,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(str(exc))
     if args.smoke:
         args.seeds, args.epochs, args.pre_epochs, args.max_steps = 1, 2, 1, 2
-        args.train_n, args.monitor_n, args.eval_n = 128, 8, 8
+        args.train_n, args.monitor_n, args.eval_n, args.checks_n = 128, 8, 8, 0
     return args
 
 
@@ -151,7 +154,7 @@ def full_lr_epochs(schedule: str, epochs: int) -> int:
 
 def _recipe_args(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
     """The reproduction's ``scratch_spec`` reads these fields."""
-    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n,
+    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n, checks_n=args.checks_n,
                               eps_warmup=args.eps_warmup, channels_last=True,
                               max_steps=args.max_steps, msd_steps=None)
 

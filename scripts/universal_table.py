@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     # The fields reproduce_mnist's spec builders read.
     args.train_n, args.max_steps, args.eval_n, args.msd_steps, args.steps = None, None, 0, None, None
+    args.checks_n = 0  # no final evaluation in these runs (eval_n 0): nothing to check
     args.channels_last = False  # the layout this table's runs were trained in (their cached specs)
     if args.smoke:
         args.n, args.epochs, args.finetune_epochs, args.max_steps = 8, 1, 1, 2

@@ -40,6 +40,7 @@ def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(
         keys = ("lr", "schedule", "epochs", "weight_decay", "eps_warmup")
         assert [pre[k] for k in keys] == [scratch[k] for k in keys]
     assert all(s["channels_last"] and s["monitor_n"] == args.monitor_n for s in specs.values())
+    assert all(s["checks_n"] == 100 for s in specs.values())  # the rigour checks are on by default
     with pytest.raises(SystemExit):
         ablation.parse_args(["--recipes", "AT,nonsense"])
 
