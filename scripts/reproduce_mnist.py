@@ -262,8 +262,9 @@ def crosscheck_verdict(crosscheck: list[dict[str, Any]], aa_n: int) -> str:
             + "; ".join(parts) + (f"; in {', '.join(agreed)} it is nowhere lower" if agreed else "")
             + ". Those columns are upper bounds, not results, and the paired tests on "
             "them compare upper bounds: no ordering below is a robustness claim until every point is "
-            "evaluated with FAB-T and Square as well (`--suite autoattack` in `rampctl eval`; the rigour "
-            "checks, `--checks-n`, flag it per run).")
+            "evaluated with FAB-T and Square as well (the `standard+` suite, `docs/evaluation.md`: "
+            "`rampctl eval --suite standard+` or an eval job; the rigour checks, `--checks-n`, flag it "
+            "per run).")
 
 
 def checks_lines(runs: list[dict[str, Any]]) -> list[str]:
