@@ -242,10 +242,8 @@ def main(argv: list[str] | None = None) -> Path:
     schedule = recipe_spec(args, args.recipes[0], seeds[0], None)["schedule"]
     settings["full_lr_epochs"] = full_lr_epochs(schedule, args.epochs)
     settings["wall_s"] = time.perf_counter() - started
-    previous = root / "summary.json"
-    if all(r["cached"] for r in results) and previous.is_file():
-        # a re-render trains nothing: the wall time is the one of the call that did
-        settings["wall_s"] = json.loads(previous.read_text())["settings"]["wall_s"]
+    cached = all(r["cached"] for r in results)
+    repro.keep_training_settings(settings, root / "summary.json", cached, ("wall_s",))
     summary = summarise(results, args, settings["full_lr_epochs"])
     budget = budget_tests(summary, args.compare)
     (root / "summary.json").write_text(

@@ -414,6 +414,15 @@ def cross_check(run_dir: str, n: int, threads: int) -> dict[str, Any]:
     return result
 
 
+def keep_training_settings(settings: dict[str, Any], summary: Path, cached: bool,
+                           keys: Sequence[str]) -> None:
+    """A re-render trains nothing: when every run came from the cache, ``keys`` (wall time, finish)
+    stay those the previous ``summary`` recorded for the call that trained."""
+    if cached and summary.is_file():
+        trained = json.loads(summary.read_text())["settings"]
+        settings.update({k: trained[k] for k in keys})
+
+
 def run_parallel(jobs: list[tuple[Callable[..., Any], tuple]], workers: int,
                  report: Callable[[Any], None]) -> list[Any]:
     results = []
@@ -565,11 +574,8 @@ def main(argv: list[str] | None = None) -> Path:
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
-    previous = out / "summary.json"
-    if all(r.get("cached", True) for r in scratch + second) and previous.is_file():
-        # a re-render trains nothing: the wall time and finish are those of the call that did
-        trained = json.loads(previous.read_text())["settings"]
-        settings["wall_minutes"], settings["finished"] = trained["wall_minutes"], trained["finished"]
+    cached = all(r.get("cached", True) for r in scratch + second)
+    keep_training_settings(settings, out / "summary.json", cached, ("wall_minutes", "finished"))
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     plot = doc.with_name(doc.stem + "-figure1.png")
