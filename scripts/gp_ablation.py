@@ -17,9 +17,10 @@ radii warm-up over 30 % of the steps, 10-step attacks), channels-last (the same 
 Per epoch each run's history holds the monitor suite's clean and union accuracy on ``--monitor-n``
 held-out points (one APGD-CE run per norm: an upper bound, used only for the convergence curve) and
 the cosine between natural and adversarial gradients (GP runs). After the last epoch every run is
-evaluated with the default suite (AutoAttack's APGD-CE + APGD-T, standard settings) on the same first
-``--eval-n`` test points: those are the table's numbers, with 95 % Wilson intervals, and the
-paired exact McNemar tests compare recipes on union accuracy, seed 0 against seed 0.
+evaluated with ``--suite`` (default ``standard+``: APGD-CE + APGD-T with AutoAttack's standard
+settings, then FAB-T and Square, the reproduction's ``final_eval``) on the same first ``--eval-n``
+test points, rigour checks on ``--checks-n`` of them: those are the table's numbers, with 95 %
+Wilson intervals, and the paired exact McNemar tests compare recipes on union accuracy, seed 0 against seed 0.
 
 Convergence (the budget the issue asks for) is read at the full learning rate: the piecewise
 schedule divides it by 10 after 7/8 of the steps, and that decay lifts every curve by a few points
@@ -95,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pre-epochs", type=int, default=2, help="natural epochs before AT-pre / AT-GP-pre")
     ap.add_argument("--train-n", type=int, default=None, help="train on the first N points only")
     ap.add_argument("--monitor-n", type=int, default=200, help="held-out points of the per-epoch curve")
-    ap.add_argument("--eval-n", type=int, default=200, help="test points of the final default suite")
+    ap.add_argument("--eval-n", type=int, default=200, help="test points of the final evaluation")
+    ap.add_argument("--suite", choices=repro.RESULT_SUITES, default="standard+",
+                    help="the final evaluation's suite (as the reproduction's: standard+ by default)")
     ap.add_argument("--checks-n", type=int, default=100,
                     help="rigour checks (curves, 10x iterations, Square) on this many points of each final "
                          "evaluation; 0: off")
@@ -153,8 +156,9 @@ def full_lr_epochs(schedule: str, epochs: int) -> int:
 
 
 def _recipe_args(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
-    """The reproduction's ``scratch_spec`` reads these fields."""
-    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=args.eval_n, checks_n=args.checks_n,
+    """The reproduction's ``scratch_spec`` reads these fields. The runs evaluate nothing at their end:
+    the final evaluation is the reproduction's ``final_eval`` step, with ``--suite``."""
+    return argparse.Namespace(epochs=epochs, train_n=args.train_n, eval_n=0, checks_n=0,
                               eps_warmup=args.eps_warmup, channels_last=True,
                               max_steps=args.max_steps, msd_steps=None)
 
@@ -231,13 +235,20 @@ def main(argv: list[str] | None = None) -> Path:
             jobs.append((_run_recipe, (name, recipe_spec(args, name, seed, pre), run_dir, args.threads)))
 
     def report(r: dict[str, Any]) -> None:
+        if "eval_dir" not in r:
+            print(f"{r['recipe']:<10} seed {r['seed']}  trained, {r['seconds_per_epoch']:.1f} s/epoch",
+                  flush=True)
+            return
         m = r["metrics"]
-        print(f"{r['recipe']:<10} seed {r['seed']}  clean {m['clean']:.3f} union {m['union']:.3f}  "
-              f"{r['seconds_per_epoch']:.1f} s/epoch", flush=True)
+        print(f"{r['recipe']:<10} seed {r['seed']}  {args.suite} on {m['n']} points: clean {m['clean']:.3f} "
+              f"union {m['union']:.3f}, checks {(m.get('checks') or {}).get('status', 'not recorded')}",
+              flush=True)
 
-    results = repro.run_parallel(jobs, args.jobs, report)
-    keys = ("seeds", "epochs", "pre_epochs", "train_n", "monitor_n", "eval_n", "eps_warmup", "plateau",
-            "max_steps", "section")
+    trained = repro.run_parallel(jobs, args.jobs, report)
+    final = (args.suite, args.eval_n, args.checks_n, args.threads)
+    results = repro.run_parallel([(repro.final_eval, (r, *final)) for r in trained], args.jobs, report)
+    keys = ("seeds", "epochs", "pre_epochs", "train_n", "monitor_n", "eval_n", "checks_n", "suite",
+            "eps_warmup", "plateau", "max_steps", "section")
     settings = {k: getattr(args, k) for k in keys}
     schedule = recipe_spec(args, args.recipes[0], seeds[0], None)["schedule"]
     settings["full_lr_epochs"] = full_lr_epochs(schedule, args.epochs)
@@ -266,7 +277,7 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, window: i
         runs = sorted((r for r in results if r["recipe"] == name), key=lambda r: r["seed"])
         unions = mean_curve(runs, "union")
         finals = {k: [r["metrics"][k] for r in runs] for k in ("clean", "union")}
-        seed0 = EvalResult.load(Path(runs[0]["out"]))
+        seed0 = EvalResult.load(Path(runs[0]["eval_dir"]))
         n = len(seed0.clean)
         union_hits = int(seed0.union.sum())
         cosines = mean_curve(runs, "cosine") if all(
@@ -278,20 +289,26 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, window: i
             "decay_gain": unions[-1] - unions[min(window, len(unions)) - 1] if unions else 0.0,
             "final_clean": finals["clean"], "final_union": finals["union"],
             "seed0_union_interval": wilson_interval(union_hits, n),
-            "seed0_dir": runs[0]["out"],
+            "seed0_dir": runs[0]["out"], "seed0_eval": runs[0]["eval_dir"],
             "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in runs),
         })
     return out
 
 
 def _load_paired(dir_a: str, dir_b: str) -> tuple[Any, Any]:
-    """Two runs' final evaluations, refused unless they scored the same test points."""
+    """Two runs' final evaluations (a run directory or its evaluation's), refused unless they scored
+    the same test points with the same suite."""
     from workers.evaluation import EvalResult
 
-    ra, rb = EvalResult.load(Path(dir_a)), EvalResult.load(Path(dir_b))
+    ra = EvalResult.load(repro.evaluation_dir(dir_a))
+    suite = ra.suite if isinstance(ra.suite, str) else None
+    rb = EvalResult.load(repro.evaluation_dir(dir_b, suite))
     if ra.points is None or ra.points != rb.points:
         raise ValueError(f"{dir_a} and {dir_b} were not evaluated on the same points "
                          f"(digests {ra.points} / {rb.points}): no paired test")
+    if ra.suite != rb.suite:
+        raise ValueError(f"{dir_a} and {dir_b} were evaluated with other suites ({ra.suite} / {rb.suite}): "
+                         "a paired test would compare the attacks, not the models")
     return ra, rb
 
 
@@ -299,13 +316,16 @@ def paired_union(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int, float]
     """Exact McNemar on seed 0's union flags of two recipes (the same test points)."""
     from workers.contract.stats import discordant, mcnemar_exact
 
-    ra, rb = _load_paired(a["seed0_dir"], b["seed0_dir"])
+    ra, rb = _load_paired(a["seed0_eval"], b["seed0_eval"])
     only_a, only_b = discordant(ra.union.tolist(), rb.union.tolist())
     return only_a, only_b, mcnemar_exact(only_a, only_b)
 
 
 def _spec(run_dir: str) -> dict[str, Any]:
+    """A run's spec; given one of its evaluation directories (``final-*``), the run's above it."""
     path = Path(run_dir) / repro.SPEC_FILE
+    if not path.is_file() and Path(run_dir).name.startswith("final-"):
+        path = Path(run_dir).parent / repro.SPEC_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir}: no {repro.SPEC_FILE}, not a finished reproduction or ablation run")
     return json.loads(path.read_text())
@@ -330,7 +350,7 @@ def budget_tests(summary: list[dict[str, Any]], compare: dict[str, str]) -> list
         if mismatch:
             raise ValueError(f"--compare {name}={other_dir}: not the same recipe "
                              f"({', '.join(mismatch)} differ)")
-        run, base = _load_paired(by[name]["seed0_dir"], other_dir)
+        run, base = _load_paired(by[name].get("seed0_eval", by[name]["seed0_dir"]), other_dir)
         for metric in ("union", "clean"):
             a, b = getattr(run, metric).tolist(), getattr(base, metric).tolist()
             only_a, only_b = discordant(a, b)
@@ -369,7 +389,8 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         + ", mnist-5k, small-cnn, channels-last, the "
         "reproduction's from-scratch recipe. Curves: the monitor suite on "
         f"{settings['monitor_n']} held-out points (an upper bound, for convergence only), mean over "
-        f"seeds. Table: the default suite on the first {settings['eval_n']} test points; the interval "
+        f"seeds. Table: the `{settings.get('suite', 'standard')}` suite on the first {settings['eval_n']} "
+        "test points; the interval "
         "is seed 0's 95 % Wilson interval, the spread the seeds'. Converged: the first epoch after which "
         f"the mean monitor union never rose more than {settings['plateau']} points during the "
         f"{window} epochs at the full learning rate (it drops tenfold after that); the LR-drop gain is "

@@ -40,7 +40,9 @@ def test_recipes_differ_only_in_gp_and_start_and_keep_the_scratch_schedule(
         keys = ("lr", "schedule", "epochs", "weight_decay", "eps_warmup")
         assert [pre[k] for k in keys] == [scratch[k] for k in keys]
     assert all(s["channels_last"] and s["monitor_n"] == args.monitor_n for s in specs.values())
-    assert all(s["checks_n"] == 100 for s in specs.values())  # the rigour checks are on by default
+    # the runs evaluate nothing at their end: the final evaluation is its own step (standard+, checks on)
+    assert all(s["checks_n"] == 0 and s["eval_n"] == 0 for s in specs.values())
+    assert (args.suite, args.checks_n) == ("standard+", 100)
     with pytest.raises(SystemExit):
         ablation.parse_args(["--recipes", "AT,nonsense"])
 
@@ -130,13 +132,16 @@ def test_compare_needs_a_trained_recipe_and_a_run_dir(ablation: Any, bad: str) -
 
 
 def _fake_run(root: Path, name: str, spec: dict[str, Any], union: list[bool], clean: list[bool],
-              points: str = "digest-a") -> str:
+              points: str = "digest-a", suite: str = "standard+",
+              evaluation: str = "final-standard+-n60-checks0") -> str:
+    """A finished run as the scripts leave it: its spec, and its final evaluation in ``evaluation``
+    (a subdirectory, as ``final_eval`` writes; "" for the run directory itself)."""
     from workers.evaluation import EvalResult
 
     out = root / name
     robust = {"linf": np.array(union), "l2": np.ones(len(union), bool), "l1": np.ones(len(union), bool)}
     EvalResult(clean=np.array(clean), robust=robust, epsilons={"linf": 0.3, "l2": 2.0, "l1": 10.0},
-               suite="default", points=points).save(out)
+               suite=suite, points=points).save(out / evaluation)
     (out / "reproduce-spec.json").write_text(json.dumps(spec))
     return str(out)
 
@@ -169,15 +174,18 @@ def test_a_longer_budget_is_tested_against_the_shorter_on_the_same_points(
     ({"method": "ramp"}, "method"),
     ({"params": {"gp.enabled": True}}, "gp.enabled"),
     ({"seed": 1}, "seed"),
+    ({"suite": "standard"}, "other suites"),
 ])
 def test_a_budget_test_refuses_another_recipe_or_other_points(
     ablation: Any, tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
     flags = [True, False] * 10
     long_dir = _fake_run(tmp_path, "long", BASE_SPEC | {"epochs": 30}, flags, flags)
-    points = change.get("points", "digest-a")
-    other_spec = BASE_SPEC | {"epochs": 15} | {k: v for k, v in change.items() if k != "points"}
-    short_dir = _fake_run(tmp_path, "short", other_spec, flags, flags, points=points)
+    points, suite = change.get("points", "digest-a"), change.get("suite", "standard+")
+    other_spec = BASE_SPEC | {"epochs": 15} | {k: v for k, v in change.items()
+                                               if k not in ("points", "suite")}
+    short_dir = _fake_run(tmp_path, "short", other_spec, flags, flags, points=points, suite=suite,
+                          evaluation="")  # an evaluation in the run directory itself is found too
     with pytest.raises(ValueError, match=message):
         ablation.budget_tests([{"recipe": "AT", "seed0_dir": long_dir}], {"AT": short_dir})
 
@@ -190,3 +198,23 @@ def test_the_budget_section_is_written_beside_the_ablation_not_over_it(ablation:
     ablation.write_section(doc, f"{start}\nbudget two\n{end}", "budget")
     text = doc.read_text()
     assert "the ablation" in text and "budget two" in text and "budget one" not in text
+
+
+def test_a_run_without_its_evaluation_or_with_several_is_refused_by_name(
+    ablation: Any, tmp_path: Path
+) -> None:
+    flags = [True, False] * 10
+    long_dir = _fake_run(tmp_path, "long", BASE_SPEC | {"epochs": 30}, flags, flags)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "reproduce-spec.json").write_text(json.dumps(BASE_SPEC | {"epochs": 15}))
+    with pytest.raises(ValueError, match="no final `standard\\+` evaluation"):
+        ablation.budget_tests([{"recipe": "AT", "seed0_dir": long_dir}], {"AT": str(bare)})
+    two = _fake_run(tmp_path, "two", BASE_SPEC | {"epochs": 15}, flags, flags)
+    _fake_run(tmp_path, "two", BASE_SPEC | {"epochs": 15}, flags, flags,
+              evaluation="final-standard+-n20-checks0")
+    with pytest.raises(ValueError, match="2 final `standard\\+` evaluations .*name the one"):
+        ablation.budget_tests([{"recipe": "AT", "seed0_dir": long_dir}], {"AT": two})
+    # named, it is used (its run's spec read from the directory above)
+    chosen = str(Path(two) / "final-standard+-n20-checks0")
+    assert len(ablation.budget_tests([{"recipe": "AT", "seed0_dir": long_dir}], {"AT": chosen})) == 2

@@ -28,9 +28,21 @@ def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(r
     assert repro.finetune_spec(args, "ramp", 0, base)["channels_last"]
     assert repro.parse_args(["--no-channels-last"]).channels_last is False
     assert repro.parse_args(["--methods", "ramp,at-linf"]).methods == ["at-linf", "ramp"]  # doc order
-    # the rigour checks are on in the documented run
-    assert all(repro.scratch_spec(args, m, 0)["checks_n"] == 100 for m in args.methods)
-    assert repro.finetune_spec(args, "ramp", 0, base)["checks_n"] == 100
+    # the reported evaluation is a step of its own: standard+ with the rigour checks on 500 points,
+    # and the training runs evaluate nothing at the end (no second, weaker final evaluation)
+    assert (args.suite, args.checks_n) == ("standard+", 100)
+    train = repro.training_args(args)
+    assert all(repro.scratch_spec(train, m, 0)["eval_n"] == 0 for m in args.methods)
+    assert repro.finetune_spec(train, "ramp", 0, base)["checks_n"] == 0
+    assert (args.eval_n, args.checks_n) == (500, 100)  # training_args leaves the caller's args alone
+
+
+def test_only_a_result_suite_may_report(repro: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert repro.parse_args(["--suite", "autoattack"]).suite == "autoattack"
+    for weak in ("monitor", "unseen", "bogus"):  # upper bounds / not l_p: never a table's numbers
+        with pytest.raises(SystemExit):
+            repro.parse_args(["--suite", weak])
+        assert "--suite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("methods", ["at-linf,bogus", "ramp,eat"])
@@ -106,7 +118,15 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
     assert "cross-check" in verdict or "over-states" in verdict
     assert "(off in this run: `--checks-n 0`)" in text and "| scratch/RAMP seed 0 | " in text
+    assert "Every robust accuracy is from the `standard+` suite" in text
+    # every reported number comes from the final-evaluation step's directory, none from training
     summary = json.loads((out / "summary.json").read_text())
+    for run in summary["scratch"] + summary["finetune"]:
+        assert run["eval_dir"] == str(Path(run["out"]) / "final-standard+-n12-checks0")
+        assert run["metrics"]["suite"] == "standard+" and run["metrics"]["n"] == 12
+        assert json.loads((Path(run["out"]) / "metrics.json").read_text())["n"] == 0  # training: none
+    assert {c["suite"] for c in summary["crosscheck"]} == {"standard+"}
+    assert (out / "figure1" / "at-l1" / "curve-standard+" / "epoch-1.json").is_file()
     assert summary["settings"]["channels_last"] is True
     # a re-render from the cache trains nothing and keeps the training call's wall time
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
@@ -116,27 +136,32 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     assert [t["metric"] for t in summary["paired_tests"]["figure1"]] == ["linf"]
 
 
-def _cross(run: str, default: dict[str, float], aa: dict[str, float]) -> dict[str, Any]:
-    return {"run": run, "n": 50, "default": {"clean": 1.0, **default}, "autoattack": {"clean": 1.0, **aa}}
+def _cross(run: str, ours: dict[str, float], aa: dict[str, float]) -> dict[str, Any]:
+    return {"run": run, "n": 50, "ours": {"clean": 1.0, **ours}, "autoattack": {"clean": 1.0, **aa}}
 
 
-def test_the_verdict_says_where_full_autoattack_finds_the_default_suite_over_states(repro: Any) -> None:
+def test_the_verdict_says_where_full_autoattack_finds_the_suite_over_states(repro: Any) -> None:
     same = {"linf": 0.8, "l2": 0.6, "l1": 0.1, "union": 0.1}
     agree = [_cross("scratch/at-linf-seed0", same, same),
              _cross("scratch/avg-seed0", same, same | {"l1": 0.2, "union": 0.2})]  # AA weaker: no excess
     assert repro.crosscheck_excess(agree) == {}
-    assert "found no robust accuracy of the default suite above" in repro.crosscheck_verdict(agree, 50)
+    assert "found no robust accuracy of the `standard` suite above" in repro.crosscheck_verdict(
+        agree, 50, "standard")
     # the 2026-12-04 run: FAB-T breaks the l_inf-trained model's l_2 robustness, APGD did not
     masked = [*agree, _cross("finetune/ramp-seed0", same | {"l2": 0.62, "union": 0.12},
                              same | {"l2": 0.14, "union": 0.04})]
     excess = repro.crosscheck_excess(masked)
     assert set(excess) == {"l2", "union"} and excess["l2"][1] == ["finetune/ramp-seed0"]
     assert abs(excess["l2"][0] - 0.48) < 1e-9
-    text = repro.crosscheck_verdict(masked, 50)
-    assert text.startswith("**The default suite over-states robustness here.**")
+    text = repro.crosscheck_verdict(masked, 50, "standard")
+    assert text.startswith("**The `standard` suite over-states robustness here.**")
     assert "l_2 by up to 48 points (1 of 3 runs)" in text and "union by up to 8 points" in text
     assert "in l_inf, l_1 it is nowhere lower" in text
-    assert "No AutoAttack cross-check ran" in repro.crosscheck_verdict([], 50)  # unchecked, not passed
+    assert "`--suite standard+` here" in text  # points at the next stronger suite
+    stronger = repro.crosscheck_verdict(masked, 50, "standard+")
+    assert stronger.startswith("**The `standard+` suite over-states") and "`--suite autoattack`" in stronger
+    assert "more than full AutoAttack" in repro.crosscheck_verdict(masked, 50, "autoattack")
+    assert "No AutoAttack cross-check ran" in repro.crosscheck_verdict([], 50, "standard+")  # unchecked
 
 
 def test_every_runs_checks_are_listed_with_what_failed(repro: Any) -> None:
