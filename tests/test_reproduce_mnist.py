@@ -30,7 +30,7 @@ def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(r
     assert repro.parse_args(["--methods", "ramp,at-linf"]).methods == ["at-linf", "ramp"]  # doc order
     # the reported evaluation is a step of its own: standard+ with the rigour checks on 500 points,
     # and the training runs evaluate nothing at the end (no second, weaker final evaluation)
-    assert (args.suite, args.checks_n) == ("standard+", 100)
+    assert (args.suite, args.checks_n, args.figure_suite) == ("standard+", 100, "standard")
     train = repro.training_args(args)
     assert all(repro.scratch_spec(train, m, 0)["eval_n"] == 0 for m in args.methods)
     assert repro.finetune_spec(train, "ramp", 0, base)["checks_n"] == 0
@@ -126,7 +126,10 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
         assert run["metrics"]["suite"] == "standard+" and run["metrics"]["n"] == 12
         assert json.loads((Path(run["out"]) / "metrics.json").read_text())["n"] == 0  # training: none
     assert {c["suite"] for c in summary["crosscheck"]} == {"standard+"}
-    assert (out / "figure1" / "at-l1" / "curve-standard+" / "epoch-1.json").is_file()
+    # Figure 1's curves: the cheaper figure suite, said so; its paired test reads the final evaluation
+    assert (out / "figure1" / "at-l1" / "curve-standard" / "epoch-1.json").is_file()
+    assert "Seed 0, the `standard` suite on the first 8 test points" in text
+    assert "the paired test below reads the final evaluation (`standard+`)" in text
     assert summary["settings"]["channels_last"] is True
     # a re-render from the cache trains nothing and keeps the training call's wall time
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
