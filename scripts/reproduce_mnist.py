@@ -218,10 +218,10 @@ def relation(t: dict[str, Any]) -> str:
     return f"{better} > {worse} ({counts}; {p})"
 
 
-def skipped_lines(skipped: dict[str, str]) -> list[str]:
+def skipped_lines(skipped: dict[str, str], what: str = "Not run at this budget") -> list[str]:
     if not skipped:
         return []
-    return [f"Not run at this budget: {', '.join(f'{LABELS[m]} ({why})' for m, why in skipped.items())}.", ""]
+    return [f"{what}: {', '.join(f'{LABELS[m]} ({why})' for m, why in skipped.items())}.", ""]
 
 
 def test_lines(tests: list[dict[str, Any]]) -> list[str]:
@@ -335,7 +335,7 @@ def _seconds_per_epoch(out_dir: Path) -> float:
 
 
 class _EpochEval:
-    """Training callback: the result suite on a few points after every epoch (Figure 1)."""
+    """Training callback: Figure 1's suite on a few points after every epoch (curves)."""
 
     def __init__(self, out: Path, n: int, epsilons: dict[str, float], suite: str) -> None:
         self.out, self.n, self.epsilons, self.suite = out, n, epsilons, suite
@@ -359,7 +359,7 @@ def curve_dir(run_dir: Path, suite: str) -> Path:
 
 
 def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n: int = 0,
-            suite: str = "standard+") -> dict[str, Any]:
+            suite: str = "standard") -> dict[str, Any]:
     """Train one run, or read back a finished identical run (``epoch_eval_n``: Figure 1's evaluation
     with ``suite`` after every epoch)."""
     import torch
@@ -423,31 +423,43 @@ def evaluation_dir(run_dir: str, suite: str | None = None) -> Path:
                      "name the one to use")
 
 
-def final_eval(run: dict[str, Any], suite: str, n: int, checks_n: int, threads: int) -> dict[str, Any]:
+def final_eval(run: dict[str, Any], suite: str, n: int, checks_n: int, threads: int,
+               norms: tuple[str, ...] | None = None) -> dict[str, Any]:
     """A trained run's reported evaluation: ``suite`` on the first ``n`` test points, rigour checks
-    on ``checks_n`` of them, attack seed = the run's seed (cached). Returns ``run`` with these metrics
-    and ``eval_dir``, where its per-point flags are."""
+    on ``checks_n`` of them, attack seed = the run's seed (cached); ``norms``: only these (Figure 1's
+    own runs, whose only reported number is l_inf). Returns ``run`` with these metrics and
+    ``eval_dir``, where its per-point flags are."""
     import torch
 
+    from workers import checkpoint
     from workers.contract.spec import EvalSpec
-    from workers.training.evaluation import run_evaluation
+    from workers.datasets import load_tensors
+    from workers.training.evaluation import evaluate_and_record, run_evaluation
 
     torch.set_num_threads(threads)
     target = final_dir(run["out"], suite, n, checks_n)
+    if norms is not None:
+        target = target.with_name(f"{target.name}-{'-'.join(norms)}")
     cached = (target / "metrics.json").is_file() and (target / "per_sample.npz").is_file()
     started = time.perf_counter()
     if not cached:
         spec = json.loads((Path(run["out"]) / SPEC_FILE).read_text())
-        run_evaluation(EvalSpec(checkpoint=str(Path(run["out"]) / "checkpoint"), suite=suite, n=n,
-                                checks_n=checks_n, seed=spec["seed"], channels_last=spec["channels_last"]),
-                       target)
+        ckpt = str(Path(run["out"]) / "checkpoint")
+        if norms is None:
+            run_evaluation(EvalSpec(checkpoint=ckpt, suite=suite, n=n, checks_n=checks_n, seed=spec["seed"],
+                                    channels_last=spec["channels_last"]), target)
+        else:  # the same points and seed as run_evaluation, fewer norms
+            model, meta = checkpoint.load(ckpt)
+            evaluate_and_record(model, load_tensors(meta["dataset"], "test", n=n),
+                                {k: meta["epsilons"][k] for k in norms}, target, suite=suite, n=n,
+                                seed=spec["seed"], checks=checks_n, extra={"checkpoint": ckpt})
     metrics = json.loads((target / "metrics.json").read_text())
     return run | {"metrics": metrics, "eval_dir": str(target), "eval_cached": cached,
                   "eval_wall": time.perf_counter() - started}
 
 
-def evaluate_base(checkpoint_dir: str, n: int, threads: int, suite: str = "standard+") -> dict[str, Any]:
-    """The result suite on a checkpoint (Figure 1's epoch 0), cached next to it."""
+def evaluate_base(checkpoint_dir: str, n: int, threads: int, suite: str = "standard") -> dict[str, Any]:
+    """Figure 1's suite on a checkpoint (its epoch 0), cached next to it."""
     import torch
 
     from workers import checkpoint
@@ -552,6 +564,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="train in channels-last memory layout (same numbers for small-cnn, ~1.4x faster)")
     ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune-methods", default=",".join(FINETUNE),
+                    help=f"methods fine-tuning the AT-l_inf model, a comma list of {', '.join(FINETUNE)}")
     ap.add_argument("--eps-warmup", type=float, default=0.3, help="share of steps the radii ramp over")
     ap.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per run")
     ap.add_argument("--train-n", type=int, default=None, help="train on the first N points only")
@@ -560,7 +574,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="rigour checks (robustness curves, 10x iterations, Square) on this many points of "
                          "every final evaluation; 0 turns them off (the document then says so)")
     ap.add_argument("--suite", choices=RESULT_SUITES, default="standard+",
-                    help="the suite of every reported robust number (final evaluations, Figure 1's curves); "
+                    help="the suite of every reported robust number (the final evaluations); "
                          "standard+ by default: on these models `standard` over-states l_2 (see the module "
                          "docstring)")
     ap.add_argument("--figure-suite", choices=RESULT_SUITES, default="standard",
@@ -585,6 +599,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if "at-linf" not in args.methods:
         ap.error("--methods must include at-linf: the fine-tuning experiments start from its models")
     args.methods = [m for m in SCRATCH if m in args.methods]  # the document's order
+    chosen = [m.strip() for m in args.finetune_methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in FINETUNE]
+    if unknown or not chosen:
+        ap.error(f"--finetune-methods: unknown or none ({', '.join(unknown) or 'empty'}); choose from "
+                 f"{', '.join(FINETUNE)}")
+    args.finetune_methods = [m for m in FINETUNE if m in chosen]
     if args.smoke:
         args.epochs, args.finetune_epochs, args.max_steps, args.train_n = 1, 1, 2, 256
         args.eval_n, args.figure_n, args.aa_n, args.msd_steps, args.checks_n = 12, 8, 6, 2, 0
@@ -607,7 +627,7 @@ def main(argv: list[str] | None = None) -> Path:
         kind = "finetune" if r.get("finetune") else "scratch"
         if "eval_dir" in r:
             m = r["metrics"]
-            scores = " ".join(f"{k} {m[k]:.3f}" for k in METRICS)
+            scores = " ".join(f"{k} {m[k]:.3f}" for k in METRICS if m.get(k) is not None)  # some: l_inf only
             print(f"{kind:>8} {r['method']:>8} seed {r['seed']}: {args.suite} on {m['n']} points: {scores}, "
                   f"checks {(m.get('checks') or {}).get('status', 'not recorded')}"
                   + (" (cached)" if r["eval_cached"] else f"  [{r['eval_wall'] / 60:.1f} min]"), flush=True)
@@ -619,7 +639,9 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"  done: {json.dumps(r)[:200]}", flush=True)
 
     def evaluations(runs: list[dict[str, Any]]) -> list[tuple[Callable[..., Any], tuple]]:
-        return [(final_eval, (r, args.suite, args.eval_n, args.checks_n, args.threads)) for r in runs]
+        # Figure 1's own runs (not in the fine-tuning table) report l_inf only: evaluated on it alone
+        return [(final_eval, (r, args.suite, args.eval_n, args.checks_n, args.threads,
+                              ("linf",) if "figure1" in r["out"] else None)) for r in runs]
 
     # 1. from scratch (trained only; evaluated in the next phase, beside the fine-tuning)
     specs = [scratch_spec(train, m, s) for m in args.methods for s in args.seeds]
@@ -631,17 +653,17 @@ def main(argv: list[str] | None = None) -> Path:
     # scratch runs' final evaluations. (Figure 1's E-AT and RAMP are the seed-0 fine-tuning runs.)
     base = {r["seed"]: str(Path(r["out"]) / "checkpoint") for r in trained if r["method"] == "at-linf"}
     seed0 = args.seeds[0]
-    figure_dirs = {m: out / "finetune" / f"{m}-seed{seed0}" for m in FINETUNE if m in FIGURE1}
+    figure_dirs = {m: out / "finetune" / f"{m}-seed{seed0}" for m in args.finetune_methods if m in FIGURE1}
     figure_dirs |= {m: out / "figure1" / m for m in FIGURE1 if m not in figure_dirs}
     jobs: list[tuple[Callable[..., Any], tuple]] = []
-    for method in FINETUNE:
+    for method in args.finetune_methods:
         for seed in args.seeds:
             run_dir = out / "finetune" / f"{method}-seed{seed}"
             per_epoch = args.figure_n if run_dir in figure_dirs.values() else 0
             spec = finetune_spec(train, method, seed, base[seed])
             jobs.append((run_one, (spec, str(run_dir), args.threads, per_epoch, args.figure_suite)))
     for method, run_dir in figure_dirs.items():
-        if method not in FINETUNE:
+        if method not in args.finetune_methods:
             spec = finetune_spec(train, method, seed0, base[seed0])
             jobs.append((run_one, (spec, str(run_dir), args.threads, args.figure_n, args.figure_suite)))
     jobs.sort(key=lambda j: -COST.get(j[1][0]["method"], 10))
@@ -698,6 +720,8 @@ def main(argv: list[str] | None = None) -> Path:
                                 [("ramp", "at-l1")],
                                 metric="linf"),
     }
+    settings["finetune_skipped"] = {m: "left out with --finetune-methods" for m in FINETUNE
+                                    if m not in args.finetune_methods}
     settings["skipped"] = {m: SKIPPED.get(m, "left out with --methods")
                            for m in SCRATCH if m not in args.methods}
     text = render_markdown(scratch_rows, finetune_rows, figure, crosscheck, settings, plot.name, specs, tests,
@@ -808,6 +832,7 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         *table(finetune),
         "",
+        *skipped_lines(settings.get("finetune_skipped") or {}, "Not fine-tuned in this run"),
         "Paired tests on union accuracy:",
         "",
         *test_lines(tests["finetune"]),
@@ -831,7 +856,8 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
             lines.append(f"| {LABELS[method]} | {e['epoch']} | {100 * e['linf']:.1f} | {100 * e['l1']:.1f} | "
                          f"{100 * e['union']:.1f} |")
     if figure_test is not None:
-        lines += ["", f"Final l_inf robustness, paired: {relation(figure_test)}."]
+        lines += ["", f"Final l_inf robustness (`{suite}`, {figure_test['n']} points; the Figure-1-only runs "
+                  f"are evaluated on l_inf alone, the norm of this test), paired: {relation(figure_test)}."]
     lines += [
         "",
         "## Why RAMP from scratch lags at small budgets: the GP ablation",

@@ -45,6 +45,14 @@ def test_only_a_result_suite_may_report(repro: Any, capsys: pytest.CaptureFixtur
         assert "--suite" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["ramp,bogus", ","])
+def test_a_bad_finetune_list_is_refused(repro: Any, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        repro.parse_args(["--finetune-methods", value])
+    assert "--finetune-methods" in capsys.readouterr().err
+    assert repro.parse_args(["--finetune-methods", "ramp,eat"]).finetune_methods == ["eat", "ramp"]
+
+
 @pytest.mark.parametrize("methods", ["at-linf,bogus", "ramp,eat"])
 def test_a_bad_method_list_is_refused(repro: Any, methods: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
@@ -101,8 +109,9 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     doc.write_text("STALE-CONTENT\n" + kept)
     out = tmp_path / "runs"
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
-                "--doc", str(doc)])
+                "--doc", str(doc), "--finetune-methods", "eat,ramp"])
     text = doc.read_text()
+    assert "Not fine-tuned in this run: MAX (left out with --finetune-methods)" in text
     assert text.endswith(kept) and "STALE-CONTENT" not in text
     scratch = text.split("## From scratch", 1)[1].split("##", 1)[0]
     rows = [line for line in scratch.splitlines() if line.startswith("| ") and "method" not in line]
@@ -113,7 +122,10 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     # SAT / AVG / MAX were not run: the ordering is not assessed; fine-tuning and Figure 1 are tested.
     assert "not assessed" in text
     assert re.search(r"- RAMP (vs E-AT|> E-AT|< E-AT|.*E-AT)", text.split("## Robust fine-tuning", 1)[1])
-    assert "Final l_inf robustness, paired: " in text
+    assert re.search(r"Final l_inf robustness \(`standard\+`, 12 points; .*\), paired: ", text)
+    # Figure 1's own AT-l_1 run: its final evaluation on l_inf alone, the same points
+    fig = out / "figure1" / "at-l1" / "final-standard+-n12-checks0-linf"
+    assert json.loads((fig / "metrics.json").read_text())["epsilons"] == {"linf": 0.3}
     assert "![GP ablation: clean and union accuracy per epoch](gp-ablation.png)" in text
     verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
     assert "cross-check" in verdict or "over-states" in verdict
@@ -133,7 +145,7 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     assert summary["settings"]["channels_last"] is True
     # a re-render from the cache trains nothing and keeps the training call's wall time
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
-                "--doc", str(doc)])
+                "--doc", str(doc), "--finetune-methods", "eat,ramp"])
     again = json.loads((out / "summary.json").read_text())["settings"]
     assert again["wall_minutes"] == summary["settings"]["wall_minutes"]
     assert [t["metric"] for t in summary["paired_tests"]["figure1"]] == ["linf"]
