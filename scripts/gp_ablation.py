@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> Path:
             return
         m = r["metrics"]
         print(f"{r['recipe']:<10} seed {r['seed']}  {args.suite} on {m['n']} points: clean {m['clean']:.3f} "
-              f"union {m['union']:.3f}, checks {(m.get('checks') or {}).get('status', 'not recorded')}",
+              f"union {m['union']:.3f}, checks {repro.check_status(m)}",
               flush=True)
 
     trained = repro.run_parallel(jobs, args.jobs, report)

@@ -289,6 +289,11 @@ def crosscheck_verdict(crosscheck: list[dict[str, Any]], aa_n: int, suite: str) 
             f"{advice}.")
 
 
+def check_status(metrics: dict[str, Any]) -> str:
+    """An evaluation's overall check status, or "not recorded" when it has none."""
+    return (metrics.get("checks") or {}).get("status", "not recorded")
+
+
 def checks_lines(runs: list[dict[str, Any]]) -> list[str]:
     """Each run's evaluation checks: status, and what failed or was undecided."""
     lines = ["| run | checks | warnings and undecided checks |", "|---|---|---|"]
@@ -296,7 +301,7 @@ def checks_lines(runs: list[dict[str, Any]]) -> list[str]:
         checks = r["metrics"].get("checks") or {}
         notes = [*checks.get("warnings", []), *checks.get("inconclusive", [])]
         name = f"{'finetune' if r['finetune'] else 'scratch'}/{LABELS[r['method']]} seed {r['seed']}"
-        lines.append(f"| {name} | {checks.get('status', 'not recorded')} | "
+        lines.append(f"| {name} | {check_status(r['metrics'])} | "
                      f"{'; '.join(notes).replace('|', '/') or '-'} |")
     return lines
 
@@ -629,7 +634,7 @@ def main(argv: list[str] | None = None) -> Path:
             m = r["metrics"]
             scores = " ".join(f"{k} {m[k]:.3f}" for k in METRICS if m.get(k) is not None)  # some: l_inf only
             print(f"{kind:>8} {r['method']:>8} seed {r['seed']}: {args.suite} on {m['n']} points: {scores}, "
-                  f"checks {(m.get('checks') or {}).get('status', 'not recorded')}"
+                  f"checks {check_status(m)}"
                   + (" (cached)" if r["eval_cached"] else f"  [{r['eval_wall'] / 60:.1f} min]"), flush=True)
         elif "metrics" in r:
             print(f"{kind:>8} {r['method']:>8} seed {r['seed']}: trained, "
