@@ -10,12 +10,21 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from workers.evaluation import checks as checks_module
 from workers.evaluation import evaluate
-from workers.evaluation.checks import ce_vs_dlr, curve_radii, robust_sample, run_checks, unbounded_radius
+from workers.evaluation.checks import (
+    ce_vs_dlr,
+    curve_radii,
+    robust_sample,
+    run_checks,
+    square_in_suite,
+    unbounded_radius,
+)
 from workers.evaluation.precision import attack_model, native_bf16, resolve_precision
+from workers.evaluation.rng import derive_seed
 from workers.evaluation.runner import Ticker
 from workers.evaluation.status import verdict
-from workers.evaluation.suites import AttackSettings, Models, Stage
+from workers.evaluation.suites import SUITES, AttackSettings, Models, Stage, gradient_stages, resolve_suite
 from workers.models import build_model
 
 SIDE = 8
@@ -247,3 +256,120 @@ def test_the_bf16_twin_is_a_copy_close_to_the_model() -> None:
     x.requires_grad_(True)
     (grad,) = torch.autograd.grad(twin(x).sum(), x)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
+def test_gradient_stages_leave_the_black_box_to_the_square_check() -> None:
+    s = AttackSettings("linf", 0.1)
+
+    def names(stages: list[Stage]) -> list[str]:
+        return [stage.name for stage in stages]
+
+    assert names(gradient_stages(SUITES.get("standard")(s), s)) == ["apgd-ce", "apgd-t"]
+    assert names(gradient_stages(SUITES.get("standard+")(s), s)) == ["apgd-ce", "apgd-t", "aa-fab-t"]
+    assert names(gradient_stages(SUITES.get("autoattack")(s), s)) == ["aa-apgd-ce", "aa-apgd-t", "aa-fab-t"]
+    square_only = resolve_suite(["aa-square"])(s)
+    assert names(gradient_stages(square_only, s)) == ["aa-square"]  # nothing else to re-run
+
+
+@pytest.mark.parametrize(("after", "n", "expected"), [
+    ({"apgd-ce": 0.8, "apgd-t": 0.7, "aa-fab-t": 0.7, "aa-square": 0.6}, 100,
+     {"n": 70, "found": 10, "status": "failed"}),
+    ({"bf16-screen": 0.9, "apgd-ce": 0.8, "apgd-t": 0.7, "aa-fab-t": 0.7, "aa-square": 0.7}, 100,
+     {"n": 70, "found": 0, "status": "passed"}),
+    ({"apgd-ce": 0.8, "apgd-t": 0.7, "aa-fab-t": 0.69, "aa-square": 0.68}, 100,
+     {"n": 69, "found": 1, "status": "passed"}),  # one point: the tolerance
+    ({"apgd-ce": 0.5, "aa-square": 0.5}, 40, {"n": 20, "found": 0, "status": "inconclusive"}),
+])
+def test_square_read_off_the_suite(after, n, expected) -> None:
+    c = square_in_suite(after, n)
+    assert c == c | expected | {"source": "suite", "queries": 5000}
+
+
+def test_square_read_off_needs_a_square_stage_after_another() -> None:
+    assert square_in_suite({"apgd-ce": 0.8, "apgd-t": 0.7}, 100) is None
+    assert square_in_suite({"aa-square": 0.7}, 100) is None
+    assert square_in_suite({"apgd-ce": 0.8, "aa-square": 0.7}, 100, steps=10)["queries"] == 500
+
+
+class WhiteThenBlackBox:
+    """A white-box stage that never fools, then a stage named like the suite's Square that fools the
+    even-indexed points (the model's own gradients useless, a black-box search not); every call's
+    stage, radius and iterations are recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, int | None]] = []
+
+    def __call__(self, s: AttackSettings) -> list[Stage]:
+        def white(m: Models, x: Tensor, y: Tensor) -> Tensor:
+            self.calls.append(("white", s.eps, s.steps))
+            return x
+
+        def black(m: Models, x: Tensor, y: Tensor) -> Tensor:
+            self.calls.append(("black", s.eps, s.steps))
+            return (x + 0.06).clamp(0, 1)
+
+        return [Stage("fake", white), Stage("aa-square", black)]
+
+
+def test_a_suite_with_its_own_square_is_judged_from_its_run_not_rerun(monkeypatch) -> None:
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("the Square check must read the suite's own Square stage, not run it again")
+
+    monkeypatch.setattr(checks_module, "_square", no_rerun)
+    n = 128
+    x, y = centre_points(n)
+    y = y % 8
+    x = (((y.float() + 0.5) / NUM_CLASSES)[:, None, None, None] + 0 * x).clamp(0, 1)
+    settings = {"linf": AttackSettings("linf", 0.06)}
+    build = WhiteThenBlackBox()
+    clean = np.ones(n, dtype=bool)
+    robust = np.arange(n) % 2 == 1
+    report = run_checks(Models.of(MeanPixel()), {"linf": build(settings["linf"])}, build, settings, x, y,
+                        clean, {"linf": robust}, {"linf": {"fake": 1.0, "aa-square": 0.5}},
+                        ["fake", "aa-square"], n, torch.device("cpu"), Ticker(1, None))
+    square = report["square"]["linf"]
+    assert square == square | {"n": 128, "found": 64, "status": "failed", "source": "suite"}
+    assert any("the suite's black-box Square attack fooled 64 of the 128" in w for w in report["warnings"])
+    # the curves and the iterations check ran the white-box stage only
+    assert build.calls and {stage for stage, _, _ in build.calls} == {"white"}
+    assert ("white", 0.06, 1000) in build.calls  # the iterations check scaled the white-box stage
+    assert report["iterations"]["linf"]["n"] == 50
+
+
+def test_the_free_square_read_off_catches_masking_under_standard_plus() -> None:
+    x, y = centre_points(60)
+    result = evaluate(Masked(), (x, y), {"linf": 0.06}, suite="standard+", checks=0, precision="fp32",
+                      steps=10)
+    assert result.stages["linf"]["aa-fab-t"] == 1.0 and result.metrics()["linf"] < 0.85  # Square counted
+    square = result.checks["square"]["linf"]
+    assert square == square | {"n": 60, "status": "failed", "source": "suite", "queries": 500}
+    assert square["found"] >= 10
+    assert result.checks["status"] == "failed"
+    assert any("the suite's black-box Square attack fooled" in w for w in result.checks["warnings"])
+    off = "(curves, 10x iterations) off: checks_n = 0"
+    assert any(line.endswith(off) for line in result.checks["inconclusive"])
+
+
+def test_an_honest_model_passes_every_check_under_standard_plus() -> None:
+    x, y = centre_points(60)
+    result = evaluate(MeanPixel(), (x, y), {"linf": 0.02}, suite="standard+", checks=60, precision="fp32",
+                      steps=10)
+    checks = result.checks
+    assert checks["status"] == "passed", checks["inconclusive"] + checks["warnings"]
+    assert checks["square"]["linf"] == checks["square"]["linf"] | {"n": 60, "found": 0, "source": "suite"}
+    iterations = checks["iterations"]["linf"]
+    assert iterations == iterations | {"n": 50, "steps": 100, "moved": 0}
+    assert checks["curves"]["linf"]["accuracy"][-1] == 0.0
+
+
+def test_the_square_check_draws_with_a_seed_of_its_own(monkeypatch) -> None:
+    seeds: list[int] = []
+
+    def recording_stage(name: str | None, s: AttackSettings) -> Stage:
+        seeds.append(s.seed)
+        return Stage(f"aa-{name}", lambda m, x, y: x)
+
+    monkeypatch.setattr(checks_module, "autoattack_stage", recording_stage)
+    report = _checks(lambda s: False)
+    assert report["square"]["linf"]["source"] == "run"
+    assert seeds == [derive_seed(0, "square-check", "linf")] and seeds[0] != 0

@@ -113,6 +113,9 @@ def _detail(group: str, c: Mapping[str, Any]) -> str:
         return text
     if group == "iterations":
         return f"{c.get('steps', '-')} iterations fooled {c.get('moved', '-')} robust point(s)"
+    if group == "square" and c.get("source") == "suite":
+        return (f"the suite's Square ({c.get('queries', '-')} queries) fooled {c.get('found', '-')} of the "
+                "white-box stages' survivors")
     if group == "square":
         return f"Square ({c.get('queries', '-')} queries) fooled {c.get('found', '-')} robust point(s)"
     return f"APGD-T fooled {c.get('found', '-')} of APGD-CE's survivors"

@@ -157,6 +157,25 @@ def _standard_plus(s: AttackSettings) -> list[Stage]:
     return [*_standard(s), *(Stage(name, ATTACKS.get(name)(s)) for name in ("aa-fab-t", "aa-square"))]
 
 
+BLACK_BOX = frozenset({"aa-square"})
+"""Stages that only query the model's outputs. The curves and the iterations check re-run a suite's
+other stages (``gradient_stages``); a black-box stage is the Square check's (``checks.py``)."""
+AUTOATTACK_GRADIENT_PARTS = ("apgd-ce", "apgd-t", "fab-t")
+
+
+def gradient_stages(stages: list[Stage], s: AttackSettings) -> list[Stage]:
+    """The stages of a suite that follow gradients: every stage but the black-box ones, and for
+    pyautoattack's whole standard version (one opaque stage) its gradient-based components. A suite
+    with no such stage is returned as it is (there is nothing else to re-run)."""
+    out: list[Stage] = []
+    for stage in stages:
+        if stage.name == "autoattack":
+            out += [autoattack_stage(name, s) for name in AUTOATTACK_GRADIENT_PARTS]
+        elif stage.name not in BLACK_BOX:
+            out.append(stage)
+    return out or list(stages)
+
+
 SCREENED_SUITES = frozenset({"standard", "standard+"})
 """Suites whose float32 attacks may be preceded by a reduced-precision screen (``screen_stage``)."""
 SCREEN = "bf16-screen"
