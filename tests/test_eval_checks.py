@@ -373,3 +373,16 @@ def test_the_square_check_draws_with_a_seed_of_its_own(monkeypatch) -> None:
     report = _checks(lambda s: False)
     assert report["square"]["linf"]["source"] == "run"
     assert seeds == [derive_seed(0, "square-check", "linf")] and seeds[0] != 0
+
+
+def test_the_check_rows_say_where_the_square_number_comes_from() -> None:
+    from workers.contract.display import check_rows
+
+    report = {"square": {
+        "linf": {"n": 70, "status": "failed", "queries": 5000, "found": 10, "source": "suite"},
+        "l2": {"n": 50, "status": "passed", "queries": 5000, "found": 0, "source": "run"}}}
+    rows = {row["norm"]: row for row in check_rows(report)}
+    suite_detail = "the suite's Square (5000 queries) fooled 10 of the white-box stages' survivors"
+    assert rows["l_inf"]["detail"] == suite_detail
+    assert rows["l_inf"]["mark"] == "✗" and rows["l_inf"]["n"] == 70
+    assert rows["l_2"]["detail"] == "Square (5000 queries) fooled 0 robust point(s)"
