@@ -37,8 +37,8 @@ torch thread each.
 
     .venv/bin/python scripts/gp_ablation.py --section budget --recipes AT,RAMP --epochs 25 \
         --eval-n 500 --out runs/gp-budget \
-        --compare AT=runs/reproduce-mnist/scratch/at-linf-seed0 \
-        --compare RAMP=runs/reproduce-mnist/scratch/ramp-seed0
+        --compare AT=results/reproduce-mnist/scratch/at-linf-seed0 \
+        --compare RAMP=results/reproduce-mnist/scratch/ramp-seed0
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(r
     assert all(repro.scratch_spec(train, m, 0)["eval_n"] == 0 for m in args.methods)
     assert repro.finetune_spec(train, "ramp", 0, base)["checks_n"] == 0
     assert (args.eval_n, args.checks_n) == (500, 100)  # training_args leaves the caller's args alone
+    assert (args.aa_n, args.out) == (25, "results/reproduce-mnist")  # the committed records
 
 
 def test_only_a_result_suite_may_report(repro: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,6 +151,24 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     assert again["wall_minutes"] == summary["settings"]["wall_minutes"]
     assert [t["metric"] for t in summary["paired_tests"]["figure1"]] == ["linf"]
 
+    # The records as committed (results/reproduce-mnist/.gitignore): no weights but the base's.
+    argv = ["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
+            "--doc", str(doc), "--finetune-methods", "eat,ramp"]
+    needs, bases = repro.record_needs(repro.parse_args(argv), out)
+    missing = [str(f) for files in needs.values() for f in files if not f.is_file()]
+    assert not missing, missing  # record_needs describes the layout main writes
+    base, nt = out / "scratch" / "at-linf-seed0", out / "scratch" / "nt-seed0"
+    assert set(bases) == {base} and {d.name for d in bases[base]} == {"eat-seed0", "ramp-seed0", "at-l1"}
+    for weights in out.glob("**/checkpoint/*"):
+        if weights.parent.parent != base or weights.name not in ("model.safetensors", "meta.json"):
+            weights.unlink()
+    assert repro.prune_stale(needs, bases) == []  # everything the document reads is there
+    needs[nt][-1].unlink()  # NT's cross-check: an NT without weights cannot make it again
+    nt_trained = (nt / "metrics.json").stat().st_mtime_ns
+    repro.main(argv)
+    assert needs[nt][-1].is_file() and (nt / "metrics.json").stat().st_mtime_ns != nt_trained  # retrained
+    assert json.loads((out / "summary.json").read_text())["settings"]["wall_minutes"] != again["wall_minutes"]
+
 
 def _cross(run: str, ours: dict[str, float], aa: dict[str, float]) -> dict[str, Any]:
     return {"run": run, "n": 50, "ours": {"clean": 1.0, **ours}, "autoattack": {"clean": 1.0, **aa}}
@@ -192,3 +211,39 @@ def test_every_runs_checks_are_listed_with_what_failed(repro: Any) -> None:
     assert lines[2] == "| scratch/AT-l_inf seed 0 | failed | l2 square: Square fooled 24 of 50 / points |"
     assert lines[3] == "| finetune/RAMP seed 0 | inconclusive | rigour checks off: checks_n = 0 |"
     assert lines[4] == "| scratch/NT seed 0 | not recorded | - |"
+
+
+def _record(run: Path, files: list[str], weights: bool = False) -> list[Path]:
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    if weights:
+        (run / "checkpoint").mkdir()
+        (run / "checkpoint" / "model.safetensors").write_bytes(b"w")
+    for name in files:
+        (run / name).write_text("{}")
+    return [run / "eval.json", run / "cross.json"]
+
+
+def test_prune_stale_deletes_what_cannot_be_finished_and_everything_trained_from_it(
+        repro: Any, tmp_path: Path) -> None:
+    kept = tmp_path / "kept"  # no weights, every file the document reads: read, never retrained
+    needs = {kept: _record(kept, ["eval.json", "cross.json"])}
+    weighted = tmp_path / "weighted"  # weights: the missing cross-check can still be made
+    needs[weighted] = _record(weighted, ["eval.json"], weights=True)
+    lost = tmp_path / "lost"  # no weights, a file missing: trained again
+    needs[lost] = _record(lost, ["eval.json"])
+    untrained = tmp_path / "untrained"
+    needs[untrained] = [untrained / "eval.json"]
+    assert repro.prune_stale(needs, {}) == [lost]
+    assert kept.is_dir() and weighted.is_dir() and not lost.exists()
+
+    base, done, todo = tmp_path / "base", tmp_path / "ft-done", tmp_path / "ft-todo"
+    needs = {base: _record(base, ["eval.json", "cross.json"]),
+             done: _record(done, ["eval.json", "cross.json"]), todo: [todo / "eval.json"]}
+    assert repro.prune_stale(needs, {base: [done]}) == []  # the base is only read
+    # a dependent still to train needs the base's weights: the base and what came from it go
+    assert repro.prune_stale(needs, {base: [done, todo]}) == [base, done]
+    base2, dep = tmp_path / "base2", tmp_path / "dep"
+    needs = {base2: _record(base2, ["eval.json"]),
+             dep: _record(dep, ["eval.json", "cross.json"], weights=True)}
+    assert repro.prune_stale(needs, {base2: [dep]}) == [base2, dep]  # a stale base takes its dependents
