@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -248,13 +249,13 @@ def main(argv: list[str] | None = None) -> Path:
     final = (args.suite, args.eval_n, args.checks_n, args.threads)
     results = repro.run_parallel([(repro.final_eval, (r, *final)) for r in trained], args.jobs, report)
     keys = ("seeds", "epochs", "pre_epochs", "train_n", "monitor_n", "eval_n", "checks_n", "suite",
-            "eps_warmup", "plateau", "max_steps", "section")
+            "eps_warmup", "plateau", "max_steps", "section", "jobs", "threads")
     settings = {k: getattr(args, k) for k in keys}
     schedule = recipe_spec(args, args.recipes[0], seeds[0], None)["schedule"]
     settings["full_lr_epochs"] = full_lr_epochs(schedule, args.epochs)
     settings["wall_s"] = time.perf_counter() - started
     cached = all(r["cached"] for r in results)
-    repro.keep_training_settings(settings, root / "summary.json", cached, ("wall_s",))
+    repro.keep_training_settings(settings, root / "summary.json", cached, ("wall_s", "jobs", "threads"))
     summary = summarise(results, args, settings["full_lr_epochs"])
     budget = budget_tests(summary, args.compare)
     (root / "summary.json").write_text(
@@ -384,7 +385,8 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         start,
         f"## {SECTIONS[settings['section']][1]}",
         "",
-        f"{settings['seeds']} seeds x {settings['epochs']} adversarial epochs per recipe"
+        f"{settings['seeds']} seed{'s' if settings['seeds'] != 1 else ''} x {settings['epochs']} adversarial "
+        "epochs per recipe"
         + (f" (AT-pre: {settings['pre_epochs']} natural epochs first)" if pre else "")
         + ", mnist-5k, small-cnn, channels-last, the "
         "reproduction's from-scratch recipe. Curves: the monitor suite on "
@@ -395,7 +397,8 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         f"the mean monitor union never rose more than {settings['plateau']} points during the "
         f"{window} epochs at the full learning rate (it drops tenfold after that); the LR-drop gain is "
         "the mean monitor union's change from there to the end. Wall time "
-        f"{settings['wall_s'] / 60:.0f} min, two runs at a time on 2 cores "
+        f"{settings['wall_s'] / 60:.0f} min, {settings.get('jobs', 2)} run(s) at a time with "
+        f"{settings.get('threads', 1)} torch thread(s) each on {os.cpu_count()} cores "
         f"(`scripts/gp_ablation.py --section {settings['section']}`, {datetime.now(UTC):%Y-%m-%d}).",
         "",
         f"![clean and union accuracy per epoch]({plot_name})",

@@ -586,7 +586,7 @@ def keep_training_settings(settings: dict[str, Any], summary: Path, cached: bool
     stay those the previous ``summary`` recorded for the call that trained."""
     if cached and summary.is_file():
         trained = json.loads(summary.read_text())["settings"]
-        settings.update({k: trained[k] for k in keys})
+        settings.update({k: trained[k] for k in keys if k in trained})  # older summaries: fewer keys
 
 
 def run_parallel(jobs: list[tuple[Callable[..., Any], tuple]], workers: int,
