@@ -164,8 +164,24 @@ def summarise(results: list[dict[str, Any]], methods: Sequence[str], seed0: int)
             **{m: [r["metrics"][m] for r in runs] for m in METRICS},
             "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in runs),
             "flags": run_flags(first["eval_dir"]),
+            "overstated": sorted(set().union(*(overstated(r["metrics"]) for r in runs))),
         })
     return rows
+
+
+OVERSTATING_CHECKS = ("curves", "iterations", "square")
+"""Rigour checks whose failure in a norm says that norm's number may over-state robustness: more
+iterations broke points, the accuracy-vs-radius curve shows the attack failing, a black-box attack
+beat the white-box ones (gradient masking)."""
+MARK = "†"
+
+
+def overstated(metrics: dict[str, Any]) -> set[str]:
+    """The metrics (norms, and union with any of them) a run's failed rigour checks call upper bounds."""
+    checks = metrics.get("checks") or {}
+    norms = {norm for group in OVERSTATING_CHECKS for norm, c in (checks.get(group) or {}).items()
+             if c.get("status") == "failed"}
+    return norms | ({"union"} if norms else set())
 
 
 def run_flags(run_dir: str) -> dict[str, list[bool]]:
@@ -177,11 +193,12 @@ def run_flags(run_dir: str) -> dict[str, list[bool]]:
     return flags | {"union": result.union.tolist()}
 
 
-def cell(values: Sequence[float], flags: Sequence[bool] | None) -> str:
-    """Mean (± std over seeds) and the 95 % Wilson interval of the first seed's count."""
+def cell(values: Sequence[float], flags: Sequence[bool] | None, upper: bool = False) -> str:
+    """Mean (± std over seeds) and the 95 % Wilson interval of the first seed's count; ``upper``:
+    marked as an upper bound (a failed rigour check)."""
     from workers.contract.stats import wilson_interval
 
-    text = fmt_pct(values)
+    text = fmt_pct(values) + (f" {MARK}" if upper else "")
     if flags is None:
         return text
     lo, hi = wilson_interval(sum(flags), len(flags))
@@ -193,9 +210,12 @@ def table(rows: list[dict[str, Any]], *, seconds: bool = True) -> list[str]:
     lines = [head, "|---" * (6 + seconds) + "|"]
     for row in rows:
         flags = row.get("flags") or {}
-        cells = " | ".join(cell(row[m], flags.get(m)) for m in METRICS)
+        cells = " | ".join(cell(row[m], flags.get(m), m in row.get("overstated", ())) for m in METRICS)
         extra = f" {row['seconds_per_epoch']:.1f} |" if seconds else ""
         lines.append(f"| {LABELS.get(row['method'], row['method'])} | {cells} |{extra}")
+    if any(row.get("overstated") for row in rows):
+        lines += ["", f"{MARK}: a rigour check of this run failed in this norm (union: in any norm): "
+                      "an upper bound, not a result."]
     return lines
 
 
@@ -298,6 +318,25 @@ def crosscheck_verdict(crosscheck: list[dict[str, Any]], aa_n: int, suite: str) 
             + ". Those columns are upper bounds, not results, and the paired tests on "
             "them compare upper bounds: no ordering below is a robustness claim until every point is "
             f"{advice}.")
+
+
+def checks_verdict(runs: list[dict[str, Any]], checks_n: int) -> str:
+    """What the rigour checks say of the tables: which runs' numbers they call upper bounds."""
+    if not checks_n:
+        return ("The rigour checks (curves, 10x iterations, Square re-run) were off (`--checks-n 0`): "
+                "nothing below says whether the attacks converged.")
+    flagged = {f"{'finetune' if r['finetune'] else 'scratch'}/{LABELS[r['method']]} seed {r['seed']}":
+               overstated(r["metrics"]) for r in runs}
+    flagged = {name: norms for name, norms in flagged.items() if norms}
+    if not flagged:
+        return (f"No rigour check (on {checks_n} points per run) found a number over-stating robustness: "
+                "see each run's status below.")
+    label = lambda m: "union" if m == "union" else "l_" + m[1:]  # noqa: E731
+    parts = [f"{name} ({', '.join(label(m) for m in METRICS if m in norms)})"
+             for name, norms in flagged.items()]
+    return (f"**The rigour checks call {len(flagged)} of {len(runs)} runs' numbers upper bounds**: "
+            + "; ".join(parts) + f". Those cells are marked {MARK}; a paired test on them compares upper "
+            "bounds (the checks table below says which check failed and by how much).")
 
 
 def check_status(metrics: dict[str, Any]) -> str:
@@ -895,6 +934,8 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "## Verdict",
         "",
         crosscheck_verdict(crosscheck, settings["aa_n"], suite),
+        "",
+        checks_verdict(runs, settings["checks_n"]),
         "",
         ordering_verdict(tests["scratch"]) + " "
         + finetune_verdict(tests["finetune"], base, figure, figure_test),

@@ -247,3 +247,28 @@ def test_prune_stale_deletes_what_cannot_be_finished_and_everything_trained_from
     needs = {base2: _record(base2, ["eval.json"]),
              dep: _record(dep, ["eval.json", "cross.json"], weights=True)}
     assert repro.prune_stale(needs, {base2: [dep]}) == [base2, dep]  # a stale base takes its dependents
+
+
+def _run(method: str, checks: dict[str, Any]) -> dict[str, Any]:
+    return {"method": method, "seed": 0, "finetune": False, "metrics": {"checks": checks}}
+
+
+def test_failed_rigour_checks_mark_cells_as_upper_bounds_and_enter_the_verdict(repro: Any) -> None:
+    failed = {"iterations": {"l1": {"status": "failed"}, "linf": {"status": "passed"}},
+              "square": {"l2": {"status": "passed"}}, "ce_vs_dlr": {"l2": {"status": "failed"}}}
+    assert repro.overstated({"checks": failed}) == {"l1", "union"}  # ce_vs_dlr: CE masked, APGD-T counted
+    assert repro.overstated({"checks": {"curves": {"l2": {"status": "failed"}}}}) == {"l2", "union"}
+    assert repro.overstated({}) == set()
+    row = {"method": "ramp", "seconds_per_epoch": 1.0, "overstated": ["l1", "union"],
+           **{m: [0.5] for m in repro.METRICS}, "flags": {m: [True, False] for m in repro.METRICS}}
+    lines = repro.table([row])
+    cells = lines[2].split(" | ")
+    assert [("†" in c) for c in cells[1:6]] == [False, False, False, True, True]
+    assert lines[-1].startswith("†: a rigour check of this run failed")
+    assert not any("†" in line for line in repro.table([row | {"overstated": []}]))
+    runs = [_run("ramp", failed), _run("max", {"iterations": {"l1": {"status": "passed"}}})]
+    verdict = repro.checks_verdict(runs, 100)
+    assert verdict.startswith("**The rigour checks call 1 of 2 runs' numbers upper bounds**")
+    assert "scratch/RAMP seed 0 (l_1, union)" in verdict and "MAX" not in verdict
+    assert repro.checks_verdict(runs[1:], 100).startswith("No rigour check (on 100 points per run)")
+    assert "were off" in repro.checks_verdict(runs, 0)
