@@ -27,8 +27,11 @@ Why ``standard+`` by default: on 2026-12-04 (15 epochs, 500 points) the AutoAtta
 the ``standard`` suite over-stating l_2 by up to 52 points on 8 of 11 models (the l_inf-trained MNIST
 models mask gradients; FAB-T gets past it), so APGD alone is not a result here.
 
-Cost on this 2-core machine (2026-12-04, 1 seed, 15 epochs, 500 points, ``standard``, no checks):
-84 min, about half of it evaluation.
+Cost on this 2-core machine (2026-12-04, 1 seed, 15 epochs, 500 points): with ``standard`` and no
+checks 84 min, about half of it evaluation; with ``standard+`` (13-22 min per model) and the rigour
+checks on 100 points (another ~10-18 min per model; 18.5 min on AT-l_inf with the machine shared)
+about 3.5 h of evaluation for the 12 evaluated runs two at a time, after ~45 min of training --
+more than one working session, hence the committed records below.
 
 Recipes (``RECIPES``; every method gets the same data, model, epochs and evaluation):
 - the shared one, from the RAMP / E-AT reference settings for CIFAR-10 (which have no MNIST recipe):
@@ -498,23 +501,32 @@ def record_needs(args: argparse.Namespace, out: Path) -> tuple[Layout, Layout]:
     return needs, bases
 
 
-def prune_stale(needs: Layout, bases: Layout) -> list[Path]:
-    """Delete the runs that cannot be finished: trained (``metrics.json``) without their weights
-    while the document still needs something from them; with a base, every run trained from it
-    (they would not match a retrained base), and a base without weights whose dependents are not
-    all trained. Returns the deleted run dirs."""
+def has_weights(run: Path) -> bool:
+    return (run / WEIGHTS).is_file()
+
+
+def stale_runs(needs: Layout, bases: Layout, weights: Callable[[Path], bool] = has_weights) -> list[Path]:
+    """The runs that cannot be finished: trained (``metrics.json``) without their ``weights`` while
+    the document still needs something from them; with a base, every run trained from it (they would
+    not match a retrained base), and a base without weights whose dependents are not all trained."""
     def trained(run: Path) -> bool:
         return (run / "metrics.json").is_file()
 
     stale = {run for run, files in needs.items()
-             if trained(run) and not (run / WEIGHTS).is_file() and not all(f.is_file() for f in files)}
+             if trained(run) and not weights(run) and not all(f.is_file() for f in files)}
     for base, dependents in bases.items():
         unfinished = [d for d in dependents if d in stale or not trained(d)]
-        if base in stale or (unfinished and trained(base) and not (base / WEIGHTS).is_file()):
+        if base in stale or (unfinished and trained(base) and not weights(base)):
             stale |= {base, *(d for d in dependents if trained(d) or d.exists())}
-    for run in sorted(stale):
-        shutil.rmtree(run, ignore_errors=True)
     return sorted(stale)
+
+
+def prune_stale(needs: Layout, bases: Layout) -> list[Path]:
+    """Delete ``stale_runs`` (they are trained again); returns them."""
+    stale = stale_runs(needs, bases)
+    for run in stale:
+        shutil.rmtree(run, ignore_errors=True)
+    return stale
 
 
 def final_dir(run_dir: str, suite: str, n: int, checks_n: int) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,27 @@ def test_failed_rigour_checks_mark_cells_as_upper_bounds_and_enter_the_verdict(r
     assert "scratch/RAMP seed 0 (l_1, union)" in verdict and "MAX" not in verdict
     assert repro.checks_verdict(runs[1:], 100).startswith("No rigour check (on 100 points per run)")
     assert "were off" in repro.checks_verdict(runs, 0)
+
+
+def test_the_committed_records_match_the_documented_command(repro: Any) -> None:
+    """results/reproduce-mnist as committed: every run's spec is what the default command trains
+    (else the next call would delete it and train again), and nothing in it is stale."""
+    args = repro.parse_args([])
+    out = ROOT / "results" / "reproduce-mnist"
+    runs = sorted(p.parent for p in out.glob("*/*/reproduce-spec.json"))
+    assert runs, "no committed records"
+    train = repro.training_args(args)
+    base = out / "scratch" / "at-linf-seed0" / "checkpoint"
+    for run in runs:
+        method, seed = run.name.rsplit("-seed", 1)
+        kind = run.parent.name
+        expected = (repro.scratch_spec(train, method, int(seed)) if kind == "scratch"
+                    else repro.finetune_spec(train, method, int(seed), str(base.relative_to(ROOT))))
+        assert json.loads((run / repro.SPEC_FILE).read_text()) == expected, run
+    def committed_weights(run: Path) -> bool:  # what a clone has: weights git does not ignore
+        path = run / repro.WEIGHTS
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT).returncode == 0
+        return path.is_file() and not ignored
+
+    assert repro.stale_runs(*repro.record_needs(args, out), weights=committed_weights) == []
+    assert (out / "scratch" / "at-linf-seed0" / repro.WEIGHTS).is_file()  # the fine-tuning base
