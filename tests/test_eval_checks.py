@@ -386,3 +386,16 @@ def test_the_check_rows_say_where_the_square_number_comes_from() -> None:
     assert rows["l_inf"]["detail"] == suite_detail
     assert rows["l_inf"]["mark"] == "✗" and rows["l_inf"]["n"] == 70
     assert rows["l_2"]["detail"] == "Square (5000 queries) fooled 0 robust point(s)"
+
+
+@pytest.mark.parametrize("suite", ["standard+", "autoattack"])
+def test_progress_counts_what_the_checks_rerun(suite: str) -> None:
+    """The checks re-run the gradient-based stages (three for one opaque ``autoattack`` stage): the
+    progress estimate follows, reaching its total at the end and not before."""
+    x, y = centre_points(60)
+    calls: list[tuple[int, int]] = []
+    evaluate(MeanPixel(), (x, y), {"linf": 0.02}, suite=suite, checks=60, precision="fp32", steps=10,
+             progress=lambda done, total: calls.append((done, total)))
+    total = calls[-1][1]
+    assert [done for done, _ in calls].count(total) == 1 and calls[-1][0] == total
+    assert calls[-2][0] >= 0.8 * total  # no large jump at the end either

@@ -67,7 +67,6 @@ from workers.evaluation.runner import Ticker, run_stage, run_stages
 from workers.evaluation.sanity import run_sanity, sanity_warnings
 from workers.evaluation.status import FAILED, INCONCLUSIVE, MIN_POINTS, PASSED, combined_status, verdict
 from workers.evaluation.suites import (
-    BLACK_BOX,
     MONITOR_STEPS,
     AttackSettings,
     Models,
@@ -110,15 +109,15 @@ def sample_size(checks_n: int) -> int:
     return min(checks_n, MIN_POINTS)
 
 
-def check_units(plan: Plan, checks_n: int) -> int:
+def check_units(plan: Plan, checks_n: int, settings: Mapping[str, AttackSettings]) -> int:
     """Point-evaluations the checks report through progress (an estimate, for the progress bar)."""
     if checks_n == 0:
         return 0
     sub = sample_size(checks_n)
     units = 0
-    for stages in plan.values():
-        scaled = sum(stage.name not in BLACK_BOX for stage in stages) or len(stages)
-        units += ((len(CURVE_MULTIPLES) + 1) * checks_n + sub) * scaled + sub
+    for norm, stages in plan.items():
+        rerun = len(gradient_stages(stages, settings[norm]))  # what the curves and 10x re-run
+        units += ((len(CURVE_MULTIPLES) + 1) * checks_n + sub) * rerun + sub
     return units
 
 

@@ -198,7 +198,7 @@ def evaluate(
     n_checks = 0 if unseen else min(checks, len(x))
     units = (1 + sum(len(stages) + screened for stages in plan.values())) * len(x)
     units += len(CORRUPTIONS.names()) * len(SEVERITIES) * len(x) if corruptions else 0
-    units += check_units(plan, n_checks)
+    units += check_units(plan, n_checks, settings)
     units += len(UNSEEN_ATTACKS) * len(x) if unseen else 0
     tick = Ticker(units, progress)
 
