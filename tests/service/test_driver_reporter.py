@@ -4,6 +4,7 @@ real driver run (training and a failing eval) against the real API, without Ray.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -561,3 +562,42 @@ def test_driver_selects_the_key_pair_before_a_ramp_job(tmp_path: Path,
     assert report["q"] != report["r"] and set(report["matrix"]) == {"linf", "l2", "l1"}
     meta = json.loads((tmp_path / "storage" / "jobs" / str(job.id) / "checkpoint" / "meta.json").read_text())
     assert (meta["spec"]["params"]["ramp.q"], meta["spec"]["params"]["ramp.r"]) == (report["q"], report["r"])
+
+
+class _SpecOnly:
+    """A service client that only answers ``get_spec``: the job is already ``status``."""
+
+    def __init__(self, status: str, job_dir: Path) -> None:
+        self.status, self.job_dir = status, job_dir
+
+    def get_spec(self) -> dict[str, Any]:
+        return {"job_id": 7, "attempt": 1, "kind": "train", "status": self.status,
+                "job_dir": str(self.job_dir)}
+
+
+def test_a_driver_starting_on_a_cancel_waits_for_rays_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray records a job STOPPED only if its stop reaches the driver; a driver that left on its own
+    (exit 143) first would make a cancelled job FAILED on the Ray dashboard."""
+    import signal
+    import threading
+
+    from workers.jobs import driver
+
+    client = _SpecOnly("cancelling", tmp_path / "jobs" / "7")
+    previous = signal.signal(signal.SIGTERM, driver._on_sigterm)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))  # Ray's stop, a moment later
+    try:
+        timer.start()
+        with pytest.raises(driver.JobStopped):  # still there when the stop came: main() exits 143
+            driver.run_job(client, tmp_path)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    # no stop ever comes (a dead dispatcher): the driver leaves after its wait
+    monkeypatch.setattr(driver, "CANCEL_STOP_WAIT_S", 0.05)
+    assert driver.run_job(client, tmp_path) == driver.EXIT_STOPPED
+    # an ended job: nothing to wait for
+    monkeypatch.setattr(driver, "CANCEL_STOP_WAIT_S", 3600.0)
+    for status in ("cancelled", "succeeded", "failed"):
+        assert driver.run_job(_SpecOnly(status, tmp_path / "jobs" / "7"), tmp_path) == driver.EXIT_STOPPED

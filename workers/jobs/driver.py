@@ -259,6 +259,18 @@ def _configure_threads(resources: dict[str, Any]) -> None:
 # Job statuses in which a driver that just started has nothing to do: the job was cancelled or
 # ended while its Ray job waited to start (a cancel under way is finished by Ray's stop).
 NOT_TO_RUN = frozenset({"cancelling", "cancelled", "succeeded", "failed"})
+CANCEL_STOP_WAIT_S = 120.0
+"""How long a driver that starts on a job being cancelled waits for Ray's stop (the dispatcher
+re-asks every 10 s). Leaving first races it: Ray's supervisor sees the driver exit 143 before its
+stop and records the cancelled job FAILED instead of STOPPED (the dispatcher marks a job running on
+Ray's RUNNING, which can come seconds before the driver has read its spec)."""
+
+
+def await_stop(timeout_s: float) -> None:
+    """Sleep until SIGTERM (``JobStopped``, raised by the handler ``main`` installs) or ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0))
 
 
 def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
@@ -269,6 +281,8 @@ def run_job(client: ServiceClient, storage_dir: Path | None) -> int:
     fence = AttemptFence(str(layout.attempt_marker(job_id)), attempt)
     if info.get("status") in NOT_TO_RUN:
         print(f"job {job_id} is {info['status']}: attempt {attempt} does not run", file=sys.stderr)
+        if info["status"] == "cancelling":
+            await_stop(CANCEL_STOP_WAIT_S)
         return EXIT_STOPPED
     try:
         fence.check()
