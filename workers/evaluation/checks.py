@@ -68,6 +68,7 @@ from workers.evaluation.sanity import run_sanity, sanity_warnings
 from workers.evaluation.status import FAILED, INCONCLUSIVE, MIN_POINTS, PASSED, combined_status, verdict
 from workers.evaluation.suites import (
     MONITOR_STEPS,
+    SUITE_SQUARE,
     AttackSettings,
     Models,
     Stage,
@@ -79,7 +80,6 @@ from workers.evaluation.suites import (
 CURVE_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
 ITERATION_FACTOR = 10
 SQUARE_QUERIES = 5000
-SUITE_SQUARE = "aa-square"
 CE_DLR_SHARE = 0.5
 """APGD-T fooling more than this share of the points APGD-CE left robust (the share's 95 % Wilson
 interval entirely above it) flags masked CE gradients.

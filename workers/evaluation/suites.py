@@ -157,7 +157,8 @@ def _standard_plus(s: AttackSettings) -> list[Stage]:
     return [*_standard(s), *(Stage(name, ATTACKS.get(name)(s)) for name in ("aa-fab-t", "aa-square"))]
 
 
-BLACK_BOX = frozenset({"aa-square"})
+SUITE_SQUARE = "aa-square"  # pyautoattack's Square as a suite stage (``autoattack_stage``'s name)
+BLACK_BOX = frozenset({SUITE_SQUARE})
 """Stages that only query the model's outputs. The curves and the iterations check re-run a suite's
 other stages (``gradient_stages``); a black-box stage is the Square check's (``checks.py``)."""
 AUTOATTACK_GRADIENT_PARTS = ("apgd-ce", "apgd-t", "fab-t")
