@@ -24,7 +24,7 @@ from workers.evaluation.precision import attack_model, native_bf16, resolve_prec
 from workers.evaluation.rng import derive_seed
 from workers.evaluation.runner import Ticker
 from workers.evaluation.status import verdict
-from workers.evaluation.suites import SUITES, AttackSettings, Models, Stage, gradient_stages, resolve_suite
+from workers.evaluation.suites import SUITES, AttackSettings, Models, Stage, rerun_stages, resolve_suite
 from workers.models import build_model
 
 SIDE = 8
@@ -258,17 +258,22 @@ def test_the_bf16_twin_is_a_copy_close_to_the_model() -> None:
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
 
 
-def test_gradient_stages_leave_the_black_box_to_the_square_check() -> None:
+def test_rerun_stages_leave_square_to_the_square_check() -> None:
     s = AttackSettings("linf", 0.1)
 
     def names(stages: list[Stage]) -> list[str]:
         return [stage.name for stage in stages]
 
-    assert names(gradient_stages(SUITES.get("standard")(s), s)) == ["apgd-ce", "apgd-t"]
-    assert names(gradient_stages(SUITES.get("standard+")(s), s)) == ["apgd-ce", "apgd-t", "aa-fab-t"]
-    assert names(gradient_stages(SUITES.get("autoattack")(s), s)) == ["aa-apgd-ce", "aa-apgd-t", "aa-fab-t"]
+    assert names(rerun_stages(SUITES.get("standard")(s), s)) == ["apgd-ce", "apgd-t"]
+    assert names(rerun_stages(SUITES.get("standard+")(s), s)) == ["apgd-ce", "apgd-t", "aa-fab-t"]
+    # no sparse search on l_inf
+    assert names(rerun_stages(SUITES.get("strict")(s), s)) == ["apgd-ce", "apgd-t", "aa-fab-t"]
+    l1 = AttackSettings("l1", 10.0)
+    assert names(SUITES.get("strict")(l1)) == ["apgd-ce", "apgd-t", "aa-fab-t", "aa-square", "sparse"]
+    assert names(rerun_stages(SUITES.get("strict")(l1), l1)) == ["apgd-ce", "apgd-t", "aa-fab-t", "sparse"]
+    assert names(rerun_stages(SUITES.get("autoattack")(s), s)) == ["aa-apgd-ce", "aa-apgd-t", "aa-fab-t"]
     square_only = resolve_suite(["aa-square"])(s)
-    assert names(gradient_stages(square_only, s)) == ["aa-square"]  # nothing else to re-run
+    assert names(rerun_stages(square_only, s)) == ["aa-square"]  # nothing else to re-run
 
 
 @pytest.mark.parametrize(("after", "n", "expected"), [

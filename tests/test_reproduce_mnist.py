@@ -29,9 +29,9 @@ def test_the_default_run_is_the_documented_budget_and_says_why_msd_is_left_out(r
     assert repro.finetune_spec(args, "ramp", 0, base)["channels_last"]
     assert repro.parse_args(["--no-channels-last"]).channels_last is False
     assert repro.parse_args(["--methods", "ramp,at-linf"]).methods == ["at-linf", "ramp"]  # doc order
-    # the reported evaluation is a step of its own: standard+ with the rigour checks on 500 points,
+    # the reported evaluation is a step of its own: strict with the rigour checks on 100 points,
     # and the training runs evaluate nothing at the end (no second, weaker final evaluation)
-    assert (args.suite, args.checks_n, args.figure_suite) == ("standard+", 100, "standard")
+    assert (args.suite, args.checks_n, args.figure_suite) == ("strict", 100, "standard")
     train = repro.training_args(args)
     assert all(repro.scratch_spec(train, m, 0)["eval_n"] == 0 for m in args.methods)
     assert repro.finetune_spec(train, "ramp", 0, base)["checks_n"] == 0
@@ -124,26 +124,26 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     # SAT / AVG / MAX were not run: the ordering is not assessed; fine-tuning and Figure 1 are tested.
     assert "not assessed" in text
     assert re.search(r"- RAMP (vs E-AT|> E-AT|< E-AT|.*E-AT)", text.split("## Robust fine-tuning", 1)[1])
-    assert re.search(r"Final l_inf robustness \(`standard\+`, 12 points; .*\), paired: ", text)
+    assert re.search(r"Final l_inf robustness \(`strict`, 12 points; .*\), paired: ", text)
     # Figure 1's own AT-l_1 run: its final evaluation on l_inf alone, the same points
-    fig = out / "figure1" / "at-l1" / "final-standard+-n12-checks0-linf"
+    fig = out / "figure1" / "at-l1" / "final-strict-n12-checks0-linf"
     assert json.loads((fig / "metrics.json").read_text())["epsilons"] == {"linf": 0.3}
     assert "![GP ablation: clean and union accuracy per epoch](gp-ablation.png)" in text
     verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
     assert "cross-check" in verdict or "over-states" in verdict
     assert "(off in this run: `--checks-n 0`)" in text and "| scratch/RAMP seed 0 | " in text
-    assert "Every robust accuracy is from the `standard+` suite" in text
+    assert "Every robust accuracy is from the `strict` suite" in text
     # every reported number comes from the final-evaluation step's directory, none from training
     summary = json.loads((out / "summary.json").read_text())
     for run in summary["scratch"] + summary["finetune"]:
-        assert run["eval_dir"] == str(Path(run["out"]) / "final-standard+-n12-checks0")
-        assert run["metrics"]["suite"] == "standard+" and run["metrics"]["n"] == 12
+        assert run["eval_dir"] == str(Path(run["out"]) / "final-strict-n12-checks0")
+        assert run["metrics"]["suite"] == "strict" and run["metrics"]["n"] == 12
         assert json.loads((Path(run["out"]) / "metrics.json").read_text())["n"] == 0  # training: none
-    assert {c["suite"] for c in summary["crosscheck"]} == {"standard+"}
+    assert {c["suite"] for c in summary["crosscheck"]} == {"strict"}
     # Figure 1's curves: the cheaper figure suite, said so; its paired test reads the final evaluation
     assert (out / "figure1" / "at-l1" / "curve-standard" / "epoch-1.json").is_file()
     assert "Seed 0, the `standard` suite on the first 8 test points" in text
-    assert "the paired test below reads the final evaluation (`standard+`)" in text
+    assert "the paired test below reads the final evaluation (`strict`)" in text
     assert summary["settings"]["channels_last"] is True
     # a re-render from the cache trains nothing and keeps the training call's wall time
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
@@ -194,7 +194,8 @@ def test_the_verdict_says_where_full_autoattack_finds_the_suite_over_states(repr
     assert "in l_inf, l_1 it is nowhere lower" in text
     assert "`--suite standard+` here" in text  # points at the next stronger suite
     stronger = repro.crosscheck_verdict(masked, 50, "standard+")
-    assert stronger.startswith("**The `standard+` suite over-states") and "`--suite autoattack`" in stronger
+    assert stronger.startswith("**The `standard+` suite over-states") and "`--suite strict`" in stronger
+    assert "more than full AutoAttack" in repro.crosscheck_verdict(masked, 50, "strict")
     assert "more than full AutoAttack" in repro.crosscheck_verdict(masked, 50, "autoattack")
     assert "No AutoAttack cross-check ran" in repro.crosscheck_verdict([], 50, "standard+")  # unchecked
 

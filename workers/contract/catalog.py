@@ -91,7 +91,9 @@ SUITES: dict[str, str] = {
     "standard": "AutoAttack's APGD-CE + APGD-T with its standard settings (our batched implementation; "
                 "the default, what results report; full AutoAttack adds FAB-T and Square: standard+)",
     "standard+": "standard, then pyautoattack's FAB-T and Square on the points it left robust: full "
-                 "AutoAttack's composition, the strictest number (slower)",
+                 "AutoAttack's composition (slower)",
+    "strict": "standard+, then a sparse black-box search on l_1 and l_2 (the corners of the ball inside "
+              "the box, where AutoAttack does not converge on MNIST-like data): the strictest number",
     "monitor": "one APGD-CE run per norm from the clean point: cheap, an optimistic upper bound "
                "(per-epoch curves only, never a result)",
     "autoattack": "full AutoAttack, standard version, through pyautoattack (APGD-CE, APGD-T, FAB-T, "

@@ -9,14 +9,15 @@ Rigour checks (with ``checks_n`` > 0; after Carlini et al. 2019, "On Evaluating 
 Robustness"):
 - ``curves``: accuracy at radii 0, eps/2, eps, 2 eps, 4 eps and an unbounded radius (l_inf 1,
   l_2 sqrt(d), l_1 d: any image in the box is reachable) on the first ``checks_n`` points, every
-  radius attacked independently by the suite's gradient-based stages (``gradient_stages``: all of
-  ``standard``; ``standard+`` without its Square); at eps the reported flags. Accuracy must not
+  radius attacked independently by the suite's stages but Square (``rerun_stages``: all of
+  ``standard``; ``standard+``, ``strict`` without their Square); at eps the reported flags. Accuracy must not
   rise with the radius and must reach ~0 at the unbounded radius; a curve that rises or stays up
   says the attack, not the model, stops.
-- ``iterations``: the suite's gradient-based stages again with 10x the iterations on up to 50
-  points the suite left robust, drawn at random (seeded) from the whole evaluated set. If that
-  fools more than the tolerance, the default attack had not converged and its number over-states
-  robustness. Square's query budget is not scaled: the black-box side is the next check's.
+- ``iterations``: the same stages again with 10x the iterations (the sparse search with 10x its
+  queries) on up to 50 points the suite left robust, drawn at random (seeded) from the whole
+  evaluated set. If that fools more than the tolerance, the default attack had not converged and
+  its number over-states robustness. Square is not re-run (its 10x budget costs more than every
+  other check together): the black-box side is the next check's.
 - ``square`` (run): pyautoattack's black-box Square attack (5,000 queries, a seed of its own) on
   the same points, for suites without a Square stage. A black-box attack beating the white-box one
   is the signature of gradient masking (AutoAttack's own ``check_square_sr``).
@@ -74,7 +75,7 @@ from workers.evaluation.suites import (
     Stage,
     SuiteBuilder,
     autoattack_stage,
-    gradient_stages,
+    rerun_stages,
 )
 
 CURVE_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
@@ -116,7 +117,7 @@ def check_units(plan: Plan, checks_n: int, settings: Mapping[str, AttackSettings
     sub = sample_size(checks_n)
     units = 0
     for norm, stages in plan.items():
-        rerun = len(gradient_stages(stages, settings[norm]))  # what the curves and 10x re-run
+        rerun = len(rerun_stages(stages, settings[norm]))  # what the curves and 10x re-run
         units += ((len(CURVE_MULTIPLES) + 1) * checks_n + sub) * rerun + sub
     return units
 
@@ -142,7 +143,7 @@ def _curve(models: Models, build: SuiteBuilder, s: AttackSettings, x: Tensor, y:
             flags = at_eps
         else:
             at = replace(s, eps=radius)
-            flags, _ = run_stages(models, gradient_stages(build(at), at), at, x, y, clean, device, tick)
+            flags, _ = run_stages(models, rerun_stages(build(at), at), at, x, y, clean, device, tick)
         counts.append(int(flags.sum()))
     n = len(x)
     rises = [i for i in range(1, len(radii)) if verdict(counts[i] - counts[i - 1], n) == FAILED]
@@ -159,7 +160,7 @@ def _more_iterations(models: Models, build: SuiteBuilder, s: AttackSettings, sta
         return {"n": 0, "status": INCONCLUSIVE, "steps": steps, "moved": 0}
     more = replace(s, steps=steps)
     alive = np.ones(len(x), dtype=bool)
-    after, _ = run_stages(models, gradient_stages(build(more), more), more, x, y, alive, device, tick)
+    after, _ = run_stages(models, rerun_stages(build(more), more), more, x, y, alive, device, tick)
     moved = int(len(x) - after.sum())
     return {"n": len(x), "status": verdict(moved, len(x)), "steps": steps, "moved": moved}
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from workers.attacks.apgd import apgd
 from workers.attacks.pgd import pgd
+from workers.attacks.sparse import sparse_budget, sparse_search
 from workers.attacks.standard import STANDARD, STANDARD_ITERATIONS, apgd_ce, apgd_t
 from workers.contract.norms import Norm
 from workers.contract.registry import Registry
@@ -47,6 +48,9 @@ from workers.evaluation.autoattack_suite import run_autoattack
 from workers.evaluation.validity import output_problem
 
 MONITOR_STEPS = 20
+SPARSE_QUERIES_PER_STEP = 100
+"""The sparse search's queries per APGD iteration: 10,000 at the standard 100 (Square: 5,000), and
+scaled with ``steps`` like every other stage, so the 10x check runs it with 100,000."""
 MONITOR_L1_SPARSITY = 0.2
 
 
@@ -131,6 +135,16 @@ def _pgd(s: AttackSettings) -> AttackFn:
     return run
 
 
+@ATTACKS.register("sparse")
+def _sparse(s: AttackSettings) -> AttackFn:
+    def run(m: Models, x: Tensor, y: Tensor) -> Tensor:
+        # forward passes only: the float32 model is attacked and decides
+        return sparse_search(m.exact, x, y, s.norm, s.eps, queries=SPARSE_QUERIES_PER_STEP * s.iterations(),
+                             seed=s.seed, batch_size=s.batch_size)
+
+    return run
+
+
 def autoattack_stage(name: str | None, s: AttackSettings) -> Stage:
     """pyautoattack's standard version (``name`` None) or one of its components, as a stage; it
     attacks the exact (float32) model."""
@@ -157,27 +171,36 @@ def _standard_plus(s: AttackSettings) -> list[Stage]:
     return [*_standard(s), *(Stage(name, ATTACKS.get(name)(s)) for name in ("aa-fab-t", "aa-square"))]
 
 
+@SUITES.register("strict")
+def _strict(s: AttackSettings) -> list[Stage]:
+    # The sparse search only where it can move an input (l_1, l_2; not l_inf at radii below 1).
+    sparse = [Stage("sparse", ATTACKS.get("sparse")(s))] if sparse_budget(s.norm, s.eps) else []
+    return [*_standard_plus(s), *sparse]
+
+
 SUITE_SQUARE = "aa-square"  # pyautoattack's Square as a suite stage (``autoattack_stage``'s name)
-BLACK_BOX = frozenset({SUITE_SQUARE})
-"""Stages that only query the model's outputs. The curves and the iterations check re-run a suite's
-other stages (``gradient_stages``); a black-box stage is the Square check's (``checks.py``)."""
+NOT_RERUN = frozenset({SUITE_SQUARE})
+"""Stages the curves and the iterations check do not re-run: Square, whose 10x budget (50,000
+queries per robust point) costs more than the rest of the checks together; the Square check reads
+the suite's own Square instead (``checks.py``). The sparse search is black-box too but cheap (a
+forward pass per query on the points still standing): the checks re-run it, at 10x its queries."""
 AUTOATTACK_GRADIENT_PARTS = ("apgd-ce", "apgd-t", "fab-t")
 
 
-def gradient_stages(stages: list[Stage], s: AttackSettings) -> list[Stage]:
-    """The stages of a suite that follow gradients: every stage but the black-box ones, and for
-    pyautoattack's whole standard version (one opaque stage) its gradient-based components. A suite
-    with no such stage is returned as it is (there is nothing else to re-run)."""
+def rerun_stages(stages: list[Stage], s: AttackSettings) -> list[Stage]:
+    """The stages of a suite the curves and the iterations check re-run: every stage but Square, and
+    for pyautoattack's whole standard version (one opaque stage) its gradient-based components. A
+    suite with no such stage is returned as it is (there is nothing else to re-run)."""
     out: list[Stage] = []
     for stage in stages:
         if stage.name == "autoattack":
             out += [autoattack_stage(name, s) for name in AUTOATTACK_GRADIENT_PARTS]
-        elif stage.name not in BLACK_BOX:
+        elif stage.name not in NOT_RERUN:
             out.append(stage)
     return out or list(stages)
 
 
-SCREENED_SUITES = frozenset({"standard", "standard+"})
+SCREENED_SUITES = frozenset({"standard", "standard+", "strict"})
 """Suites whose float32 attacks may be preceded by a reduced-precision screen (``screen_stage``)."""
 SCREEN = "bf16-screen"
 
