@@ -222,7 +222,8 @@ def param_defaults(method: str, dataset: str, finetune: bool) -> dict[str, Any]:
     return out
 
 # Attacks a custom evaluation suite may list: ours ("apgd-ce", "apgd-t" with AutoAttack's standard
-# settings; "apgd", the monitor's single run; "pgd") and pyautoattack's components ("aa-...").
+# settings; "apgd", the monitor's single run; "pgd"; "sparse", the sparse search of ``strict``) and
+# pyautoattack's components ("aa-...").
 EVAL_ATTACKS: tuple[str, ...] = (
-    "apgd-ce", "apgd-t", "apgd", "pgd", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square",
+    "apgd-ce", "apgd-t", "apgd", "pgd", "sparse", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square",
 )
