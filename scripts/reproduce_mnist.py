@@ -53,16 +53,16 @@ are read back, a half-finished one resumes from its last epoch checkpoint), and 
 with one torch thread each (``--jobs``, ``--threads``).
 
 The records are kept in the repository (``--out``, default ``results/reproduce-mnist``): every run's
-spec, history, metrics, evaluations and cross-checks, and its weights (3.2 MB per run, ~40 MB for
-the 12 runs of one seed), so a stronger evaluation later re-evaluates instead of retraining (weights
-were kept for the AT-l_inf bases only until 2026-12-05, when the sparse search made every earlier
-evaluation stale). The whole reproduction is longer than one working session on this machine, so a
-later call (another day, a fresh clone) continues from the committed records. Training is not
-promised to be bit-for-bit repeatable across machines, library builds and days (AT-l_inf seed 0 trained by this script on the evening of 2026-12-04: l_2 19.0 % under
-``standard+``; the morning's run, trained before the evaluation settings changed: 13.4 %), so a run
-whose weights are gone is only ever *read*: if the document still needs something from it (an
-evaluation with other settings, a cross-check), ``prune_stale`` deletes it and it is trained again,
-with every run trained from it.
+spec, history, metrics, evaluations and cross-checks, and its weights (3.2 MB per run, ~40 MB for the 12
+runs of one seed), so a stronger evaluation later re-evaluates instead of retraining (weights were kept
+for the AT-l_inf bases only until 2026-12-05, when the sparse search made every earlier evaluation
+stale). The whole reproduction is longer than one working session on this machine, so a later call
+(another day, a fresh clone) continues from the committed records. Training is not promised to be bit-
+for-bit repeatable across machines, library builds and days (AT-l_inf seed 0 trained by this script on
+the evening of 2026-12-04: l_2 19.0 % under ``standard+``; the morning's run, trained before the
+evaluation settings changed: 13.4 %), so a run whose weights are gone is only ever *read*: if the
+document still needs something from it (an evaluation with other settings, a cross-check),
+``prune_stale`` deletes it and it is trained again, with every run trained from it.
 """
 
 from __future__ import annotations
