@@ -12,7 +12,11 @@ classified correctly, so a sample is robust under a norm only if it survives eve
   without FAB-T and Square: the cross-check against pyautoattack's APGD-CE + APGD-T is tested
   (within a point) and benchmarked.
 - ``standard+``: ``standard``, then pyautoattack's FAB-T and Square on the points it left robust --
-  full AutoAttack's composition, for the strictest number with one flag.
+  full AutoAttack's composition.
+- ``strict``: ``standard+``, then the sparse search (``workers.attacks.sparse``: k pixels to the
+  box's farther end, inside the ball) on l_1 and l_2 on the points still robust -- the strictest
+  number: on MNIST models full AutoAttack does not converge on l_1 and the search breaks what it
+  leaves (docs/evaluation.md, "Sparse search"). On l_inf it is ``standard+``.
 - ``monitor``: one APGD-CE run from the clean point (``steps`` iterations, default 20): the cheap
   per-epoch curve of training. It over-states robustness (no restarts, no targets, no l_1
   schedule -- by tens of points on l_1) and is labelled an upper bound wherever it is shown.
@@ -20,14 +24,15 @@ classified correctly, so a sample is robust under a norm only if it survives eve
 - ``unseen``: no l_p stage; ``evaluate`` runs the unseen adversaries (JPEG, fog, snow, Gabor,
   elastic; ``workers.evaluation.unseen``) and the common corruptions instead.
 - custom: "apgd-ce" / "apgd-t" (ours, as in ``standard``), "apgd" (the monitor's run), "pgd",
-  and pyautoattack's components "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square" with the
-  standard version's per-norm settings. ``steps`` overrides every iteration count.
+  "sparse" (``strict``'s search; 100 queries per step), and pyautoattack's components
+  "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square" with the standard version's per-norm settings.
+  ``steps`` overrides every iteration count.
 
 Every stage attacks and is decided by the float32 model (``Models.exact`` in both fields). The one
-place a reduced-precision twin enters is ``screen_stage``: for ``standard`` and ``standard+`` on
-hardware that multiplies bfloat16 natively, one APGD-CE run on the twin first removes the points
-it fools (each confirmed by a float32 forward); every point it leaves robust then faces the whole
-float32 suite (``workers.evaluation.precision``).
+place a reduced-precision twin enters is ``screen_stage``: for ``standard``, ``standard+`` and
+``strict`` on hardware that multiplies bfloat16 natively, one APGD-CE run on the twin first removes
+the points it fools (each confirmed by a float32 forward); every point it leaves robust then faces
+the whole float32 suite (``workers.evaluation.precision``).
 """
 
 from __future__ import annotations
