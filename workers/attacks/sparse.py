@@ -3,7 +3,7 @@
 Why it exists: on MNIST-like inputs, models trained against l_inf keep APGD and FAB from converging
 on l_1. On the reproduction's AT-l_inf model, 10,000 iterations of AutoAttack's gradient-based
 attacks still left 16 of the 29 points `standard+` called l_1-robust, where this search with
-10,000 queries fooled 27 of them in about a minute (``docs/evaluation.md``, "Sparse search").
+10,000 queries fooled 28 of them in 15 s (``docs/evaluation.md``, "Sparse search").
 
 The search follows Sparse-RS (Croce, Singh, Hein, "Sparse-RS: a versatile framework for
 query-efficient sparse black-box adversarial attacks", AAAI 2022): a candidate changes ``k``
