@@ -103,10 +103,10 @@ def test_the_search_finds_a_two_pixel_trigger_without_gradients() -> None:
 def test_the_search_keeps_what_lowers_the_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     """Mutation guard: a search that never keeps a better candidate must hit both pixels in one
     draw, which 3,000 queries almost never do; the real search finds all four points."""
-    real = sp._margin
+    real = sp.margin
     x, y = grey(4), torch.zeros(4, dtype=torch.long)
     # nothing is ever "better"
-    monkeypatch.setattr(sp, "_margin", lambda logits, labels: real(logits, labels) * 0 + 1.0)
+    monkeypatch.setattr(sp, "margin", lambda logits, labels: real(logits, labels) * 0 + 1.0)
     stuck = sparse_search(TwoPixelTrigger(), x, y, "l1", 2.0, queries=3000, seed=0)
     assert (TwoPixelTrigger()(stuck).argmax(1) == 1).sum() <= 1
 

@@ -30,7 +30,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-SPARSE_NORMS = ("l1", "l2")
+from workers.attacks.common import margin
+
 INITIAL_SWAP_SHARE = 0.5  # of the k coordinates, replaced per query at the start
 _ROUNDING = 1e-9  # eps = 10 given as 9.999999999 still allows 10 coordinates
 
@@ -54,12 +55,6 @@ def swap_count(k: int, query: int, queries: int) -> int:
     return max(1, min(k, round(share * k)))
 
 
-def _margin(logits: Tensor, y: Tensor) -> Tensor:
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.amax(dim=1)
-
-
 def _compose(flat_x: Tensor, far: Tensor, positions: Tensor) -> Tensor:
     out = flat_x.clone()
     out.scatter_(1, positions, far.gather(1, positions))
@@ -80,7 +75,7 @@ def _search(model: nn.Module, x: Tensor, y: Tensor, k: int, queries: int,
     positions = draw(d, (n, k))
     candidate = _compose(flat, far, positions)
     logits = model(candidate.view_as(x))
-    best = _margin(logits, y)
+    best = -margin(logits, y)  # true-class logit minus the largest other: lower is better
     fooled = logits.argmax(dim=1) != y
     x_adv[fooled] = candidate[fooled].view_as(x[fooled])
     active = torch.nonzero(~fooled).squeeze(1)
@@ -92,7 +87,7 @@ def _search(model: nn.Module, x: Tensor, y: Tensor, k: int, queries: int,
         proposal = positions[active].scatter(1, slots, draw(d, (len(active), m)))
         candidate = _compose(flat[active], far[active], proposal)
         logits = model(candidate.view(-1, *x.shape[1:]))
-        loss = _margin(logits, y[active])
+        loss = -margin(logits, y[active])
         better = loss < best[active]
         positions[active[better]] = proposal[better]
         best[active[better]] = loss[better]
