@@ -231,20 +231,29 @@ def table(rows: list[dict[str, Any]], *, seconds: bool = True) -> list[str]:
 
 
 def paired_tests(flags: dict[str, dict[str, list[bool]]], pairs: Sequence[tuple[str, str]],
-                 metric: str = "union") -> list[dict[str, Any]]:
-    """Exact McNemar tests of ``metric`` for each (A, B) of ``pairs`` whose runs both have flags (the
-    same test points), Holm-adjusted over these tests together."""
+                 metrics: str | Sequence[str] = "union") -> list[dict[str, Any]]:
+    """Exact McNemar tests of each of ``metrics`` for each (A, B) of ``pairs`` whose runs both have
+    flags (the same test points), Holm-adjusted over these tests together (one family)."""
     from workers.contract.stats import discordant, holm, mcnemar_exact
 
     tests = []
-    for a, b in pairs:
-        if a in flags and b in flags:
-            only_a, only_b = discordant(flags[a][metric], flags[b][metric])
-            tests.append({"a": a, "b": b, "metric": metric, "only_a": only_a, "only_b": only_b,
-                          "n": len(flags[a][metric]), "p": mcnemar_exact(only_a, only_b)})
+    for metric in (metrics,) if isinstance(metrics, str) else metrics:
+        for a, b in pairs:
+            if a in flags and b in flags:
+                only_a, only_b = discordant(flags[a][metric], flags[b][metric])
+                tests.append({"a": a, "b": b, "metric": metric, "only_a": only_a, "only_b": only_b,
+                              "n": len(flags[a][metric]), "p": mcnemar_exact(only_a, only_b)})
     for t, adjusted in zip(tests, holm([t["p"] for t in tests]), strict=True):
         t["p_holm"] = adjusted
     return tests
+
+
+def decidable(t: dict[str, Any]) -> bool:
+    """Whether a paired test had enough discordant points to reach significance at all: with d of
+    them, the smallest two-sided exact McNemar p is 2 * 0.5 ** d (d < 6 cannot go below 0.05), so a
+    "no difference" from fewer says nothing."""
+    d = t["only_a"] + t["only_b"]
+    return min(1.0, 2 * 0.5 ** d) < SIGNIFICANCE
 
 
 def relation(t: dict[str, Any]) -> str:
@@ -253,11 +262,71 @@ def relation(t: dict[str, Any]) -> str:
     counts = f"{a} alone right on {t['only_a']} points, {b} alone on {t['only_b']}"
     if t["only_a"] + t["only_b"] == 0:
         return f"{a} vs {b}: no discordant point, inconclusive"
+    if not decidable(t):
+        return (f"{a} vs {b}: inconclusive ({counts}: {t['only_a'] + t['only_b']} discordant points "
+                f"cannot reach p < {SIGNIFICANCE:g} whatever their split)")
     p = f"p = {t['p']:.2g}, Holm p = {t['p_holm']:.2g}"
     if t["p_holm"] >= SIGNIFICANCE:
         return f"{a} vs {b}: no significant difference ({counts}; {p})"
     better, worse = (a, b) if t["only_a"] > t["only_b"] else (b, a)
     return f"{better} > {worse} ({counts}; {p})"
+
+
+NORMS = ("linf", "l2", "l1")
+NORM_LABELS = {"clean": "clean", "linf": "l_inf", "l2": "l_2", "l1": "l_1", "union": "union"}
+
+
+def norm_cell(t: dict[str, Any] | None) -> str:
+    """One per-norm paired test, short: the better method and its Holm p, "n.s." or undecidable."""
+    if t is None:
+        return "-"
+    d = t["only_a"] + t["only_b"]
+    if not decidable(t):
+        return f"undecidable ({d} discordant)"
+    if t["p_holm"] >= SIGNIFICANCE:
+        return f"n.s. ({t['only_a']} : {t['only_b']}, Holm p {t['p_holm']:.2g})"
+    better = t["a"] if t["only_a"] > t["only_b"] else t["b"]
+    return f"**{LABELS[better]}** ({t['only_a']} : {t['only_b']}, Holm p {t['p_holm']:.2g})"
+
+
+def norm_table(tests: list[dict[str, Any]]) -> list[str]:
+    """The per-norm paired tests as a table: one row per pair, one column per norm; a cell names the
+    significantly better method, with the discordant counts (A alone right : B alone right)."""
+    if not tests:
+        return ["(no pair of this table's methods ran)"]
+    by = {(t["a"], t["b"], t["metric"]): t for t in tests}
+    pairs = list(dict.fromkeys((t["a"], t["b"]) for t in tests))
+    head = "| A vs B | " + " | ".join(NORM_LABELS[m] for m in NORMS) + " |"
+    lines = [head, "|---" * (1 + len(NORMS)) + "|"]
+    for a, b in pairs:
+        cells = " | ".join(norm_cell(by.get((a, b, m))) for m in NORMS)
+        lines.append(f"| {LABELS[a]} vs {LABELS[b]} | {cells} |")
+    return lines
+
+
+def norm_verdict(tests: list[dict[str, Any]], what: str) -> str:
+    """The significant per-norm differences of one table, norm by norm, and what stayed open."""
+    if not tests:
+        return ""
+    parts = []
+    for metric in NORMS:
+        shown = [relation(t) for t in tests if t["metric"] == metric and decidable(t)
+                 and t["p_holm"] < SIGNIFICANCE]
+        parts.append(f"{NORM_LABELS[metric]}: " + ("; ".join(shown) if shown else "none significant"))
+    return (f"{what}, norm by norm (the same pairs, exact McNemar per norm, one Holm family of "
+            f"{len(tests)} tests): " + ". ".join(parts) + ".")
+
+
+def union_floor(rows: list[dict[str, Any]], tests: list[dict[str, Any]]) -> str:
+    """Says when union accuracy is so low everywhere that none of its paired tests could decide."""
+    if not rows or not tests or any(decidable(t) for t in tests):
+        return ""
+    top = max(rows, key=lambda r: sum(r["flags"]["union"]))
+    hits, n = sum(top["flags"]["union"]), len(top["flags"]["union"])
+    return (f"Union accuracy is at most {100 * hits / n:.1f} % ({hits} of {n} points, "
+            f"{LABELS[top['method']]}) for every method here, so no paired test on union had the 6 "
+            "discordant points it needs to decide anything: union cannot rank these methods at these radii; "
+            "the per-norm tests can.")
 
 
 def skipped_lines(skipped: dict[str, str], what: str = "Not run at this budget") -> list[str]:
@@ -400,6 +469,32 @@ def _seconds_per_epoch(out_dir: Path) -> float:
     return statistics.fmean(h["seconds"] for h in history) if history else float("nan")
 
 
+def _train_seconds(out_dir: Path) -> float:
+    """The training loop's own time for a run, summed over its epochs (the history's record: it
+    survives a re-render that reads the run back, unlike this call's wall time)."""
+    from workers.training.artifacts import read_history
+
+    return sum(h["seconds"] for h in read_history(out_dir))
+
+
+def compute_summary(trained: list[dict[str, Any]], evaluated: list[dict[str, Any]],
+                    crosscheck: list[dict[str, Any]]) -> dict[str, float]:
+    """What the document's numbers cost, summed from the records (whichever call or day made them)."""
+    return {"runs": len(trained), "train_hours": sum(r["train_seconds"] for r in trained) / 3600,
+            "eval_hours": sum(r["metrics"].get("seconds", 0.0) for r in evaluated) / 3600,
+            "crosscheck_minutes": sum(c["seconds"] for c in crosscheck) / 60}
+
+
+def compute_text(compute: dict[str, float], jobs: int, threads: int) -> str:
+    total = compute["train_hours"] + compute["eval_hours"] + compute["crosscheck_minutes"] / 60
+    return (f"Compute, summed from the records: training {compute['train_hours']:.1f} h over "
+            f"{compute['runs']} runs (the loop's epochs), final evaluations with their rigour checks "
+            f"{compute['eval_hours']:.1f} h, AutoAttack cross-checks "
+            f"{compute['crosscheck_minutes']:.0f} min: "
+            f"{total:.1f} h of process time, {jobs} processes at a time with {threads} torch thread(s) each, "
+            f"so about {total / max(jobs, 1):.1f} h of wall time.")
+
+
 class _EpochEval:
     """Training callback: Figure 1's suite on a few points after every epoch (curves)."""
 
@@ -462,7 +557,8 @@ def run_one(spec_dict: dict[str, Any], out_dir: str, threads: int, epoch_eval_n:
     return {
         "method": spec_dict["method"], "seed": spec_dict["seed"], "metrics": metrics, "out": out_dir,
         "finetune": spec_dict.get("init_from") is not None,
-        "seconds_per_epoch": _seconds_per_epoch(out), "wall": time.perf_counter() - started, "cached": cached,
+        "seconds_per_epoch": _seconds_per_epoch(out), "train_seconds": _train_seconds(out),
+        "wall": time.perf_counter() - started, "cached": cached,
     }
 
 
@@ -847,6 +943,7 @@ def main(argv: list[str] | None = None) -> Path:
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
+    settings["compute"] = compute_summary(trained + finetune_trained, scratch + evaluated_ft, crosscheck)
     cached = all(r.get("cached", True) for r in trained + finetune_trained)
     keep_training_settings(settings, out / "summary.json", cached, ("wall_minutes", "finished"))
     doc = Path(args.doc)
@@ -855,12 +952,16 @@ def main(argv: list[str] | None = None) -> Path:
     plot_figure(figure, plot, settings)
     kept = universal_section(doc)  # read before the doc is rewritten
     scratch_rows, finetune_rows = summarise(scratch, SCRATCH, seed0), summarise(finetuned, FINETUNE, seed0)
+    scratch_flags = {r["method"]: r["flags"] for r in scratch_rows}
+    finetune_flags = {r["method"]: r["flags"] for r in finetune_rows}
     tests = {
-        "scratch": paired_tests({r["method"]: r["flags"] for r in scratch_rows}, PAPER_PAIRS),
-        "finetune": paired_tests({r["method"]: r["flags"] for r in finetune_rows}, FINETUNE_PAIRS),
+        "scratch": paired_tests(scratch_flags, PAPER_PAIRS),
+        "finetune": paired_tests(finetune_flags, FINETUNE_PAIRS),
+        "scratch_norms": paired_tests(scratch_flags, PAPER_PAIRS, NORMS),
+        "finetune_norms": paired_tests(finetune_flags, FINETUNE_PAIRS, NORMS),
         "figure1": paired_tests({m: run_flags(flags_of[str(d)]) for m, d in figure_dirs.items()},
                                 [("ramp", "at-l1")],
-                                metric="linf"),
+                                metrics="linf"),
     }
     settings["finetune_skipped"] = {m: "left out with --finetune-methods" for m in FINETUNE
                                     if m not in args.finetune_methods}
@@ -940,7 +1041,9 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         f"Generated by `scripts/reproduce_mnist.py` on {settings['finished']} (total wall time "
         f"{settings['wall_minutes']:.1f} min, {settings['jobs']} parallel run(s), "
-        f"{settings['threads']} torch thread(s) each, {settings['machine']}).",
+        f"{settings['threads']} torch thread(s) each, {settings['machine']}; a call that finds runs "
+        "finished reads them back, so this is the last call's time). "
+        + compute_text(settings["compute"], settings["jobs"], settings["threads"]),
         "",
         f"Accuracy in % on the first {settings['eval_n']} mnist-5k test points (seeds {seeds}{spread}), "
         f"with the 95 % Wilson interval of seed {seeds[0]}'s count in brackets. Every robust accuracy is "
@@ -957,8 +1060,12 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         checks_verdict(runs, settings["checks_n"]),
         "",
-        ordering_verdict(tests["scratch"]) + " "
-        + finetune_verdict(tests["finetune"], base, figure, figure_test),
+        " ".join(filter(None, [ordering_verdict(tests["scratch"]), union_floor(scratch, tests["scratch"]),
+                               norm_verdict(tests["scratch_norms"], "From scratch")])),
+        "",
+        " ".join(filter(None, [finetune_verdict(tests["finetune"], base, figure, figure_test),
+                               union_floor(finetune, tests["finetune"]),
+                               norm_verdict(tests["finetune_norms"], "After fine-tuning")])),
         "",
         f"## From scratch ({settings['epochs']} epochs)",
         "",
@@ -972,6 +1079,11 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "",
         *test_lines(tests["scratch"]),
         "",
+        "The same pairs norm by norm (a cell names the significantly better method; counts: A alone "
+        "right : B alone right; undecidable: fewer than 6 discordant points):",
+        "",
+        *norm_table(tests["scratch_norms"]),
+        "",
         f"## Robust fine-tuning of each seed's AT-l_inf model ({settings['finetune_epochs']} epochs)",
         "",
         *table(finetune),
@@ -980,6 +1092,10 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         "Paired tests on union accuracy:",
         "",
         *test_lines(tests["finetune"]),
+        "",
+        "Norm by norm:",
+        "",
+        *norm_table(tests["finetune_norms"]),
         "",
         "## Figure 1: fine-tuning the l_inf-AT model with l_1 examples, E-AT and RAMP",
         "",

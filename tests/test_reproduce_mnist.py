@@ -81,7 +81,16 @@ def test_paired_tests_are_exact_holm_adjusted_and_read_both_ways(repro: Any) -> 
     assert ramp_max["p_holm"] == pytest.approx(4 * 2 * 0.5 ** 25)  # the smallest of four p values
     assert repro.relation(ramp_max).startswith("RAMP > MAX (RAMP alone right on 25 points, MAX alone on 0;")
     assert repro.relation(by[("max", "eat")]) == "MAX vs E-AT: no discordant point, inconclusive"
-    assert repro.relation(by[("eat", "avg")]).startswith("E-AT vs AVG: no significant difference")
+    # 2 discordant points: no split of them could be significant, so it is not "no difference"
+    assert repro.relation(by[("eat", "avg")]) == (
+        "E-AT vs AVG: inconclusive (E-AT alone right on 0 points, AVG alone on 2: 2 discordant points "
+        "cannot reach p < 0.05 whatever their split)")
+    # 9 discordant points split 3 : 6: decidable, and not significant
+    avg = [3 <= i < 16 for i in range(40)]
+    flags_avg = {k: avg for k in repro_metrics()}
+    wider = repro.paired_tests({"eat": _flags(10), "avg": flags_avg}, [("eat", "avg")])[0]
+    assert (wider["only_a"], wider["only_b"]) == (3, 6) and repro.decidable(wider)
+    assert repro.relation(wider).startswith("E-AT vs AVG: no significant difference")
     verdict = repro.ordering_verdict(tests)
     assert "significant: RAMP > MAX" in verdict and "Not resolved at this n: MAX vs E-AT" in verdict
     # A significant difference against the paper's direction is called out as such.
@@ -91,6 +100,58 @@ def test_paired_tests_are_exact_holm_adjusted_and_read_both_ways(repro: Any) -> 
     # Methods missing from the run: the ordering is not assessed, nothing is made up.
     partial = repro.paired_tests({"ramp": _flags(1)}, repro.PAPER_PAIRS)
     assert "not assessed" in repro.ordering_verdict(partial)
+
+
+def _shifted(hits: dict[str, int], n: int = 60) -> dict[str, list[bool]]:
+    """Per-metric flags: the first hits[metric] points right."""
+    return {m: [i < hits.get(m, 0) for i in range(n)] for m in repro_metrics()}
+
+
+def test_the_per_norm_tests_are_one_holm_family_and_name_the_better_method(repro: Any) -> None:
+    flags = {"ramp": _shifted({"linf": 50, "l2": 20, "l1": 3}),
+             "max": _shifted({"linf": 20, "l2": 22, "l1": 1})}
+    tests = repro.paired_tests(flags, [("ramp", "max")], repro.NORMS)
+    assert [t["metric"] for t in tests] == ["linf", "l2", "l1"]
+    linf = tests[0]
+    assert linf["p_holm"] == pytest.approx(3 * 2 * 0.5 ** 30)  # the smallest of three: times three
+    table = repro.norm_table(tests)
+    assert table[0] == "| A vs B | l_inf | l_2 | l_1 |"
+    cells = table[2].split(" | ")
+    assert cells[1].startswith("**RAMP** (30 : 0, Holm p ")
+    assert cells[2] == cells[3].rstrip(" |") == "undecidable (2 discordant)"
+    verdict = repro.norm_verdict(tests, "From scratch")
+    assert "one Holm family of 3 tests" in verdict and "l_inf: RAMP > MAX" in verdict
+    assert "l_2: none significant" in verdict and "l_1: none significant" in verdict
+    # MAX better on l_2 with enough discordant points: named in its cell, not RAMP
+    flipped = repro.paired_tests(flags | {"max": _shifted({"linf": 20, "l2": 40})}, [("ramp", "max")],
+                                 repro.NORMS)
+    assert repro.norm_table(flipped)[2].split(" | ")[2].startswith("**MAX** (0 : 20")
+    assert repro.norm_table([]) == ["(no pair of this table's methods ran)"]
+
+
+def test_union_at_the_floor_is_called_unable_to_rank_only_when_no_test_could_decide(repro: Any) -> None:
+    rows = [{"method": "ramp", "flags": _shifted({"union": 3})},
+            {"method": "max", "flags": _shifted({"union": 1})}]
+    flags = {r["method"]: r["flags"] for r in rows}
+    tests = repro.paired_tests(flags, [("ramp", "max")])
+    text = repro.union_floor(rows, tests)
+    assert text.startswith("Union accuracy is at most 5.0 % (3 of 60 points, RAMP) for every method here")
+    assert "union cannot rank these methods" in text
+    # 12 vs 1 union points: 11 discordant, decidable, so union can rank: nothing is said
+    rows[0]["flags"] = _shifted({"union": 12})
+    assert repro.union_floor(rows, repro.paired_tests({r["method"]: r["flags"] for r in rows},
+                                                      [("ramp", "max")])) == ""
+    assert repro.union_floor(rows, []) == ""
+
+
+def test_the_compute_statement_sums_the_records(repro: Any) -> None:
+    trained = [{"train_seconds": 1800.0}, {"train_seconds": 1800.0}]
+    evaluated = [{"metrics": {"seconds": 3600.0}}, {"metrics": {"seconds": 7200.0}}, {"metrics": {}}]
+    compute = repro.compute_summary(trained, evaluated, [{"seconds": 600.0}])
+    assert compute == {"runs": 2, "train_hours": 1.0, "eval_hours": 3.0, "crosscheck_minutes": 10.0}
+    text = repro.compute_text(compute, 2, 1)
+    assert "training 1.0 h over 2 runs" in text and "4.2 h of process time" in text
+    assert "about 2.1 h of wall time" in text
 
 
 def test_every_cell_carries_the_interval_of_its_count(repro: Any) -> None:
@@ -151,6 +212,9 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     again = json.loads((out / "summary.json").read_text())["settings"]
     assert again["wall_minutes"] == summary["settings"]["wall_minutes"]
     assert [t["metric"] for t in summary["paired_tests"]["figure1"]] == ["linf"]
+    assert {t["metric"] for t in summary["paired_tests"]["scratch_norms"]} <= {"linf", "l2", "l1"}
+    assert "The same pairs norm by norm" in text and "Compute, summed from the records: training" in text
+    assert summary["settings"]["compute"]["runs"] == 7  # 4 from scratch, 2 fine-tuned, Figure 1's AT-l_1
 
     # The records as committed (results/reproduce-mnist/.gitignore): no weights but the base's.
     argv = ["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
