@@ -167,6 +167,10 @@ def test_a_longer_budget_is_tested_against_the_shorter_on_the_same_points(
     assert by["union"]["p_holm"] < 0.05 and (by["union"]["epochs"], by["union"]["other_epochs"]) == (30, 15)
     assert "significant" in ablation.budget_line(by["union"])
     assert ablation.budget_line(by["clean"]).endswith("no discordant point: inconclusive")
+    few = by["union"] | {"only": 3, "only_other": 1, "p": 0.625, "p_holm": 1.0}
+    assert ablation.budget_line(few).endswith("(inconclusive: too few discordant points to reach p < 0.05)")
+    some = few | {"only": 9, "only_other": 3, "p": 0.146, "p_holm": 0.29}
+    assert ablation.budget_line(some).endswith("(not significant)")
 
 
 @pytest.mark.parametrize(("change", "message"), [

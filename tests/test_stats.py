@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest
 
 from workers.contract.compare import compare_results
+from workers.contract.display import pair_verdict
 from workers.contract.metrics import intervals
 from workers.contract.samples import decode_flags, encode_flags, per_sample_block, read_per_sample
-from workers.contract.stats import discordant, holm, mcnemar_exact, wilson_interval
+from workers.contract.stats import decidable, discordant, holm, mcnemar_exact, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (62, 100), (500, 1000), (1, 10_000)])
@@ -112,6 +113,26 @@ def test_a_small_difference_is_not_significant() -> None:
     union = next(p for p in compare_results([("A", _metrics("p", a)), ("B", _metrics("p", b))]).pairs
                  if p.metric == "union")
     assert union.only_a == 2 and union.only_b == 0 and not union.significant and union.p == 0.5
+    # two discordant points could never have been significant: inconclusive, not "no difference"
+    assert not union.decidable and union.as_dict()["decidable"] is False
+    assert pair_verdict(union.as_dict()) == "inconclusive: 2 discordant points cannot reach p < 0.05"
+
+
+@pytest.mark.parametrize(("b", "c", "expected"), [(0, 0, False), (5, 0, False), (6, 0, True), (3, 3, True),
+                                                   (0, 6, True), (2, 2, False), (40, 40, True)])
+def test_a_test_is_decidable_only_with_six_discordant_points(b: int, c: int, expected: bool) -> None:
+    assert decidable(b, c) is expected
+    # the definition: the most lopsided split of b + c points could reach p < 0.05
+    assert (mcnemar_exact(b + c, 0) < 0.05) is expected
+
+
+def test_the_pair_verdict_has_three_words() -> None:
+    base = {"only_a": 9, "only_b": 3, "p": 0.15, "significant": False, "decidable": True}
+    assert pair_verdict(base) == "not significant"
+    assert pair_verdict(base | {"p": 0.01, "significant": True}) == "significant"
+    assert pair_verdict(base | {"only_a": 3, "only_b": 1, "decidable": False}).startswith("inconclusive: 4 ")
+    old = {k: v for k, v in base.items() if k != "decidable"}  # a report from before the field
+    assert pair_verdict(old) == "not significant"
 
 
 def test_unpaired_results_are_named_not_compared() -> None:

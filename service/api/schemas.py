@@ -263,6 +263,8 @@ class PairOut(BaseModel):
     p: float = Field(description="exact McNemar p value (two-sided)")
     p_holm: float = Field(description="Holm-adjusted over every pair and metric of this report")
     significant: bool = Field(description="p < 0.05")
+    decidable: bool = Field(description="the discordant points (only_a + only_b, at least 6) could have "
+                                        "given p < 0.05 at all; false: inconclusive, not 'no difference'")
 
 
 class CompareOut(BaseModel):

@@ -347,7 +347,8 @@ def compare_view(jobs: Sequence[Job], histories: Mapping[int, Sequence[Mapping[s
         })
     paired = compare_jobs(jobs)
     pairs = [p | {"label": LABELS.get(p["metric"], p["metric"]), "p_text": display.p_text(p["p"]),
-                  "p_holm_text": display.p_text(p["p_holm"])} for p in paired["pairs"]]
+                  "p_holm_text": display.p_text(p["p_holm"]), "verdict": display.pair_verdict(p)}
+             for p in paired["pairs"]]
     curves = []
     per_job = {job.id: {c["norm"]: c for c in radius_curves(job.result)} for job in jobs}
     norms = _ordered_norms({n for curves_of in per_job.values() for n in curves_of})

@@ -335,12 +335,16 @@ def test_the_compare_page_tests_paired_differences(ui: Ui) -> None:
     p = mcnemar_exact(20, 8)  # 0.036
     for value in (f"#{ramp} ramp", f"#{eat} eat", "+6.0 pts", ">20<", ">8<", ">200<", "p = 0.036"):
         assert value in union.group(2), value
-    clean = re.search(r'<tr class="([\w-]+)" data-metric="clean">', pairs).group(1)
-    assert clean == "not-significant"  # both right on all 200 points in the flags
+    clean = re.search(r'<tr class="([\w-]+)" data-metric="clean">(.*?)</tr>', pairs, re.S)
+    assert clean.group(1) == "not-significant"  # both right on all 200 points in the flags
+    # no point differs: the test could not have decided, and the page says so instead of "no difference"
+    assert "inconclusive: 0 discordant points cannot reach p &lt; 0.05" in clean.group(2)
+    assert "not significant" not in clean.group(2)
     api = ui.client.get(f"/v1/compare?ids={ramp},{eat}", headers=ui.auth).json()
     row = next(r for r in api["pairs"] if r["metric"] == "union")
     assert row == row | {"a": f"#{ramp} ramp", "b": f"#{eat} eat", "only_a": 20, "only_b": 8, "n": 200,
-                         "significant": True}
+                         "significant": True, "decidable": True}
+    assert next(r for r in api["pairs"] if r["metric"] == "clean")["decidable"] is False
     assert row["p"] == pytest.approx(p) and api["comparisons"] == 2 and api["notes"] == []
 
 

@@ -5,8 +5,10 @@ Two results are compared only when they were scored on the same points (equal
 ``per_sample.points`` digests, see ``samples``): then, per accuracy (clean, each norm, union, the
 unseen suite's ``unseen_union``), the
 difference with McNemar's exact test on the per-sample flags. A difference is called
-``significant`` at p < 0.05; with several pairs the Holm-adjusted p is given too (``p_holm``, over
-every pair and metric of the report), for a reader who wants the family-wise rate.
+``significant`` at p < 0.05, and ``decidable`` only when its discordant points could have reached
+that at all (6 or more; fewer: inconclusive, not "no difference"); with several pairs the
+Holm-adjusted p is given too (``p_holm``, over every pair and metric of the report), for a reader
+who wants the family-wise rate.
 
 Results that cannot be paired (no per-sample flags, other points) are named in ``notes``, and so
 are pairs whose numbers come from different precision schemes or suites: a table that puts them
@@ -21,7 +23,7 @@ from typing import Any
 
 from workers.contract.metrics import ACCURACY_KEYS, precision_label
 from workers.contract.samples import read_per_sample
-from workers.contract.stats import SIGNIFICANCE, discordant, holm, mcnemar_exact
+from workers.contract.stats import SIGNIFICANCE, decidable, discordant, holm, mcnemar_exact
 from workers.contract.unseen import UNSEEN_UNION
 
 PAIRED_KEYS: tuple[str, ...] = (*ACCURACY_KEYS, UNSEEN_UNION)
@@ -50,8 +52,14 @@ class PairedDifference:
     def significant(self) -> bool:
         return self.p < SIGNIFICANCE
 
+    @property
+    def decidable(self) -> bool:
+        """Enough discordant points for the test to have been able to reject at all."""
+        return decidable(self.only_a, self.only_b)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"difference": self.difference, "significant": self.significant}
+        return asdict(self) | {"difference": self.difference, "significant": self.significant,
+                               "decidable": self.decidable}
 
 
 @dataclass

@@ -153,10 +153,20 @@ def checks_summary(checks: Mapping[str, Any] | None) -> str:
     return f"checks {status} (rigour checks on {checks.get('n', 0)} points; {need} needed to decide)"
 
 
+def pair_verdict(pair: Mapping[str, Any]) -> str:
+    """significant, not significant, or inconclusive when too few points differ for any verdict."""
+    if pair.get("significant"):
+        return "significant"
+    if not pair.get("decidable", True):  # a report without the field keeps the two-way wording
+        discordant = int(pair["only_a"]) + int(pair["only_b"])
+        return f"inconclusive: {discordant} discordant points cannot reach p < 0.05"
+    return "not significant"
+
+
 def pair_line(pair: Mapping[str, Any]) -> str:
     """``A vs B, union: +3.2 points (12 vs 4 points only one got right), p = 0.038 (significant)``."""
     diff = 100 * float(pair["difference"])
-    verdict = "significant" if pair.get("significant") else "not significant"
+    verdict = pair_verdict(pair)
     return (f"{pair['a']} vs {pair['b']}, {ACCURACY_LABELS.get(pair['metric'], pair['metric'])}: "
             f"{diff:+.1f} points ({pair['only_a']} vs {pair['only_b']} points only one got right, "
             f"n = {pair['n']}), {p_text(float(pair['p']))} ({verdict}; Holm {p_text(float(pair['p_holm']))})")

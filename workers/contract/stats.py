@@ -52,6 +52,13 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2**m)))
 
 
+def decidable(b: int, c: int, alpha: float = SIGNIFICANCE) -> bool:
+    """Whether ``b + c`` discordant points could give p < ``alpha`` at all (the most lopsided split,
+    all on one side, gives the smallest p: 2 * 0.5 ** (b + c), so fewer than 6 never can at 0.05).
+    A test that could not have rejected is inconclusive, never evidence of "no difference"."""
+    return mcnemar_exact(b + c, 0) < alpha
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-adjusted p values (same order as given): control the family-wise error of several tests."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
