@@ -155,3 +155,18 @@ def test_strict_breaks_what_standard_plus_cannot_see() -> None:
     assert plus.robust["l1"].all()
     assert not strict.robust["l1"].any()
     assert list(strict.metrics()["attacks"]["l1"]) == ["apgd-ce", "apgd-t", "aa-fab-t", "aa-square", "sparse"]
+
+
+def test_the_iterations_check_reruns_the_sparse_search_at_ten_times_its_queries() -> None:
+    """At 3 steps the search gets 300 queries and finds few triggers; the 10x check gives it 3,000 and
+    breaks every point left, so the check fails: the sparse stage is re-run, with its budget scaled.
+    Under ``standard+`` (no sparse stage) the same check moves nothing: the gradient stages cannot."""
+    x, y = grey(8), torch.zeros(8, dtype=torch.long)
+    model = TwoPixelTrigger()
+    strict = evaluate(model, (x, y), {"l1": 2.0}, suite="strict", precision="fp32", steps=3, checks=8)
+    left = int(strict.robust["l1"].sum())
+    assert left >= 2, "300 queries found nearly every trigger: the test no longer separates 1x from 10x"
+    check = strict.metrics()["checks"]["iterations"]["l1"]
+    assert check | {"n": left, "steps": 30, "moved": left, "status": "failed"} == check
+    plus = evaluate(model, (x, y), {"l1": 2.0}, suite="standard+", precision="fp32", steps=3, checks=8)
+    assert plus.metrics()["checks"]["iterations"]["l1"]["moved"] == 0
