@@ -179,6 +179,13 @@ def _square(models: Models, s: AttackSettings, x: Tensor, y: Tensor, device: tor
             "source": "run"}
 
 
+def _fooled_later(after: Mapping[str, float], n: int, earlier: str, later: str) -> tuple[int, int]:
+    """(points robust after stage ``earlier``, of those the ones stage ``later`` fooled), counted
+    from the accuracies after each stage on ``n`` points."""
+    survivors = round(after[earlier] * n)
+    return survivors, survivors - round(after[later] * n)
+
+
 def square_in_suite(after: Mapping[str, float], n: int, steps: int | None = None) -> dict[str, Any] | None:
     """Of the points every earlier stage left robust, the ones the suite's own Square stage fooled
     (None when the suite has no Square stage after another). ``after``: accuracy after each stage on
@@ -186,9 +193,7 @@ def square_in_suite(after: Mapping[str, float], n: int, steps: int | None = None
     names = list(after)
     if SUITE_SQUARE not in names or names.index(SUITE_SQUARE) == 0:
         return None
-    before = names[names.index(SUITE_SQUARE) - 1]
-    survivors = round(after[before] * n)
-    found = survivors - round(after[SUITE_SQUARE] * n)
+    survivors, found = _fooled_later(after, n, names[names.index(SUITE_SQUARE) - 1], SUITE_SQUARE)
     queries = SQUARE_QUERIES if steps is None else SQUARE_QUERIES_PER_STEP * steps
     return {"n": survivors, "status": verdict(found, survivors), "queries": queries, "found": found,
             "source": "suite"}
@@ -199,8 +204,7 @@ def ce_vs_dlr(after: Mapping[str, float], n: int) -> dict[str, Any] | None:
     names = list(after)
     if "apgd-ce" not in names or "apgd-t" not in names or names.index("apgd-t") < names.index("apgd-ce"):
         return None
-    survivors = round(after["apgd-ce"] * n)
-    found = survivors - round(after["apgd-t"] * n)
+    survivors, found = _fooled_later(after, n, "apgd-ce", "apgd-t")
     share = found / survivors if survivors else 0.0
     # The share is a noisy estimate on few points (3 of 5 happens on a sane model): it must exceed
     # CE_DLR_SHARE with 95 % confidence (the Wilson interval's lower end) to fail.
