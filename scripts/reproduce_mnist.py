@@ -249,11 +249,11 @@ def paired_tests(flags: dict[str, dict[str, list[bool]]], pairs: Sequence[tuple[
 
 
 def decidable(t: dict[str, Any]) -> bool:
-    """Whether a paired test had enough discordant points to reach significance at all: with d of
-    them, the smallest two-sided exact McNemar p is 2 * 0.5 ** d (d < 6 cannot go below 0.05), so a
-    "no difference" from fewer says nothing."""
-    d = t["only_a"] + t["only_b"]
-    return min(1.0, 2 * 0.5 ** d) < SIGNIFICANCE
+    """Whether a paired test had enough discordant points to reach significance at all (6; a "no
+    difference" from fewer says nothing: ``workers.contract.stats.decidable``)."""
+    from workers.contract.stats import decidable as could_decide
+
+    return could_decide(t["only_a"], t["only_b"], SIGNIFICANCE)
 
 
 def relation(t: dict[str, Any]) -> str:
@@ -305,7 +305,8 @@ def norm_table(tests: list[dict[str, Any]]) -> list[str]:
 
 
 def norm_verdict(tests: list[dict[str, Any]], what: str) -> str:
-    """The significant per-norm differences of one table, norm by norm, and what stayed open."""
+    """The significant per-norm differences of one table, norm by norm ("none significant" where
+    no test of that norm is)."""
     if not tests:
         return ""
     parts = []
