@@ -364,20 +364,24 @@ def budget_tests(summary: list[dict[str, Any]], compare: dict[str, str]) -> list
     return tests
 
 
-def budget_line(t: dict[str, Any]) -> str:
+def significance(p_holm: float, only_a: int, only_b: int) -> str:
+    """A Holm-adjusted paired test's word: inconclusive when too few points differ for any verdict."""
     from workers.contract.stats import decidable
 
+    if p_holm < 0.05:
+        return "significant"
+    if decidable(only_a, only_b):
+        return "not significant"
+    return "inconclusive: too few discordant points to reach p < 0.05"
+
+
+def budget_line(t: dict[str, Any]) -> str:
     e, o = t["epochs"], t["other_epochs"]
     head = (f"- {t['recipe']} {t['metric']}: {100 * t['accuracy']:.1f} % at {e} epochs, "
             f"{100 * t['other_accuracy']:.1f} % at {o} (n = {t['n']})")
     if t["only"] + t["only_other"] == 0:
         return f"{head}; no discordant point: inconclusive"
-    if t["p_holm"] < 0.05:
-        verdict = "significant"
-    elif decidable(t["only"], t["only_other"]):
-        verdict = "not significant"
-    else:
-        verdict = "inconclusive: too few discordant points to reach p < 0.05"
+    verdict = significance(t["p_holm"], t["only"], t["only_other"])
     return (f"{head}; right only at {e} epochs {t['only']}, only at {o} {t['only_other']}, "
             f"p = {t['p']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})")
 
@@ -425,16 +429,15 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
     pairs = [("AT-GP", "AT"), ("AT-pre", "AT"), ("AT-GP-pre", "AT-GP"), ("RAMP", "RAMP-noGP")]
     tests = [(a, b) for a, b in pairs if a in by and b in by]
     if tests:
-        from workers.contract.stats import decidable, holm
+        from workers.contract.stats import holm
 
         lines += ["", "Paired exact McNemar tests on union accuracy (seed 0, the same points; Holm-adjusted "
                   "over these tests, significant only at adjusted p < 0.05):", ""]
         stats = [paired_union(by[a], by[b]) for a, b in tests]
         adjusted = holm([p for _, _, p in stats])
         for (a, b), (only_a, only_b, p), p_holm in zip(tests, stats, adjusted, strict=True):
-            significance = ("significant" if p_holm < 0.05 else "not significant" if decidable(only_a, only_b)
-                            else "inconclusive: too few discordant points to reach p < 0.05")
-            verdict = (f"p = {p:.3g}, Holm p = {p_holm:.3g} ({significance})" if only_a + only_b
+            verdict = (f"p = {p:.3g}, Holm p = {p_holm:.3g} ({significance(p_holm, only_a, only_b)})"
+                       if only_a + only_b
                        else "no discordant points: inconclusive")
             lines.append(f"- {a} vs {b}: robust only under {a} {only_a}, only under {b} {only_b}, {verdict}")
     if budget:
