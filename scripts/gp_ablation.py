@@ -366,21 +366,15 @@ def budget_tests(summary: list[dict[str, Any]], compare: dict[str, str]) -> list
 
 def significance(p_holm: float, only_a: int, only_b: int) -> str:
     """A Holm-adjusted paired test's word: inconclusive when too few points differ for any verdict."""
-    from workers.contract.stats import decidable
+    from workers.contract.stats import verdict
 
-    if p_holm < 0.05:
-        return "significant"
-    if decidable(only_a, only_b):
-        return "not significant"
-    return "inconclusive: too few discordant points to reach p < 0.05"
+    return verdict(p_holm, only_a, only_b)
 
 
 def budget_line(t: dict[str, Any]) -> str:
     e, o = t["epochs"], t["other_epochs"]
     head = (f"- {t['recipe']} {t['metric']}: {100 * t['accuracy']:.1f} % at {e} epochs, "
             f"{100 * t['other_accuracy']:.1f} % at {o} (n = {t['n']})")
-    if t["only"] + t["only_other"] == 0:
-        return f"{head}; no discordant point: inconclusive"
     verdict = significance(t["p_holm"], t["only"], t["only_other"])
     return (f"{head}; right only at {e} epochs {t['only']}, only at {o} {t['only_other']}, "
             f"p = {t['p']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})")
@@ -436,10 +430,8 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         stats = [paired_union(by[a], by[b]) for a, b in tests]
         adjusted = holm([p for _, _, p in stats])
         for (a, b), (only_a, only_b, p), p_holm in zip(tests, stats, adjusted, strict=True):
-            verdict = (f"p = {p:.3g}, Holm p = {p_holm:.3g} ({significance(p_holm, only_a, only_b)})"
-                       if only_a + only_b
-                       else "no discordant points: inconclusive")
-            lines.append(f"- {a} vs {b}: robust only under {a} {only_a}, only under {b} {only_b}, {verdict}")
+            lines.append(f"- {a} vs {b}: robust only under {a} {only_a}, only under {b} {only_b}, "
+                         f"p = {p:.3g}, Holm p = {p_holm:.3g} ({significance(p_holm, only_a, only_b)})")
     if budget:
         lines += ["", "Against the same recipe at another budget (seed 0, the same test points, exact "
                   "McNemar; Holm-adjusted over these tests, significant only at adjusted p < 0.05):", ""]

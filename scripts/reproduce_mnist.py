@@ -258,13 +258,12 @@ def decidable(t: dict[str, Any]) -> bool:
 
 def relation(t: dict[str, Any]) -> str:
     """What one paired test says about "A >= B": shown, contradicted, or not resolved."""
+    from workers.contract.stats import verdict
+
     a, b = LABELS[t["a"]], LABELS[t["b"]]
     counts = f"{a} alone right on {t['only_a']} points, {b} alone on {t['only_b']}"
-    if t["only_a"] + t["only_b"] == 0:
-        return f"{a} vs {b}: no discordant point, inconclusive"
     if not decidable(t):
-        return (f"{a} vs {b}: inconclusive ({counts}: {t['only_a'] + t['only_b']} discordant points "
-                f"cannot reach p < {SIGNIFICANCE:g} whatever their split)")
+        return f"{a} vs {b}: {verdict(t['p_holm'], t['only_a'], t['only_b'])} ({counts})"
     p = f"p = {t['p']:.2g}, Holm p = {t['p_holm']:.2g}"
     if t["p_holm"] >= SIGNIFICANCE:
         return f"{a} vs {b}: no significant difference ({counts}; {p})"
@@ -277,12 +276,12 @@ NORM_LABELS = {"clean": "clean", "linf": "l_inf", "l2": "l_2", "l1": "l_1", "uni
 
 
 def norm_cell(t: dict[str, Any] | None) -> str:
-    """One per-norm paired test, short: the better method and its Holm p, "n.s." or undecidable."""
+    """One per-norm paired test, short: the better method and its Holm p, "n.s." or inconclusive."""
     if t is None:
         return "-"
     d = t["only_a"] + t["only_b"]
     if not decidable(t):
-        return f"undecidable ({d} discordant)"
+        return f"inconclusive ({d} discordant)"
     if t["p_holm"] >= SIGNIFICANCE:
         return f"n.s. ({t['only_a']} : {t['only_b']}, Holm p {t['p_holm']:.2g})"
     better = t["a"] if t["only_a"] > t["only_b"] else t["b"]
@@ -1081,7 +1080,7 @@ def render_markdown(scratch: list[dict[str, Any]], finetune: list[dict[str, Any]
         *test_lines(tests["scratch"]),
         "",
         "The same pairs norm by norm (a cell names the significantly better method; counts: A alone "
-        "right : B alone right; undecidable: fewer than 6 discordant points):",
+        "right : B alone right; inconclusive: fewer than 6 discordant points):",
         "",
         *norm_table(tests["scratch_norms"]),
         "",

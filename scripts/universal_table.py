@@ -167,7 +167,7 @@ def pct(c: dict[str, Any]) -> str:
 def paired_tests(done: list[dict[str, Any]]) -> list[str]:
     """McNemar on the unseen union: RAMP against every other model of its group (Holm-adjusted
     within the group) -- the paper's claim is about RAMP."""
-    from workers.contract.stats import decidable, discordant, holm, mcnemar_exact
+    from workers.contract.stats import discordant, holm, mcnemar_exact, verdict
 
     lines = []
     for group in ("fine-tuned", "from scratch"):
@@ -184,10 +184,8 @@ def paired_tests(done: list[dict[str, Any]]) -> list[str]:
         adjusted = holm([s[4] for s in stats])
         for (a, b, only_a, only_b, p), p_holm in zip(stats, adjusted, strict=True):
             diff = 100 * (a["result"].unseen.union.mean() - b["result"].unseen.union.mean())
-            verdict = ("significant" if p_holm < 0.05 else "not significant" if decidable(only_a, only_b)
-                       else "inconclusive: too few discordant points")
             lines.append(f"| {group} | {a['label']} vs {b['label']} | {diff:+.0f} | {only_a} / {only_b} | "
-                         f"{p:.3g} | {p_holm:.3g} ({verdict}) |")
+                         f"{p:.3g} | {p_holm:.3g} ({verdict(p_holm, only_a, only_b)}) |")
     return lines
 
 

@@ -88,8 +88,8 @@ def test_the_paired_tests_are_holm_adjusted_and_say_inconclusive_without_discord
     text = ablation.render(summary, settings, "plot.png")
     assert "- AT-GP vs AT: robust only under AT-GP 3, only under AT 14, p = 0.0127, Holm p = 0.0254 " \
            "(significant)" in text
-    assert ("- AT-pre vs AT: robust only under AT-pre 0, only under AT 0, "
-            "no discordant points: inconclusive") in text
+    assert ("- AT-pre vs AT: robust only under AT-pre 0, only under AT 0, p = 1, Holm p = 1 "
+            "(inconclusive: 0 discordant points cannot reach p < 0.05)") in text
 
 
 def test_convergence_is_read_before_the_learning_rate_drop(ablation: Any) -> None:
@@ -166,9 +166,10 @@ def test_a_longer_budget_is_tested_against_the_shorter_on_the_same_points(
     assert (by["union"]["only"], by["union"]["only_other"]) == (15, 0)
     assert by["union"]["p_holm"] < 0.05 and (by["union"]["epochs"], by["union"]["other_epochs"]) == (30, 15)
     assert "significant" in ablation.budget_line(by["union"])
-    assert ablation.budget_line(by["clean"]).endswith("no discordant point: inconclusive")
+    none = "(inconclusive: 0 discordant points cannot reach p < 0.05)"
+    assert ablation.budget_line(by["clean"]).endswith(none)
     few = by["union"] | {"only": 3, "only_other": 1, "p": 0.625, "p_holm": 1.0}
-    assert ablation.budget_line(few).endswith("(inconclusive: too few discordant points to reach p < 0.05)")
+    assert ablation.budget_line(few).endswith("(inconclusive: 4 discordant points cannot reach p < 0.05)")
     some = few | {"only": 9, "only_other": 3, "p": 0.146, "p_holm": 0.29}
     assert ablation.budget_line(some).endswith("(not significant)")
 

@@ -80,11 +80,13 @@ def test_paired_tests_are_exact_holm_adjusted_and_read_both_ways(repro: Any) -> 
     assert ramp_max["p"] == pytest.approx(2 * 0.5 ** 25)
     assert ramp_max["p_holm"] == pytest.approx(4 * 2 * 0.5 ** 25)  # the smallest of four p values
     assert repro.relation(ramp_max).startswith("RAMP > MAX (RAMP alone right on 25 points, MAX alone on 0;")
-    assert repro.relation(by[("max", "eat")]) == "MAX vs E-AT: no discordant point, inconclusive"
+    assert repro.relation(by[("max", "eat")]) == (
+        "MAX vs E-AT: inconclusive: 0 discordant points cannot reach p < 0.05 "
+        "(MAX alone right on 0 points, E-AT alone on 0)")
     # 2 discordant points: no split of them could be significant, so it is not "no difference"
     assert repro.relation(by[("eat", "avg")]) == (
-        "E-AT vs AVG: inconclusive (E-AT alone right on 0 points, AVG alone on 2: 2 discordant points "
-        "cannot reach p < 0.05 whatever their split)")
+        "E-AT vs AVG: inconclusive: 2 discordant points cannot reach p < 0.05 "
+        "(E-AT alone right on 0 points, AVG alone on 2)")
     # 9 discordant points split 3 : 6: decidable, and not significant
     avg = [3 <= i < 16 for i in range(40)]
     flags_avg = {k: avg for k in repro_metrics()}
@@ -118,7 +120,7 @@ def test_the_per_norm_tests_are_one_holm_family_and_name_the_better_method(repro
     assert table[0] == "| A vs B | l_inf | l_2 | l_1 |"
     cells = table[2].split(" | ")
     assert cells[1].startswith("**RAMP** (30 : 0, Holm p ")
-    assert cells[2] == cells[3].rstrip(" |") == "undecidable (2 discordant)"
+    assert cells[2] == cells[3].rstrip(" |") == "inconclusive (2 discordant)"
     verdict = repro.norm_verdict(tests, "From scratch")
     assert "one Holm family of 3 tests" in verdict and "l_inf: RAMP > MAX" in verdict
     assert "l_2: none significant" in verdict and "l_1: none significant" in verdict

@@ -14,7 +14,7 @@ from workers.contract.compare import compare_results
 from workers.contract.display import pair_verdict
 from workers.contract.metrics import intervals
 from workers.contract.samples import decode_flags, encode_flags, per_sample_block, read_per_sample
-from workers.contract.stats import decidable, discordant, holm, mcnemar_exact, wilson_interval
+from workers.contract.stats import decidable, discordant, holm, mcnemar_exact, verdict, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (62, 100), (500, 1000), (1, 10_000)])
@@ -133,6 +133,22 @@ def test_the_pair_verdict_has_three_words() -> None:
     assert pair_verdict(base | {"only_a": 3, "only_b": 1, "decidable": False}).startswith("inconclusive: 4 ")
     old = {k: v for k, v in base.items() if k != "decidable"}  # a report from before the field
     assert pair_verdict(old) == "not significant"
+
+
+def test_every_report_words_a_test_by_its_counts() -> None:
+    # the one verdict all reports use: an exact test on fewer than 6 discordant points is inconclusive
+    # whatever its split, never "not significant"; from 6 on, its p decides
+    for b in range(12):
+        for c in range(12):
+            word = verdict(mcnemar_exact(b, c), b, c)
+            if b + c < 6:
+                assert word == f"inconclusive: {b + c} discordant points cannot reach p < 0.05"
+            else:
+                assert word == ("significant" if mcnemar_exact(b, c) < 0.05 else "not significant")
+    assert verdict(0.2, 6, 0) == "not significant"  # a Holm-adjusted p judges, not the raw counts
+    # a report stored before the decidable field is worded from its counts the same way
+    stored = {"only_a": 4, "only_b": 0, "p": 0.125, "significant": False}
+    assert pair_verdict(stored).startswith("inconclusive")
 
 
 def test_unpaired_results_are_named_not_compared() -> None:

@@ -34,6 +34,7 @@ from workers.contract.metrics import (
 )
 from workers.contract.norms import NORMS
 from workers.contract.results import is_upper_bound
+from workers.contract.stats import verdict
 
 LEGACY = "legacy"
 STATUS_MARK: dict[str, str] = {CHECK_PASSED: "✓", CHECK_FAILED: "✗", CHECK_INCONCLUSIVE: "?", LEGACY: "?"}
@@ -154,13 +155,9 @@ def checks_summary(checks: Mapping[str, Any] | None) -> str:
 
 
 def pair_verdict(pair: Mapping[str, Any]) -> str:
-    """significant, not significant, or inconclusive when too few points differ for any verdict."""
-    if pair.get("significant"):
-        return "significant"
-    if not pair.get("decidable", True):  # a report without the field keeps the two-way wording
-        discordant = int(pair["only_a"]) + int(pair["only_b"])
-        return f"inconclusive: {discordant} discordant points cannot reach p < 0.05"
-    return "not significant"
+    """significant, not significant, or inconclusive when too few points differ for any verdict (from
+    the counts, so a report stored before the ``decidable`` field reads the same)."""
+    return verdict(float(pair["p"]), int(pair["only_a"]), int(pair["only_b"]))
 
 
 def pair_line(pair: Mapping[str, Any]) -> str:

@@ -59,6 +59,17 @@ def decidable(b: int, c: int, alpha: float = SIGNIFICANCE) -> bool:
     return mcnemar_exact(b + c, 0) < alpha
 
 
+def verdict(p: float, only_a: int, only_b: int, alpha: float = SIGNIFICANCE) -> str:
+    """The one word every report gives a paired test (``p``: the p value it is judged by, Holm-adjusted
+    where it is one of a family): significant, not significant, or inconclusive -- with the reason --
+    when its discordant points could not have reached ``alpha`` whatever their split."""
+    if p < alpha:
+        return "significant"
+    if decidable(only_a, only_b, alpha):
+        return "not significant"
+    return f"inconclusive: {only_a + only_b} discordant points cannot reach p < {alpha:g}"
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-adjusted p values (same order as given): control the family-wise error of several tests."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
