@@ -31,11 +31,13 @@ then found ``standard+`` (full AutoAttack) unconverged on l_1 (10x iterations br
 l_1-robust points), and on 2026-12-05 the sparse search broke 28 of the 29 points AT-l_inf kept under
 ``standard+`` (10,000 AutoAttack iterations: 13 of 29). docs/evaluation.md, "Sparse search".
 
-Cost on this 2-core machine (2026-12-04, 1 seed, 15 epochs, 500 points): with ``standard`` and no
-checks 84 min, about half of it evaluation; with ``standard+`` (13-22 min per model) and the rigour
-checks on 100 points (another ~10-18 min per model; 18.5 min on AT-l_inf with the machine shared)
-about 3.5 h of evaluation for the 12 evaluated runs two at a time, after ~45 min of training --
-more than one working session, hence the committed records below.
+Cost on this 2-core machine (1 seed, 15 epochs, 500 points): training the 12 runs about 45 min
+(2026-12-04); evaluating one model under ``strict`` with the rigour checks on 100 points and the
+25-point AutoAttack cross-check 45-63 min with one thread while another model runs beside it
+(2026-12-05; about half of it is the 10x check re-running ``standard+``'s gradient stages and the
+sparse search at 100,000 queries), so about 6 h for the 12 evaluated runs two at a time (Figure 1's
+own AT-l_1 run, l_inf only, less) -- more than one working session, hence the committed records below.
+For comparison, ``standard`` without checks: 84 min for training and evaluation together.
 
 Recipes (``RECIPES``; every method gets the same data, model, epochs and evaluation):
 - the shared one, from the RAMP / E-AT reference settings for CIFAR-10 (which have no MNIST recipe):
