@@ -104,6 +104,28 @@ def test_paired_tests_are_exact_holm_adjusted_and_read_both_ways(repro: Any) -> 
     assert "not assessed" in repro.ordering_verdict(partial)
 
 
+def test_figure1_is_judged_on_the_final_evaluations_not_on_the_curves(repro: Any) -> None:
+    # curves (a cheaper suite, 100 points): l_inf 86 -> 0 for AT-l_1 in epoch 1; their union is an
+    # upper bound (13 % for RAMP here) and must not be quoted as a result
+    point = lambda epoch, linf, union: {"epoch": epoch, "linf": linf, "l1": union, "union": union}  # noqa: E731
+    figure = {"at-l1": [point(0, 0.86, 0.12), point(1, 0.0, 0.0), point(3, 0.0, 0.0)],
+              "ramp": [point(0, 0.86, 0.12), point(1, 0.81, 0.13), point(3, 0.85, 0.13)]}
+    finals = {"ramp": {"linf": [i < 41 for i in range(50)]}, "at-l1": {"linf": [False] * 50}}
+    test = repro.paired_tests(finals, [("ramp", "at-l1")], metrics="linf")[0]
+    base = {"method": "at-linf", "linf": [0.83], "l1": [0.006]}
+    text = repro.figure1_verdict(base, figure, test)
+    assert "l_inf robustness from 83.0 (the AT-l_inf model) to 0.0, RAMP keeps 82.0" in text
+    assert "the same 50 points): RAMP > AT-l_1 (RAMP alone right on 41 points" in text
+    assert "(l_inf 86 -> 0 % of the curve's points)" in text
+    assert "13.0" not in text and "union" not in text
+    # the test in the other order reads the same
+    other = repro.paired_tests(finals, [("at-l1", "ramp")], metrics="linf")[0]
+    assert "to 0.0, RAMP keeps 82.0" in repro.figure1_verdict(base, figure, other)
+    assert repro.figure1_verdict(base, figure, None) == ""  # no final evaluation: no claim
+    assert repro.curve_gaps(figure, 3) == {"at-l1": [2], "ramp": [2]}
+    assert repro.curve_gaps({"ramp": [point(e, 0.8, 0.1) for e in range(4)]}, 3) == {}
+
+
 def _shifted(hits: dict[str, int], n: int = 60) -> dict[str, list[bool]]:
     """Per-metric flags: the first hits[metric] points right."""
     return {m: [i < hits.get(m, 0) for i in range(n)] for m in repro_metrics()}
@@ -207,6 +229,8 @@ def test_a_smoke_run_writes_intervals_paired_tests_and_keeps_the_other_sections(
     assert (out / "figure1" / "at-l1" / "curve-standard" / "epoch-1.json").is_file()
     assert "Seed 0, the `standard` suite on the first 8 test points" in text
     assert "the paired test below reads the final evaluation (`strict`)" in text
+    assert "| method | epoch | l_inf | l_1 ‡ | union ‡ |" in text  # the curves' l_1 / union: upper bounds
+    assert "Figure 1: fine-tuning the l_inf-AT model with l_1 examples alone takes" in verdict
     assert summary["settings"]["channels_last"] is True
     # a re-render from the cache trains nothing and keeps the training call's wall time
     repro.main(["--smoke", "--seeds", "1", "--methods", "nt,at-linf,eat,ramp", "--out", str(out),
