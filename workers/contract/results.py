@@ -2,9 +2,10 @@
 CLI use it).
 
 A result carries warnings when its suite over-states robustness by design (``upper_bound``: the
-``monitor`` suite), when a check failed (``checks.warnings``; see ``workers.evaluation.checks``)
-or when reduced-precision attacks alone could count a point robust (the legacy ``bf16`` scheme).
-Its notes (``result_notes``) say what the checks could not decide (``checks.inconclusive``).
+``monitor`` suite) or on its data (a suite weaker than the dataset's ``result_suite``), when a check
+failed (``checks.warnings``; see ``workers.evaluation.checks``) or when reduced-precision attacks
+alone could count a point robust (the legacy ``bf16`` scheme). Its notes (``result_notes``) say what
+the checks could not decide (``checks.inconclusive``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workers.contract.catalog import UPPER_BOUND_SUITES
+from workers.contract.catalog import DATASETS, SUITE_STRENGTH, UPPER_BOUND_SUITES
 from workers.contract.metrics import LEGACY_BF16, precision_label
 
 LEGACY_PRECISION_WARNING = ("robust flags from reduced-precision (bfloat16) attacks with float32 "
                             "confirmation only, before float32 decisions: may over-state robustness; "
                             "re-evaluate for float32 numbers")
+WEAK_SUITE_WARNING = ("on {dataset} the {suite!r} suite over-states l_2 and l_1 robustness (measured on "
+                      "mnist-5k: full AutoAttack up to 52 points lower on l_2, a sparse search breaks "
+                      "nearly every point AutoAttack leaves l_1-robust; docs/evaluation.md, 'Sparse "
+                      "search'): its l_2, l_1 and union are upper bounds here; evaluate with "
+                      "--suite {needed} for numbers to report")
 UPPER_BOUND_WARNING = ("the {suite!r} suite is an optimistic upper bound on robustness (a cheap curve, not "
                        "a result); evaluate with the default suite for numbers to report")
 
@@ -27,6 +33,28 @@ def is_upper_bound(metrics: Mapping[str, Any]) -> bool:
     return bool(metrics.get("upper_bound", isinstance(suite, str) and suite in UPPER_BOUND_SUITES))
 
 
+def dataset_of(metrics: Mapping[str, Any]) -> str | None:
+    """The catalog dataset a result's points come from: its ``dataset`` field, else the ``data`` label
+    (``mnist-5k:test``) of results recorded before the field; None for points from a file."""
+    name = metrics.get("dataset")
+    if not isinstance(name, str):
+        label = metrics.get("data")
+        name = label.split(":", 1)[0] if isinstance(label, str) else None
+    return name if name in DATASETS else None
+
+
+def weak_suite_warning(metrics: Mapping[str, Any]) -> str | None:
+    """The warning for a result whose suite is weaker than its dataset needs (``result_suite``)."""
+    suite, dataset = metrics.get("suite"), dataset_of(metrics)
+    named = isinstance(suite, str) and suite in SUITE_STRENGTH
+    if dataset is None or not named or is_upper_bound(metrics):
+        return None  # not a named l_p suite (an attack list says what it ran), or already an upper bound
+    needed = DATASETS[dataset].result_suite
+    if SUITE_STRENGTH[suite] >= SUITE_STRENGTH[needed]:
+        return None
+    return WEAK_SUITE_WARNING.format(dataset=dataset, suite=suite, needed=needed)
+
+
 def result_warnings(metrics: Mapping[str, Any] | None) -> list[str]:
     """Every warning a reader of these metrics must see, in a stable order."""
     if not isinstance(metrics, Mapping):
@@ -34,6 +62,9 @@ def result_warnings(metrics: Mapping[str, Any] | None) -> list[str]:
     out = []
     if is_upper_bound(metrics):
         out.append(UPPER_BOUND_WARNING.format(suite=metrics.get("suite")))
+    weak = weak_suite_warning(metrics)
+    if weak is not None:
+        out.append(weak)
     if precision_label(metrics) == LEGACY_BF16:
         out.append(LEGACY_PRECISION_WARNING)
     checks = metrics.get("checks")

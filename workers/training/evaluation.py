@@ -90,5 +90,5 @@ def run_evaluation(
     return evaluate_and_record(
         model, (x, y), epsilons, out, suite=spec.suite, n=spec.n, batch_size=spec.batch_size, device=dev,
         seed=spec.seed, precision=spec.precision, checks=spec.checks_n, corruptions=spec.corruptions,
-        progress=progress, extra={"checkpoint": str(ckpt_dir), "data": label},
+        progress=progress, extra={"checkpoint": str(ckpt_dir), "data": label, "dataset": meta["dataset"]},
     )
