@@ -28,9 +28,9 @@ from rich.progress import (
 )
 
 from rampctl.tables import (
-    check_lines,
     format_fraction,
     gradient_text,
+    grouped_check_lines,
     job_progress,
     jobs_table,
     results_table,
@@ -88,10 +88,9 @@ def print_results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None 
     unseen = unseen_table(rows)
     if unseen is not None:
         console.print(unseen)
-    for i, row in enumerate(rows):
-        for line in check_lines(row):
-            style = "yellow" if line.startswith("warning") or " failed " in f" {line} " else None
-            console.print(f"{row.get('name', i + 1)}: {line}", style=style, highlight=False)
+    for who, line in grouped_check_lines(rows):
+        style = "yellow" if line.startswith("warning") or " failed " in f" {line} " else None
+        console.print(f"{who}: {line}", style=style, highlight=False)
 
 
 # ---------------------------------------------------------------------------------- local runs

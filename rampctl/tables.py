@@ -80,6 +80,16 @@ def check_lines(row: Mapping[str, Any]) -> list[str]:
     return lines + [f"note: {n}" for n in result_notes(row)]
 
 
+def grouped_check_lines(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(who, line) for every row's check lines; a line every row with a result shares (the same
+    suite warning on the same data, say) is given once, for "all N runs", not N times."""
+    named = [(str(row.get("name", i + 1)), check_lines(row)) for i, row in enumerate(rows)]
+    with_results = [lines for _, lines in named if lines]
+    shared = set.intersection(*map(set, with_results)) if len(with_results) > 1 else set()
+    together = [(f"all {len(with_results)} runs", line) for line in with_results[0] if line in shared]
+    return together + [(name, line) for name, lines in named for line in lines if line not in shared]
+
+
 def results_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
     table = Table(title=title, caption="brackets: 95 % interval (Wilson) for n")
     table.add_column("run")

@@ -46,3 +46,20 @@ def test_every_dataset_names_an_l_p_suite_and_every_l_p_suite_has_a_strength() -
     assert {info.result_suite for info in DATASETS.values()} <= set(SUITE_STRENGTH)
     assert set(SUITE_STRENGTH) == set(SUITES) - {"unseen"}
     assert DATASETS["mnist-5k"].result_suite == "strict" and DATASETS["cifar10"].result_suite == "standard"
+
+
+def test_the_cli_gives_a_warning_every_run_shares_once() -> None:
+    from rampctl.tables import grouped_check_lines
+
+    mnist = [_metrics("standard", data="mnist-5k:test", name=f"#{i}") for i in (1, 2)]
+    cifar = _metrics("standard", data="cifar10:test", name="#3")
+    queued = {"name": "#4 (queued)"}  # no result: neither blocks nor joins the shared lines
+    lines = grouped_check_lines([*mnist, queued])
+    warned = [(who, line) for who, line in lines if "over-states" in line]
+    assert [who for who, _ in warned] == ["all 2 runs"]
+    assert ("all 2 runs", "checks passed (rigour checks on 0 points; 50 needed to decide)") in lines
+    # one run differs: the warning goes to each run that has it, by name
+    mixed = [who for who, line in grouped_check_lines([*mnist, cifar]) if "over-states" in line]
+    assert mixed == ["#1", "#2"]
+    single = grouped_check_lines(mnist[:1])
+    assert {who for who, _ in single} == {"#1"} and any("over-states" in line for _, line in single)

@@ -133,7 +133,8 @@ def test_results_of_jobs_on_the_same_points_print_the_paired_test(cli: Any) -> N
         job = int(cli("submit", "--method", method, "--epochs", "1", "-q").output.strip())
         flags = {"clean": [True] * 100, "union": union}
         _finish(cli.server, job, {"clean": 1.0, "union": sum(union) / 100, "n": 100, "suite": "standard",
-                                  "precision": "fp32", "per_sample": per_sample_block("points", flags)})
+                                  "precision": "fp32", "per_sample": per_sample_block("points", flags),
+                                  "data": "mnist-5k:test"})
         jobs.append(job)
     r = cli("results", *map(str, jobs))
     assert r.exit_code == 0, r.output
@@ -143,6 +144,9 @@ def test_results_of_jobs_on_the_same_points_print_the_paired_test(cli: Any) -> N
             "(20 vs 8 points only one got right, n = 100)")
     assert pair in text
     assert f"p = {mcnemar_exact(20, 8):.2g} (significant" in text and "p = 0.036" in text
+    # both on mnist-5k with `standard`: the weak-suite warning, once for both runs, not once per run
+    assert text.count("the 'standard' suite over-states") == 1
+    assert "all 2 runs: warning: on mnist-5k the 'standard' suite over-states" in text
 
 
 def test_token_create_and_db_upgrade(tmp_path: Path) -> None:
