@@ -86,7 +86,8 @@ def grouped_check_lines(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, st
     named = [(str(row.get("name", i + 1)), check_lines(row)) for i, row in enumerate(rows)]
     with_results = [lines for _, lines in named if lines]
     shared = set.intersection(*map(set, with_results)) if len(with_results) > 1 else set()
-    together = [(f"all {len(with_results)} runs", line) for line in with_results[0] if line in shared]
+    first = with_results[0] if shared else []
+    together = [(f"all {len(with_results)} runs", line) for line in first if line in shared]
     return together + [(name, line) for name, lines in named for line in lines if line not in shared]
 
 

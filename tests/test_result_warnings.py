@@ -61,5 +61,6 @@ def test_the_cli_gives_a_warning_every_run_shares_once() -> None:
     # one run differs: the warning goes to each run that has it, by name
     mixed = [who for who, line in grouped_check_lines([*mnist, cifar]) if "over-states" in line]
     assert mixed == ["#1", "#2"]
+    assert grouped_check_lines([queued]) == grouped_check_lines([]) == []  # nothing evaluated: no line
     single = grouped_check_lines(mnist[:1])
     assert {who for who, _ in single} == {"#1"} and any("over-states" in line for _, line in single)
