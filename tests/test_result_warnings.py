@@ -30,6 +30,9 @@ def test_the_strict_suite_and_other_data_are_not_flagged() -> None:
     # the monitor suite already carries its own upper-bound warning, not a second one
     monitor = result_warnings(_metrics("monitor", data="mnist-5k:test"))
     assert len(monitor) == 1 and "optimistic upper bound" in monitor[0]
+    assert monitor[0].endswith("evaluate with --suite strict for numbers to report")  # what mnist needs
+    cifar = result_warnings(_metrics("monitor", data="cifar10:test"))
+    assert cifar[0].endswith("--suite standard for numbers to report")
 
 
 def test_the_dataset_field_wins_over_the_data_label() -> None:

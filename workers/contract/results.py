@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workers.contract.catalog import DATASETS, SUITE_STRENGTH, UPPER_BOUND_SUITES
+from workers.contract.catalog import DATASETS, DEFAULT_SUITE, SUITE_STRENGTH, UPPER_BOUND_SUITES
 from workers.contract.metrics import LEGACY_BF16, precision_label
 
 LEGACY_PRECISION_WARNING = ("robust flags from reduced-precision (bfloat16) attacks with float32 "
@@ -25,7 +25,7 @@ WEAK_SUITE_WARNING = ("on {dataset} the {suite!r} suite over-states l_2 and l_1 
                       "search'): its l_2, l_1 and union are upper bounds here; evaluate with "
                       "--suite {needed} for numbers to report")
 UPPER_BOUND_WARNING = ("the {suite!r} suite is an optimistic upper bound on robustness (a cheap curve, not "
-                       "a result); evaluate with the default suite for numbers to report")
+                       "a result); evaluate with --suite {needed} for numbers to report")
 
 
 def is_upper_bound(metrics: Mapping[str, Any]) -> bool:
@@ -61,7 +61,9 @@ def result_warnings(metrics: Mapping[str, Any] | None) -> list[str]:
         return []
     out = []
     if is_upper_bound(metrics):
-        out.append(UPPER_BOUND_WARNING.format(suite=metrics.get("suite")))
+        dataset = dataset_of(metrics)
+        needed = DATASETS[dataset].result_suite if dataset is not None else DEFAULT_SUITE
+        out.append(UPPER_BOUND_WARNING.format(suite=metrics.get("suite"), needed=needed))
     weak = weak_suite_warning(metrics)
     if weak is not None:
         out.append(weak)
