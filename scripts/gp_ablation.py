@@ -59,6 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import reproduce_mnist as repro  # noqa: E402
 
+from workers.contract.stats import verdict  # noqa: E402
 from workers.training.schedules import MULTISTEP_MILESTONES, PIECEWISE_MILESTONES  # noqa: E402
 
 # name -> (method, gradient projection, natural pre-training first)
@@ -364,20 +365,13 @@ def budget_tests(summary: list[dict[str, Any]], compare: dict[str, str]) -> list
     return tests
 
 
-def significance(p_holm: float, only_a: int, only_b: int) -> str:
-    """A Holm-adjusted paired test's word: inconclusive when too few points differ for any verdict."""
-    from workers.contract.stats import verdict
-
-    return verdict(p_holm, only_a, only_b)
-
-
 def budget_line(t: dict[str, Any]) -> str:
     e, o = t["epochs"], t["other_epochs"]
     head = (f"- {t['recipe']} {t['metric']}: {100 * t['accuracy']:.1f} % at {e} epochs, "
             f"{100 * t['other_accuracy']:.1f} % at {o} (n = {t['n']})")
-    verdict = significance(t["p_holm"], t["only"], t["only_other"])
+    word = verdict(t["p_holm"], t["only"], t["only_other"])
     return (f"{head}; right only at {e} epochs {t['only']}, only at {o} {t['only_other']}, "
-            f"p = {t['p']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})")
+            f"p = {t['p']:.3g}, Holm p = {t['p_holm']:.3g} ({word})")
 
 
 def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: str,
@@ -431,7 +425,7 @@ def render(summary: list[dict[str, Any]], settings: dict[str, Any], plot_name: s
         adjusted = holm([p for _, _, p in stats])
         for (a, b), (only_a, only_b, p), p_holm in zip(tests, stats, adjusted, strict=True):
             lines.append(f"- {a} vs {b}: robust only under {a} {only_a}, only under {b} {only_b}, "
-                         f"p = {p:.3g}, Holm p = {p_holm:.3g} ({significance(p_holm, only_a, only_b)})")
+                         f"p = {p:.3g}, Holm p = {p_holm:.3g} ({verdict(p_holm, only_a, only_b)})")
     if budget:
         lines += ["", "Against the same recipe at another budget (seed 0, the same test points, exact "
                   "McNemar; Holm-adjusted over these tests, significant only at adjusted p < 0.05):", ""]

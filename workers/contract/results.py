@@ -43,13 +43,19 @@ def dataset_of(metrics: Mapping[str, Any]) -> str | None:
     return name if name in DATASETS else None
 
 
+def needed_suite(metrics: Mapping[str, Any]) -> str:
+    """The weakest suite whose numbers are results on this result's data (the default elsewhere)."""
+    dataset = dataset_of(metrics)
+    return DATASETS[dataset].result_suite if dataset is not None else DEFAULT_SUITE
+
+
 def weak_suite_warning(metrics: Mapping[str, Any]) -> str | None:
     """The warning for a result whose suite is weaker than its dataset needs (``result_suite``)."""
     suite, dataset = metrics.get("suite"), dataset_of(metrics)
     named = isinstance(suite, str) and suite in SUITE_STRENGTH
     if dataset is None or not named or is_upper_bound(metrics):
         return None  # not a named l_p suite (an attack list says what it ran), or already an upper bound
-    needed = DATASETS[dataset].result_suite
+    needed = needed_suite(metrics)
     if SUITE_STRENGTH[suite] >= SUITE_STRENGTH[needed]:
         return None
     return WEAK_SUITE_WARNING.format(dataset=dataset, suite=suite, needed=needed)
@@ -61,9 +67,7 @@ def result_warnings(metrics: Mapping[str, Any] | None) -> list[str]:
         return []
     out = []
     if is_upper_bound(metrics):
-        dataset = dataset_of(metrics)
-        needed = DATASETS[dataset].result_suite if dataset is not None else DEFAULT_SUITE
-        out.append(UPPER_BOUND_WARNING.format(suite=metrics.get("suite"), needed=needed))
+        out.append(UPPER_BOUND_WARNING.format(suite=metrics.get("suite"), needed=needed_suite(metrics)))
     weak = weak_suite_warning(metrics)
     if weak is not None:
         out.append(weak)
