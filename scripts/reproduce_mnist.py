@@ -265,7 +265,8 @@ def relation(t: dict[str, Any]) -> str:
     from workers.contract.stats import verdict
 
     a, b = LABELS[t["a"]], LABELS[t["b"]]
-    counts = f"{a} alone right on {t['only_a']} points, {b} alone on {t['only_b']}"
+    points = "point" if t["only_a"] == 1 else "points"
+    counts = f"{a} alone right on {t['only_a']} {points}, {b} alone on {t['only_b']}"
     if not decidable(t):
         return f"{a} vs {b}: {verdict(t['p_holm'], t['only_a'], t['only_b'])} ({counts})"
     p = f"p = {t['p']:.2g}, Holm p = {t['p_holm']:.2g}"

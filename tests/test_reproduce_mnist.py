@@ -93,6 +93,8 @@ def test_paired_tests_are_exact_holm_adjusted_and_read_both_ways(repro: Any) -> 
     wider = repro.paired_tests({"eat": _flags(10), "avg": flags_avg}, [("eat", "avg")])[0]
     assert (wider["only_a"], wider["only_b"]) == (3, 6) and repro.decidable(wider)
     assert repro.relation(wider).startswith("E-AT vs AVG: no significant difference")
+    one = {"a": "ramp", "b": "max", "only_a": 1, "only_b": 11, "p": 0.0063, "p_holm": 0.0063}
+    assert repro.relation(one).startswith("MAX > RAMP (RAMP alone right on 1 point, MAX alone on 11;")
     verdict = repro.ordering_verdict(tests)
     assert "significant: RAMP > MAX" in verdict and "Not resolved at this n: MAX vs E-AT" in verdict
     # A significant difference against the paper's direction is called out as such.
